@@ -1,0 +1,50 @@
+"""The error hierarchy: one base class, each subclass also a builtin that fits.
+
+Catching :class:`NetlensError` catches everything the library raises on purpose; catching the
+builtin (``KeyError``, ``ValueError``, ``TypeError``) keeps working for code that does not know
+about netlens. Every message says what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LayerNotFoundError",
+    "NetlensError",
+    "NetlensTypeError",
+    "NetlensValueError",
+    "NotRecordedError",
+    "UnsupportedModelError",
+]
+
+
+class NetlensError(Exception):
+    """Base class of every error netlens raises on purpose."""
+
+
+class _MessageKeyError(KeyError):
+    # KeyError's str() is repr(message), which wraps the text in quotes and escapes newlines.
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class LayerNotFoundError(NetlensError, _MessageKeyError):
+    """A layer spec names or matches no module of the model.
+
+    The message lists close matches and, for small models, every layer name.
+    """
+
+
+class NotRecordedError(NetlensError, _MessageKeyError):
+    """A recorded layer was read before it ran inside the ``record`` block."""
+
+
+class NetlensValueError(NetlensError, ValueError):
+    """An argument has the right type but a value netlens cannot use."""
+
+
+class NetlensTypeError(NetlensError, TypeError):
+    """An argument, or something the model returned, has a type netlens cannot use."""
+
+
+class UnsupportedModelError(NetlensError, TypeError):
+    """The model is of a kind the technique cannot see into (for example ``torch.compile``)."""

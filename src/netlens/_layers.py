@@ -1,0 +1,198 @@
+"""Layer lookup: turn a user's layer spec into named modules of a model."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Sequence
+from typing import Union
+
+from torch import nn
+
+from ._errors import LayerNotFoundError, NetlensTypeError, NetlensValueError, UnsupportedModelError
+
+__all__ = ["LayerSpec", "describe", "find_layers", "check_model"]
+
+#: What :func:`find_layers` accepts: a dotted name, a glob, a module class, a module object, or
+#: a list of these.
+LayerSpec = Union[str, type[nn.Module], nn.Module, Sequence[Union[str, type[nn.Module], nn.Module]]]
+
+_GLOB_CHARS = frozenset("*?[")
+# Below this many layers an unknown-name error lists every name; above, only close matches.
+_LIST_ALL_BELOW = 40
+
+
+def describe(value: object) -> str:
+    """Say briefly what a received value is, for error messages."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and hasattr(value, "dtype"):
+        return f"{type(value).__name__} of shape {tuple(shape)} and dtype {value.dtype}"
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def check_model(model: object) -> nn.Module:
+    """Return ``model`` if it is an ``nn.Module`` that hooks can see into, else raise."""
+    if not isinstance(model, nn.Module):
+        raise NetlensTypeError(f"Expected model to be a torch.nn.Module, but got {describe(model)}.")
+    if _is_compiled(model):
+        raise UnsupportedModelError(
+            "Expected an eager nn.Module, but got a torch.compile'd model: hooks added after "
+            "compilation are ignored by the compiled graph (pytorch#117758), so netlens would "
+            "silently see nothing. Pass the original module instead (model._orig_mod) and call "
+            "that one while netlens is working."
+        )
+    return model
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    # torch._dynamo.eval_frame.OptimizedModule; checked by name so that importing netlens never
+    # imports dynamo.
+    return type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod")
+
+
+def _glob_match(pattern: str, name: str) -> bool:
+    """Match dotted names part by part: ``*`` stays inside one part, ``**`` spans any number."""
+    pattern_parts = pattern.split(".")
+    name_parts = name.split(".") if name else []
+
+    def match(p: int, n: int) -> bool:
+        if p == len(pattern_parts):
+            return n == len(name_parts)
+        if pattern_parts[p] == "**":
+            return any(match(p + 1, k) for k in range(n, len(name_parts) + 1))
+        return (
+            n < len(name_parts)
+            and fnmatch.fnmatchcase(name_parts[n], pattern_parts[p])
+            and match(p + 1, n + 1)
+        )
+
+    return match(0, 0)
+
+
+def _unknown_name_message(spec: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(spec, names, n=5, cutoff=0.5)
+    message = f"Expected a layer name of the model, but got {spec!r}, which names no module."
+    if close:
+        message += " Did you mean: " + ", ".join(repr(n) for n in close) + "?"
+    if len(names) < _LIST_ALL_BELOW:
+        message += " The model's layers are: " + ", ".join(repr(n) for n in names) + "."
+    else:
+        message += f" The model has {len(names)} layers; print(dict(model.named_modules())) lists them."
+    return message
+
+
+def _find_one(
+    model: nn.Module, spec: str | type[nn.Module] | nn.Module, named: dict[str, nn.Module]
+) -> dict[str, nn.Module]:
+    names = [name for name in named if name]
+    if isinstance(spec, str):
+        if not spec.strip():
+            raise NetlensValueError("Expected a non-empty layer name or glob, but got an empty string.")
+        if spec in named:
+            return {spec: named[spec]}
+        if _GLOB_CHARS & set(spec):
+            found = {name: module for name, module in named.items() if name and _glob_match(spec, name)}
+            if not found:
+                raise LayerNotFoundError(
+                    f"Expected the glob {spec!r} to match at least one layer, but it matched none "
+                    "('*' stays within one dotted part, '**' spans several)."
+                    + _unknown_name_message(spec, names).split("which names no module.", 1)[1]
+                )
+            return found
+        raise LayerNotFoundError(_unknown_name_message(spec, names))
+    if isinstance(spec, type):
+        if not issubclass(spec, nn.Module):
+            raise NetlensTypeError(
+                f"Expected a subclass of torch.nn.Module as layer type, but got {spec.__name__}."
+            )
+        found = {name: module for name, module in named.items() if name and isinstance(module, spec)}
+        if not found and isinstance(model, spec):
+            found = {"": model}
+        if not found:
+            kinds = sorted({type(m).__name__ for name, m in named.items() if name})
+            raise LayerNotFoundError(
+                f"Expected at least one layer of type {spec.__name__}, but the model has none; "
+                f"its layer types are: {', '.join(kinds) or 'none'}."
+            )
+        return found
+    if isinstance(spec, nn.Module):
+        for name, module in named.items():
+            if module is spec:
+                return {name: module}
+        raise LayerNotFoundError(
+            f"Expected a module that is part of the model, but got a {type(spec).__name__} "
+            "that is not among model.modules()."
+        )
+    raise NetlensTypeError(
+        "Expected a layer spec (a dotted name, a glob, a module class, a module, or a list of "
+        f"these), but got {describe(spec)}."
+    )
+
+
+def find_layers(model: nn.Module, spec: LayerSpec) -> dict[str, nn.Module]:
+    """Select layers of a model by name, glob, type or identity.
+
+    Args:
+        model: Any ``nn.Module``.
+        spec: A dotted name (``"features.3"``), a glob (``"conv*"``, ``"encoder.*.relu"``; ``*``
+            stays inside one dotted part and ``**`` spans any number of parts), a module class
+            (``nn.Conv2d``, subclasses included), a module object of the model, or a list of
+            these. A class matches the model itself (under the name ``""``) only when no
+            submodule matches.
+
+    Returns:
+        An ordered ``{name: module}`` dict in the order of ``model.named_modules()`` for one spec,
+        and in the order of the list for a list. A module registered under several names
+        appears once, under its first name.
+
+    Raises:
+        LayerNotFoundError: An unknown name (the message lists close matches), or a glob or type
+            that matches nothing.
+        NetlensValueError: An empty spec.
+        NetlensTypeError: A model that is not an ``nn.Module`` or a spec of another type.
+        UnsupportedModelError: A ``torch.compile``'d model, whose hooks would never run.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> import netlens as nl
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3))
+        >>> list(nl.find_layers(net, nn.Conv2d))
+        ['0', '2']
+        >>> list(nl.find_layers(net, ["1", "2"]))
+        ['1', '2']
+    """
+    check_model(model)
+    named = dict(model.named_modules())
+    specs: Sequence[str | type[nn.Module] | nn.Module]
+    if isinstance(spec, (list, tuple)):
+        if not spec:
+            raise NetlensValueError("Expected at least one layer spec, but got an empty list.")
+        specs = spec
+    else:
+        specs = [spec]  # type: ignore[list-item]
+    found: dict[str, nn.Module] = {}
+    for item in specs:
+        found.update(_find_one(model, item, named))
+    for name in found:
+        _check_not_inside_compiled(model, name)
+    return found
+
+
+def _check_not_inside_compiled(model: nn.Module, name: str) -> None:
+    parts = name.split(".") if name else []
+    module = model
+    for part in parts:
+        if _is_compiled(module):
+            break
+        module = getattr(module, part)
+    else:
+        if not _is_compiled(module):
+            return
+    raise UnsupportedModelError(
+        f"Expected layer {name!r} to run eagerly, but it lies inside a torch.compile'd module: "
+        "hooks added after compilation are ignored (pytorch#117758). Record from the module "
+        "before compiling it, or from its _orig_mod."
+    )
