@@ -55,12 +55,12 @@ def _write_api_page() -> None:
     ]
     lines += [f"   {name}" for name in names]
     lines += ["", "Submodules", "----------", "", ".. autosummary::", "   :toctree: generated", ""]
-    lines += ["   netlens.testing", "   netlens.models"]
+    lines += ["   testing", "   models"]
     for extra in ("datasets",):
         if (HERE.parent / "src" / "netlens" / f"{extra}.py").exists() or (
             HERE.parent / "src" / "netlens" / extra
         ).is_dir():
-            lines.append(f"   netlens.{extra}")
+            lines.append(f"   {extra}")
     text = "\n".join(lines) + "\n"
     target = HERE / "api" / "index.rst"
     target.parent.mkdir(exist_ok=True)

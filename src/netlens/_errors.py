@@ -48,3 +48,16 @@ class NetlensTypeError(NetlensError, TypeError):
 
 class UnsupportedModelError(NetlensError, TypeError):
     """The model is of a kind the technique cannot see into (for example ``torch.compile``)."""
+
+
+# Tracebacks and reprs show the public path (netlens.LayerNotFoundError), not the private module.
+for _error in (
+    NetlensError,
+    LayerNotFoundError,
+    NotRecordedError,
+    NetlensValueError,
+    NetlensTypeError,
+    UnsupportedModelError,
+):
+    _error.__module__ = "netlens"
+del _error

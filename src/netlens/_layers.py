@@ -5,17 +5,19 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Sequence
-from typing import Union
+from typing import TypeAlias, cast
 
 from torch import nn
 
 from ._errors import LayerNotFoundError, NetlensTypeError, NetlensValueError, UnsupportedModelError
 
-__all__ = ["LayerSpec", "describe", "find_layers", "check_model"]
+__all__ = ["LayerSpec", "check_model", "describe", "find_layers"]
 
 #: What :func:`find_layers` accepts: a dotted name, a glob, a module class, a module object, or
 #: a list of these.
-LayerSpec = Union[str, type[nn.Module], nn.Module, Sequence[Union[str, type[nn.Module], nn.Module]]]
+LayerSpec: TypeAlias = (
+    str | type[nn.Module] | nn.Module | Sequence[str | type[nn.Module] | nn.Module]
+)
 
 _GLOB_CHARS = frozenset("*?[")
 # Below this many layers an unknown-name error lists every name; above, only close matches.
@@ -36,7 +38,9 @@ def describe(value: object) -> str:
 def check_model(model: object) -> nn.Module:
     """Return ``model`` if it is an ``nn.Module`` that hooks can see into, else raise."""
     if not isinstance(model, nn.Module):
-        raise NetlensTypeError(f"Expected model to be a torch.nn.Module, but got {describe(model)}.")
+        raise NetlensTypeError(
+            f"Expected model to be a torch.nn.Module, but got {describe(model)}."
+        )
     if _is_compiled(model):
         raise UnsupportedModelError(
             "Expected an eager nn.Module, but got a torch.compile'd model: hooks added after "
@@ -80,7 +84,9 @@ def _unknown_name_message(spec: str, names: list[str]) -> str:
     if len(names) < _LIST_ALL_BELOW:
         message += " The model's layers are: " + ", ".join(repr(n) for n in names) + "."
     else:
-        message += f" The model has {len(names)} layers; print(dict(model.named_modules())) lists them."
+        message += (
+            f" The model has {len(names)} layers; print(dict(model.named_modules())) lists them."
+        )
     return message
 
 
@@ -90,11 +96,15 @@ def _find_one(
     names = [name for name in named if name]
     if isinstance(spec, str):
         if not spec.strip():
-            raise NetlensValueError("Expected a non-empty layer name or glob, but got an empty string.")
+            raise NetlensValueError(
+                "Expected a non-empty layer name or glob, but got an empty string."
+            )
         if spec in named:
             return {spec: named[spec]}
         if _GLOB_CHARS & set(spec):
-            found = {name: module for name, module in named.items() if name and _glob_match(spec, name)}
+            found = {
+                name: module for name, module in named.items() if name and _glob_match(spec, name)
+            }
             if not found:
                 raise LayerNotFoundError(
                     f"Expected the glob {spec!r} to match at least one layer, but it matched none "
@@ -108,7 +118,9 @@ def _find_one(
             raise NetlensTypeError(
                 f"Expected a subclass of torch.nn.Module as layer type, but got {spec.__name__}."
             )
-        found = {name: module for name, module in named.items() if name and isinstance(module, spec)}
+        found = {
+            name: module for name, module in named.items() if name and isinstance(module, spec)
+        }
         if not found and isinstance(model, spec):
             found = {"": model}
         if not found:
@@ -172,7 +184,7 @@ def find_layers(model: nn.Module, spec: LayerSpec) -> dict[str, nn.Module]:
             raise NetlensValueError("Expected at least one layer spec, but got an empty list.")
         specs = spec
     else:
-        specs = [spec]  # type: ignore[list-item]
+        specs = [cast("str | type[nn.Module] | nn.Module", spec)]
     found: dict[str, nn.Module] = {}
     for item in specs:
         found.update(_find_one(model, item, named))

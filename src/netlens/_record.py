@@ -22,8 +22,21 @@ Select = Callable[[Any], torch.Tensor]
 
 _INPLACE_DUNDERS = frozenset(
     f"__i{op}__"
-    for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor")
-    + ("lshift", "rshift", "matmul")
+    for op in (
+        "add",
+        "sub",
+        "mul",
+        "truediv",
+        "floordiv",
+        "mod",
+        "pow",
+        "and",
+        "or",
+        "xor",
+        "lshift",
+        "rshift",
+        "matmul",
+    )
 )
 
 
@@ -60,7 +73,9 @@ def _inplace_flag_position(func: Callable[..., Any]) -> int | None:
 _INPLACE_POSITION_CACHE: dict[Any, int | None] = {}
 
 
-def _mutated_tensors(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+def _mutated_tensors(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[Any]:
     """The tensors a torch function call is about to write into (conservatively)."""
     name = getattr(func, "__name__", "")
     targets: list[Any] = []
@@ -169,7 +184,9 @@ class Recorder(Mapping[str, torch.Tensor]):
 
     def __repr__(self) -> str:
         parts = [
-            f"{name!r}: {tuple(self._calls[name][-1].shape)}" if name in self._calls else f"{name!r}: -"
+            f"{name!r}: {tuple(self._calls[name][-1].shape)}"
+            if name in self._calls
+            else f"{name!r}: -"
             for name in self._layers
         ]
         return "Recorder({" + ", ".join(parts) + "})"
@@ -234,7 +251,7 @@ class Recorder(Mapping[str, torch.Tensor]):
         stack = ExitStack()
         try:
             handles: list[RemovableHandle] = []
-            stack.callback(lambda: [handle.remove() for handle in handles])
+            stack.callback(_remove_all, handles)
             handles.append(self._model.register_forward_pre_hook(self._start_forward))
             for name, module in self._layers.items():
                 handles.append(module.register_forward_hook(self._hook(name)))
@@ -255,6 +272,11 @@ class Recorder(Mapping[str, torch.Tensor]):
         if stack is not None:
             stack.close()
         self._storages.clear()
+
+
+def _remove_all(handles: list[RemovableHandle]) -> None:
+    for handle in handles:
+        handle.remove()
 
 
 def _storage_key(tensor: torch.Tensor) -> int:
@@ -315,5 +337,7 @@ def record(
     """
     found = find_layers(model, layers)
     if select is not None and not callable(select):
-        raise NetlensTypeError(f"Expected select to be a callable or None, but got {describe(select)}.")
+        raise NetlensTypeError(
+            f"Expected select to be a callable or None, but got {describe(select)}."
+        )
     return Recorder(model, found, detach=detach, device=device, select=select)

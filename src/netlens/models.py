@@ -48,7 +48,8 @@ class LeNet5(nn.Module):
         """Return class logits for ``(N, C, H, W)`` images."""
         x = self.pool1(self.relu1(self.conv1(x)))
         x = self.pool2(self.relu2(self.conv2(x)))
-        return self.fc2(self.relu3(self.fc1(self.flatten(x))))
+        logits: torch.Tensor = self.fc2(self.relu3(self.fc1(self.flatten(x))))
+        return logits
 
 
 class RowClassifier(nn.Module):
@@ -70,12 +71,22 @@ class RowClassifier(nn.Module):
     """
 
     def __init__(
-        self, cell: str = "lstm", input_size: int = 28, hidden_size: int = 128, num_classes: int = 10
+        self,
+        cell: str = "lstm",
+        input_size: int = 28,
+        hidden_size: int = 128,
+        num_classes: int = 10,
     ) -> None:
         super().__init__()
-        kinds: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+        kinds: dict[str, type[nn.RNN | nn.LSTM | nn.GRU]] = {
+            "rnn": nn.RNN,
+            "lstm": nn.LSTM,
+            "gru": nn.GRU,
+        }
         if cell not in kinds:
-            raise NetlensValueError(f"Expected cell to be one of {sorted(kinds)}, but got {cell!r}.")
+            raise NetlensValueError(
+                f"Expected cell to be one of {sorted(kinds)}, but got {cell!r}."
+            )
         self.cell = cell
         self.rnn = kinds[cell](input_size, hidden_size, batch_first=True)
         self.fc = nn.Linear(hidden_size, num_classes)
@@ -85,4 +96,5 @@ class RowClassifier(nn.Module):
         if x.dim() == 4:
             x = x.squeeze(1)
         output, _ = self.rnn(x)
-        return self.fc(output[:, -1])
+        logits: torch.Tensor = self.fc(output[:, -1])
+        return logits

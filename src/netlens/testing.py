@@ -39,7 +39,7 @@ class _State:
     training: dict[str, bool]
     hooks: dict[str, dict[str, tuple[int, ...]]]
     parameters: dict[str, tuple[int, torch.Tensor, torch.Tensor | None, bool]]
-    buffers: dict[str, torch.Tensor | None]
+    buffers: dict[str, torch.Tensor]
     global_hooks: dict[str, tuple[int, ...]]
 
 
@@ -68,10 +68,7 @@ def snapshot(model: nn.Module) -> _State:
         )
         for name, param in model.named_parameters()
     }
-    buffers = {
-        name: None if buffer is None else buffer.detach().clone()
-        for name, buffer in model.named_buffers()
-    }
+    buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
     from torch.nn.modules import module as module_module
 
     global_hooks = {
@@ -122,7 +119,9 @@ def _differences(before: _State, after: _State) -> list[str]:
         if not _same(grad, grad2):
             found.append(f"parameter {name}.grad changed")
         if requires_grad != requires_grad2:
-            found.append(f"parameter {name}.requires_grad changed: {requires_grad} -> {requires_grad2}")
+            found.append(
+                f"parameter {name}.requires_grad changed: {requires_grad} -> {requires_grad2}"
+            )
     if before.buffers.keys() != after.buffers.keys():
         found.append("the set of buffers changed")
     for name, value in before.buffers.items():
@@ -205,7 +204,8 @@ class TinyConvNet(nn.Module):
         """Classify a batch of 8x8 single-channel images."""
         x = self.pool1(self.relu1(self.conv1(x)))
         x = self.pool2(self.relu2(self.conv2(x)))
-        return self.fc(self.flatten(x))
+        logits: torch.Tensor = self.fc(self.flatten(x))
+        return logits
 
 
 class FunctionalReluNet(nn.Module):
@@ -221,7 +221,8 @@ class FunctionalReluNet(nn.Module):
         """Classify a batch of 8x8 single-channel images."""
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(torch.relu(self.conv2(x)), 2)
-        return self.fc(torch.flatten(x, 1))
+        logits: torch.Tensor = self.fc(torch.flatten(x, 1))
+        return logits
 
 
 class ResidualNet(nn.Module):
@@ -244,7 +245,8 @@ class ResidualNet(nn.Module):
         y = self.relu(self.bn_a(self.conv_a(x)))
         y = self.bn_b(self.conv_b(y))
         x = self.pool(self.relu(x + y))
-        return self.fc(torch.flatten(x, 1))
+        logits: torch.Tensor = self.fc(torch.flatten(x, 1))
+        return logits
 
 
 class SharedBlockNet(nn.Module):
@@ -260,7 +262,8 @@ class SharedBlockNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Classify a batch of 8x8 single-channel images."""
         x = self.block(self.block(self.stem(x)))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        logits: torch.Tensor = self.fc(torch.flatten(self.pool(x), 1))
+        return logits
 
 
 class RowRecurrentNet(nn.Module):
@@ -275,7 +278,8 @@ class RowRecurrentNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Classify ``(N, T, F)`` sequences."""
         output, _ = self.rnn(x)
-        return self.fc(output[:, -1])
+        logits: torch.Tensor = self.fc(output[:, -1])
+        return logits
 
 
 def _seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
