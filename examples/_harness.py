@@ -271,12 +271,13 @@ def train(
                     nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
                 optimizer.step()
                 scheduler.step()
-                if not math.isfinite(float(loss)):
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
                     raise ExampleError(
-                        f"{name}: the training loss became {float(loss)} in epoch {epoch}; "
+                        f"{name}: the training loss became {loss_value} in epoch {epoch}; "
                         "lower --lr"
                     )
-                loss_sum += float(loss) * len(y)
+                loss_sum += loss_value * len(y)
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
                 if bar is not None:

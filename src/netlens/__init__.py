@@ -5,6 +5,7 @@ projections (Zeiler & Fergus 2014), occlusion sensitivity and activation maximis
 ``nn.Module``.
 """
 
+from ._deconvnet import Projection, TopActivations, deconvnet, top_activations
 from ._errors import (
     LayerNotFoundError,
     NetlensError,
@@ -13,19 +14,24 @@ from ._errors import (
     NotRecordedError,
     UnsupportedModelError,
 )
-from ._layers import find_layers
+from ._layers import LayerSpec, find_layers
 from ._record import Recorder, record
 from ._version import __version__
 
 __all__ = [
     "LayerNotFoundError",
+    "LayerSpec",
     "NetlensError",
     "NetlensTypeError",
     "NetlensValueError",
     "NotRecordedError",
+    "Projection",
     "Recorder",
+    "TopActivations",
     "UnsupportedModelError",
     "__version__",
+    "deconvnet",
     "find_layers",
     "record",
+    "top_activations",
 ]
