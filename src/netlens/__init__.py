@@ -15,6 +15,7 @@ from ._errors import (
     UnsupportedModelError,
 )
 from ._layers import LayerSpec, find_layers
+from ._occlusion import OcclusionMap, occlusion
 from ._record import Recorder, record
 from ._version import __version__
 
@@ -25,6 +26,7 @@ __all__ = [
     "NetlensTypeError",
     "NetlensValueError",
     "NotRecordedError",
+    "OcclusionMap",
     "Projection",
     "Recorder",
     "TopActivations",
@@ -32,6 +34,7 @@ __all__ = [
     "__version__",
     "deconvnet",
     "find_layers",
+    "occlusion",
     "record",
     "top_activations",
 ]

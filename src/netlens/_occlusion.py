@@ -1,0 +1,975 @@
+"""Occlusion sensitivity (Zeiler & Fergus 2014): slide a patch over the input, watch the output.
+
+The occluded copies of a chunk of positions are built at once by index arithmetic (the flat
+indices under each window, one scatter; no Python loop over positions) and run through the model
+in passes whose size is ``batch_size`` or follows a memory budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
+
+import torch
+from torch import nn
+
+from ._errors import NetlensTypeError, NetlensValueError
+from ._layers import LayerSpec, check_model, describe, find_layers
+from ._model import evaluating, model_dtype_device, progress_bar
+from ._record import Recorder, _first_tensor, record
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "DEFAULT_ACCELERATOR_MEMORY_BUDGET",
+    "DEFAULT_MEMORY_BUDGET",
+    "OcclusionMap",
+    "occlusion",
+]
+
+#: Bytes that one forward pass of occluded copies may take on the CPU, counting the copies and
+#: the outputs of every module of the model on them, when ``batch_size`` is not given. Small on
+#: purpose: passes whose activations stay near the CPU caches run faster than bigger ones.
+DEFAULT_MEMORY_BUDGET = 48 * 2**20
+#: The same on other devices (GPUs), where bigger batches pay.
+DEFAULT_ACCELERATOR_MEMORY_BUDGET = 1024 * 2**20
+
+# The first forward pass, before anything is measured, assumes that the model's activations take
+# up to this many times the bytes of its input.
+_FIRST_GUESS = 256
+
+Scores: TypeAlias = Literal["softmax", "logits"] | Callable[[Any], torch.Tensor]
+Target: TypeAlias = Literal["pred"] | int | Sequence[int] | torch.Tensor
+Baseline: TypeAlias = float | Literal["mean"] | torch.Tensor
+
+
+@dataclass(frozen=True)
+class OcclusionMap:
+    """What :func:`occlusion` measured, per input and per occluder position.
+
+    The grid of positions has one dim per window dim: ``grid[d] = (size[d] - window[d]) //
+    stride[d] + 1`` for the occluded dims ``size`` of the input.
+
+    Attributes:
+        inputs: The inputs, ``(N, *shape)``.
+        probability: ``(N, *grid)``, the score of the target class with the occluder at each
+            position (a probability with ``scores="softmax"``, a logit with ``"logits"``).
+        predicted_class: ``(N, *grid)`` (int64), the most probable class at each position.
+        feature_activation: ``(N, *grid)``, the summed activation of ``channel`` of ``layer`` at
+            each position, or None without ``layer``.
+        attribution: ``(N, *shape)``, per input element the drop of the target score (unoccluded
+            minus occluded) averaged over the windows that cover it; 0 where no window does.
+        target: ``(N,)`` (int64), the class whose score is tracked.
+        base_score: ``(N,)``, the target score on the unoccluded inputs.
+        window: The occluder's size over the last ``len(window)`` dims.
+        stride: The step between positions in each of those dims.
+        layer: Name of the recorded layer, or None.
+        channel: ``(N,)`` (int64), the channel of ``layer`` whose activation is tracked, or None.
+    """
+
+    inputs: torch.Tensor
+    probability: torch.Tensor
+    predicted_class: torch.Tensor
+    feature_activation: torch.Tensor | None
+    attribution: torch.Tensor
+    target: torch.Tensor
+    base_score: torch.Tensor
+    window: tuple[int, ...]
+    stride: tuple[int, ...]
+    layer: str | None
+    channel: torch.Tensor | None
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Number of occluder positions along each window dim."""
+        return tuple(self.probability.shape[1:])
+
+    def plot(
+        self,
+        ax: Any = None,
+        *,
+        samples: Sequence[int] | None = None,
+        class_names: Sequence[str] | None = None,
+        cmap: str = "viridis",
+    ) -> tuple[Figure, np.ndarray]:
+        """Draw the paper's panels, one row per input.
+
+        Columns: the input; the target score for each occluder position; the most probable class
+        for each position (with a legend of ``class_names``); with ``layer``, the summed
+        activation of the channel; and the attribution overlaid on the input. Maps are placed
+        at their window centres, so that they line up with the input.
+
+        Args:
+            ax: None for a new figure, or as many Axes as panels (rows times columns, any
+                array-like shape).
+            samples: Which inputs to draw; all by default.
+            class_names: Names of the classes, indexed by class number, for the legend.
+            cmap: Colour map of the score and activation maps.
+
+        Returns:
+            The figure and a ``(rows, columns)`` array of Axes.
+
+        Raises:
+            NetlensValueError: Maps that cannot be drawn over two dims, a wrong number of Axes or
+                an unknown sample.
+        """
+        import numpy as np
+        from matplotlib.colors import ListedColormap
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
+
+        chosen = list(range(self.inputs.shape[0])) if samples is None else list(samples)
+        for sample in chosen:
+            self._check_sample(sample)
+        self._check_drawable()
+        rows, cols = len(chosen), 4 if self.feature_activation is None else 5
+        if ax is None:
+            fig = Figure(figsize=(2.7 * cols, 2.5 * rows), layout="constrained")
+            axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
+        else:
+            axes = np.asarray(ax, dtype=object).reshape(-1)
+            if axes.size != rows * cols:
+                raise NetlensValueError(
+                    f"Expected {rows * cols} Axes ({rows} inputs times {cols} panels), but got "
+                    f"{axes.size}."
+                )
+            axes = axes.reshape(rows, cols)
+            fig = cast("Figure", axes[0, 0].figure)
+        for row, sample in enumerate(chosen):
+            line = list(axes[row])
+            target = int(self.target[sample])
+            self._draw_input(line[0], sample)
+            line[0].set_title(f"input {sample} (target {_class_name(target, class_names)})")
+            image = self._draw_map(line[1], self.probability[sample], cmap=cmap)
+            fig.colorbar(image, ax=line[1], shrink=0.8)
+            line[1].set_title(f"score of {_class_name(target, class_names)}")
+            present, codes = torch.unique(self.predicted_class[sample], return_inverse=True)
+            classes = [int(c) for c in present.tolist()]
+            palette = _class_colours(classes)
+            self._draw_map(
+                line[2],
+                codes,
+                cmap=ListedColormap(palette),
+                vmin=-0.5,
+                vmax=len(classes) - 0.5,
+            )
+            line[2].legend(
+                handles=[
+                    Patch(color=colour, label=_class_name(c, class_names))
+                    for c, colour in zip(classes, palette, strict=True)
+                ],
+                loc="upper left",
+                bbox_to_anchor=(1.0, 1.0),
+                fontsize="x-small",
+                frameon=False,
+            )
+            line[2].set_title("most probable class")
+            if self.feature_activation is not None and self.channel is not None:
+                image = self._draw_map(line[3], self.feature_activation[sample], cmap=cmap)
+                fig.colorbar(image, ax=line[3], shrink=0.8)
+                line[3].set_title(f"{self.layer} channel {int(self.channel[sample])}")
+            self.overlay(line[-1], sample=sample)
+            line[-1].set_title("attribution on the input")
+        return fig, axes
+
+    def overlay(
+        self,
+        ax: Axes | None = None,
+        *,
+        sample: int = 0,
+        map: Literal["attribution", "probability", "feature_activation"] = "attribution",
+        alpha: float = 0.55,
+        cmap: str | None = None,
+    ) -> tuple[Figure, Axes]:
+        """Draw one map over the input, in grey.
+
+        Args:
+            ax: Axes to draw on, or None for a new figure.
+            sample: Which input.
+            map: ``"attribution"`` (per element, diverging colours centred at zero),
+                ``"probability"`` or ``"feature_activation"`` (per occluder position).
+            alpha: Opacity of the map.
+            cmap: Colour map; ``"RdBu_r"`` for the attribution, ``"viridis"`` otherwise.
+
+        Returns:
+            The figure and the Axes.
+
+        Raises:
+            NetlensValueError: An unknown map or sample, or maps that cannot be drawn.
+        """
+        from matplotlib.figure import Figure
+
+        self._check_sample(sample)
+        self._check_drawable()
+        if ax is None:
+            fig = Figure(figsize=(3.0, 3.0), layout="constrained")
+            axis = fig.add_subplot()
+        else:
+            axis = ax
+            fig = cast("Figure", axis.figure)
+        self._draw_input(axis, sample, grey=True)
+        if map == "attribution":
+            values = _plane(self.attribution[sample], len(self.inputs.shape) - 1).mean(0)
+            limit = float(values.abs().max()) or 1.0
+            axis.imshow(
+                values.cpu().numpy(),
+                cmap=cmap or "RdBu_r",
+                vmin=-limit,
+                vmax=limit,
+                alpha=alpha,
+                interpolation="nearest",
+            )
+        elif map == "probability":
+            self._draw_map(axis, self.probability[sample], cmap=cmap or "viridis", alpha=alpha)
+        elif map == "feature_activation":
+            if self.feature_activation is None:
+                raise NetlensValueError(
+                    "Expected an occlusion map recorded with layer= to overlay the feature "
+                    "activation, but this one has none."
+                )
+            self._draw_map(
+                axis, self.feature_activation[sample], cmap=cmap or "viridis", alpha=alpha
+            )
+        else:
+            raise NetlensValueError(
+                "Expected map to be 'attribution', 'probability' or 'feature_activation', but "
+                f"got {map!r}."
+            )
+        axis.set_title(f"{map.replace('_', ' ')} on input {sample}", fontsize="small")
+        return fig, axis
+
+    # -- drawing helpers ---------------------------------------------------------------------
+
+    def _check_sample(self, sample: int) -> None:
+        count = self.inputs.shape[0]
+        if isinstance(sample, bool) or not isinstance(sample, int) or not -count <= sample < count:
+            raise NetlensValueError(
+                f"Expected a sample index in [0, {count}), but got {describe(sample)}."
+            )
+
+    def _check_drawable(self) -> None:
+        # Window dims before the last two of the input must have a single position.
+        shape = self.inputs.shape[1:]
+        plane_dims = min(2, len(shape))
+        extra = len(self.window) - plane_dims
+        if extra > 0 and any(n != 1 for n in self.grid[:extra]):
+            raise NetlensValueError(
+                "Expected the occluder to move over the last two dims of the input only, to draw "
+                f"its maps, but it has {self.grid} positions over a window of {self.window}."
+            )
+
+    def _plane_extent(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """Extent of each map cell grid over the drawn plane, so that cells sit on their windows."""
+        shape = tuple(self.inputs.shape[1:])
+        plane = shape[-2:] if len(shape) >= 2 else (1, *shape)
+        first_window_dim = len(shape) - len(self.window)
+        spans: list[tuple[float, float]] = []
+        for offset, size in enumerate(plane):
+            dim = len(shape) - len(plane) + offset
+            if dim < first_window_dim or dim < 0:
+                spans.append((-0.5, size - 0.5))
+                continue
+            index = dim - first_window_dim
+            window, stride, count = self.window[index], self.stride[index], self.grid[index]
+            # A cell per position, centred on its window; one position fills its whole window.
+            width = stride if count > 1 else window
+            start = (window - 1) / 2 - width / 2
+            spans.append((start, start + (count - 1) * stride + width))
+        return spans[0], spans[1]
+
+    def _map_plane(self, values: torch.Tensor) -> torch.Tensor:
+        """A per-position map as a 2-D array over the drawn plane."""
+        shape = tuple(self.inputs.shape[1:])
+        plane_dims = min(2, len(shape))
+        windowed = min(plane_dims, len(self.window))
+        cells = values.reshape(self.grid[len(self.grid) - windowed :])
+        while cells.dim() < 2:
+            cells = cells.unsqueeze(0)
+        return cells
+
+    def _draw_map(self, axis: Axes, values: torch.Tensor, *, cmap: Any, **kwargs: Any) -> Any:
+        (top, bottom), (left, right) = self._plane_extent()
+        image = axis.imshow(
+            self._map_plane(values).detach().cpu().numpy(),
+            cmap=cmap,
+            extent=(left, right, bottom, top),
+            interpolation="nearest",
+            **kwargs,
+        )
+        self._set_limits(axis)
+        return image
+
+    def _set_limits(self, axis: Axes) -> None:
+        shape = tuple(self.inputs.shape[1:])
+        height, width = (shape[-2], shape[-1]) if len(shape) >= 2 else (1, shape[-1])
+        axis.set_xlim(-0.5, width - 0.5)
+        axis.set_ylim(height - 0.5, -0.5)
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.set_aspect("auto" if height * 8 < width or width * 8 < height else "equal")
+
+    def _draw_input(self, axis: Axes, sample: int, *, grey: bool = False) -> None:
+        planes = _plane(self.inputs[sample], len(self.inputs.shape) - 1).detach().float().cpu()
+        if planes.shape[0] == 3 and not grey:
+            low, high = planes.min(), planes.max()
+            rgb = (planes - low) / (high - low) if high > low else torch.zeros_like(planes)
+            axis.imshow(rgb.permute(1, 2, 0).numpy(), interpolation="nearest")
+        else:
+            axis.imshow(planes.mean(0).numpy(), cmap="gray", interpolation="nearest")
+        self._set_limits(axis)
+
+
+def _plane(tensor: torch.Tensor, sample_dims: int) -> torch.Tensor:
+    """One sample as ``(colour, height, width)``: the leading dims merged into colour."""
+    if sample_dims == 1:
+        return tensor.reshape(1, 1, -1)
+    return tensor.reshape(-1, *tensor.shape[-2:])
+
+
+def _class_name(index: int, class_names: Sequence[str] | None) -> str:
+    if class_names is not None and 0 <= index < len(class_names):
+        return str(class_names[index])
+    return str(index)
+
+
+def _class_colours(classes: list[int]) -> list[Any]:
+    from matplotlib import colormaps
+
+    table = colormaps["tab10" if max(classes, default=0) < 10 else "tab20"]
+    return [table(c % table.N) for c in classes]
+
+
+# -- the computation -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Where the occluder goes: window and stride over the last dims of one sample."""
+
+    sample_shape: tuple[int, ...]
+    window: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    @property
+    def occluded_shape(self) -> tuple[int, ...]:
+        return self.sample_shape[len(self.sample_shape) - len(self.window) :]
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return tuple(
+            (size - window) // stride + 1
+            for size, window, stride in zip(
+                self.occluded_shape, self.window, self.stride, strict=True
+            )
+        )
+
+    @property
+    def positions(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def plane_size(self) -> int:
+        return math.prod(self.occluded_shape)
+
+    def plane_strides(self) -> list[int]:
+        shape = self.occluded_shape
+        return [math.prod(shape[d + 1 :]) for d in range(len(shape))]
+
+    def cells(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
+        """``(stop - start, window size)``: flat plane indices under the window at each position."""
+        plane_strides = self.plane_strides()
+        offsets = torch.zeros(1, dtype=torch.long, device=device)
+        for size, step in zip(self.window, plane_strides, strict=True):
+            offsets = (offsets[:, None] + torch.arange(size, device=device) * step).reshape(-1)
+        remaining = torch.arange(start, stop, device=device)
+        origin = torch.zeros_like(remaining)
+        for d in reversed(range(len(self.grid))):
+            origin += (remaining % self.grid[d]) * (self.stride[d] * plane_strides[d])
+            remaining = remaining // self.grid[d]
+        return origin[:, None] + offsets[None, :]
+
+    def coverage(self, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+        """Per window dim, ``(grid, size)``: 1 where the window at a position covers an index."""
+        matrices = []
+        for size, window, stride, count in zip(
+            self.occluded_shape, self.window, self.stride, self.grid, strict=True
+        ):
+            index = torch.arange(size, device=device)
+            start = torch.arange(count, device=device)[:, None] * stride
+            matrices.append(((index >= start) & (index < start + window)).to(dtype))
+        return matrices
+
+
+def _attribution(drops: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
+    """Spread each position's drop over its window and average per element.
+
+    The window is a box, so its indicator factorises over dims: contracting the drops with one
+    coverage matrix per dim sums them per element without a loop over positions.
+    """
+    matrices = geometry.coverage(drops.dtype, drops.device)
+    total = drops
+    count = torch.ones((), dtype=drops.dtype, device=drops.device)
+    for matrix in matrices:
+        total = torch.tensordot(total, matrix, dims=([1], [0]))  # grid dim out, size dim in (last)
+        count = count[..., None] * matrix.sum(0)
+    average = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+    shape = (drops.shape[0],) + (1,) * (len(geometry.sample_shape) - len(geometry.window))
+    average = average.reshape(shape + geometry.occluded_shape)
+    return average.expand(drops.shape[0], *geometry.sample_shape).contiguous()
+
+
+def _as_sizes(value: object, name: str, rank: int) -> tuple[int, ...]:
+    """An int (repeated ``rank`` times) or a sequence of ints, all positive."""
+    if isinstance(value, bool) or not isinstance(value, (int, Sequence)) or isinstance(value, str):
+        raise NetlensTypeError(
+            f"Expected {name} to be an int or a sequence of ints, but got {describe(value)}."
+        )
+    if isinstance(value, int):
+        sizes: tuple[Any, ...] = (value,) * rank
+    else:
+        sizes = tuple(value)
+    if not sizes or any(isinstance(s, bool) or not isinstance(s, int) for s in sizes):
+        raise NetlensTypeError(
+            f"Expected {name} to be a non-empty sequence of ints, but got {describe(value)}."
+        )
+    if any(s <= 0 for s in sizes):
+        raise NetlensValueError(f"Expected {name} sizes to be positive, but got {sizes}.")
+    return sizes
+
+
+def _geometry(inputs: torch.Tensor, window: object, stride: object) -> _Geometry:
+    sample_shape = tuple(inputs.shape[1:])
+    default_rank = max(1, len(sample_shape) - 1)
+    if isinstance(window, (list, tuple)) and not 1 <= len(window) <= len(sample_shape):
+        raise NetlensValueError(
+            f"Expected a window of 1 to {len(sample_shape)} sizes for inputs of shape "
+            f"{tuple(inputs.shape)} (it covers the last len(window) dims), but got {len(window)} "
+            f"sizes: {tuple(window)}."
+        )
+    windows = _as_sizes(window, "window", default_rank)
+    occluded = sample_shape[len(sample_shape) - len(windows) :]
+    if any(w > size for w, size in zip(windows, occluded, strict=True)):
+        raise NetlensValueError(
+            f"Expected a window no larger than the occluded dims {occluded} of inputs of shape "
+            f"{tuple(inputs.shape)}, but got window {windows}."
+        )
+    if stride is None:
+        strides = windows
+    else:
+        if isinstance(stride, (list, tuple)) and len(stride) != len(windows):
+            raise NetlensValueError(
+                f"Expected one stride per window dim ({len(windows)}), but got {tuple(stride)}."
+            )
+        strides = _as_sizes(stride, "stride", len(windows))
+    return _Geometry(sample_shape, windows, strides)
+
+
+def _baseline(baseline: object, inputs: torch.Tensor, plane_size: int) -> torch.Tensor:
+    """The baseline as ``(N or 1, lead or 1, plane or 1)``, in the inputs' dtype and device."""
+    count = inputs.shape[0]
+    if isinstance(baseline, str):
+        if baseline != "mean":
+            raise NetlensValueError(
+                f"Expected baseline to be a number, 'mean' or a tensor, but got {baseline!r}."
+            )
+        return inputs.reshape(count, -1).mean(1).reshape(count, 1, 1)
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        if not math.isfinite(baseline):
+            raise NetlensValueError(f"Expected a finite baseline, but got {baseline}.")
+        return torch.full((1, 1, 1), float(baseline), dtype=inputs.dtype, device=inputs.device)
+    if not isinstance(baseline, torch.Tensor):
+        raise NetlensTypeError(
+            f"Expected baseline to be a number, 'mean' or a tensor, but got {describe(baseline)}."
+        )
+    aligned = zip(reversed(baseline.shape), reversed(inputs.shape), strict=False)
+    if baseline.dim() > inputs.dim() or any(b not in (1, i) for b, i in aligned):
+        raise NetlensValueError(
+            f"Expected a baseline tensor broadcastable to the inputs' shape {tuple(inputs.shape)}, "
+            f"but got shape {tuple(baseline.shape)}."
+        )
+    values = baseline.detach().to(dtype=inputs.dtype, device=inputs.device)
+    if not bool(torch.isfinite(values).all()):
+        raise NetlensValueError("Expected a finite baseline, but it holds NaN or inf values.")
+    return values.expand(inputs.shape).reshape(count, -1, plane_size)
+
+
+def _scores_function(scores: object) -> Callable[[Any], torch.Tensor]:
+    if scores == "softmax":
+        return lambda output: torch.softmax(output, dim=1)
+    if scores == "logits":
+        return lambda output: output
+    if callable(scores) and not isinstance(scores, str):
+        return cast(Callable[[Any], torch.Tensor], scores)
+    raise NetlensValueError(
+        f"Expected scores to be 'softmax', 'logits' or a callable, but got {describe(scores)}."
+    )
+
+
+def _checked_scores(
+    scores: Callable[[Any], torch.Tensor], output: object, rows: int, custom: bool
+) -> torch.Tensor:
+    if not custom and not isinstance(output, torch.Tensor):
+        raise NetlensTypeError(
+            "Expected the model to return a tensor of scores (batch, classes), but it returned "
+            f"{describe(output)}; pass scores= a callable that picks the scores from it."
+        )
+    result = scores(output)
+    if not isinstance(result, torch.Tensor) or result.dim() != 2 or result.shape[0] != rows:
+        raise NetlensValueError(
+            f"Expected scores of shape (batch, classes) for a batch of {rows} copies, but got "
+            f"{describe(result)}; pass scores= a callable that maps the model's output to them."
+        )
+    return result
+
+
+def _per_input(value: object, name: str, count: int, device: torch.device) -> torch.Tensor:
+    """An int, or one int per input (sequence or tensor), as ``(count,)`` int64."""
+    if isinstance(value, (bool, str)):
+        raise NetlensTypeError(
+            f"Expected {name} to be an int or one int per input, but got {describe(value)}."
+        )
+    if isinstance(value, int):
+        return torch.full((count,), value, dtype=torch.long, device=device)
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise NetlensTypeError(f"Expected {name} to hold integers, but got {describe(value)}.")
+        values = value.detach().to(device=device, dtype=torch.long)
+    elif isinstance(value, Sequence) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        values = torch.tensor(list(value), dtype=torch.long, device=device)
+    else:
+        raise NetlensTypeError(
+            f"Expected {name} to be an int or one int per input, but got {describe(value)}."
+        )
+    if values.dim() == 0:
+        return values.expand(count).clone()
+    if values.dim() != 1 or values.shape[0] != count:
+        raise NetlensValueError(
+            f"Expected one {name} per input ({count}), but got shape {tuple(values.shape)}."
+        )
+    return values
+
+
+def _check_range(values: torch.Tensor, limit: int, what: str) -> None:
+    bad = (values < 0) | (values >= limit)
+    if bool(bad.any()):
+        raise NetlensValueError(f"Expected {what} in [0, {limit}), but got {values[bad].tolist()}.")
+
+
+def _channel_sums(output: torch.Tensor, module: nn.Module, rows: int, name: str) -> torch.Tensor:
+    """``(rows, channels)``: each channel of a layer's output summed over everything else.
+
+    The channel is dim 1 (conv channels, linear units), and for a recurrent layer the hidden
+    unit (last dim), summed over time steps.
+    """
+    if isinstance(module, nn.RNNBase):
+        if not module.batch_first:
+            output = output.transpose(0, 1)
+        if output.dim() == 3 and output.shape[0] == rows:
+            return output.sum(1)
+    elif output.dim() >= 2 and output.shape[0] == rows:
+        return output.reshape(rows, output.shape[1], -1).sum(2)
+    raise NetlensValueError(
+        f"Expected layer {name!r} to output (batch, channels, ...) with batch {rows}, but it "
+        f"output {describe(output)}."
+    )
+
+
+def _tensor_or_empty(output: Any) -> torch.Tensor:
+    found = _first_tensor(output)
+    return found if found is not None else torch.empty(0)
+
+
+Chunk: TypeAlias = tuple[int, int, int, int]
+
+
+def _plan(start: int, offset: int, stop: int, count: int, rows: int) -> list[Chunk]:
+    """Chunks ``(first slot, stop slot, first input, stop input)`` of at most ``rows`` copies.
+
+    They start at slot ``start``, input ``offset``, and take whole slots when the inputs fit,
+    else one slot split over the inputs.
+    """
+    chunks: list[Chunk] = []
+    if offset:
+        chunks += [(start, start + 1, n, min(n + rows, count)) for n in range(offset, count, rows)]
+        start += 1
+    if rows >= count:
+        step = rows // count
+        chunks += [(p, min(p + step, stop), 0, count) for p in range(start, stop, step)]
+    else:
+        chunks += [
+            (p, p + 1, n, min(n + rows, count))
+            for p in range(start, stop)
+            for n in range(0, count, rows)
+        ]
+    return chunks
+
+
+class _Copies:
+    """The occluded copies of each pass, built in one buffer that is reused from pass to pass.
+
+    Rows of the buffer are ``(slot, input)`` pairs. A pass over every input puts back what the
+    previous pass hid (a scatter of the window's cells) and hides the new windows: work in
+    proportion to the window rather than to the input. A pass over part of the inputs, or one
+    after a forward pass that wrote into its input (seen on the buffer's version counter),
+    refreshes the copies from the inputs first.
+    """
+
+    def __init__(self, planes: torch.Tensor, baseline: torch.Tensor, geometry: _Geometry) -> None:
+        self.planes = planes  # (inputs, lead, plane)
+        self.baseline = baseline.expand(planes.shape)
+        self.geometry = geometry
+        self.buffer = planes.new_empty(0, *planes.shape)
+        # Cells hidden in each slot row of the buffer; rows past it hold no valid copy.
+        self.hidden = torch.zeros(0, 1, dtype=torch.long, device=planes.device)
+        self.version = -1
+
+    def make(self, chunk: Chunk) -> torch.Tensor:
+        """The copies of a chunk, slot-major: ``(slots * inputs, *sample_shape)``."""
+        first, stop, n_first, n_stop = chunk
+        slots, members = stop - first, n_stop - n_first
+        every_input = members == self.planes.shape[0]
+        cells = self.geometry.cells(max(first, 1) - 1, stop - 1, self.planes.device)
+        if first == 0:  # the unoccluded inputs: their row "hides" cell 0 under its own value
+            cells = torch.cat([cells.new_zeros(1, cells.shape[1]), cells])
+        reuse = (
+            every_input and slots <= self.hidden.shape[0] and self.buffer._version == self.version
+        )
+        if not reuse and (self.buffer.shape[0] < slots or self.buffer.shape[1] != members):
+            self.buffer = self.planes.new_empty(slots, members, *self.planes.shape[1:])
+        rows = self.buffer[:slots]
+        original = self.planes[None, n_first:n_stop]
+        if reuse:
+            rows.scatter_(3, *_cells_of(original, self.hidden[:slots], members))
+            self.hidden[:slots] = cells
+        else:
+            rows.copy_(original.expand_as(rows))
+            self.hidden = cells if every_input else cells[:0]
+        hide = 1 if first == 0 else 0
+        base = self.baseline[None, n_first:n_stop]
+        rows[hide:].scatter_(3, *_cells_of(base, cells[hide:], members))
+        self.version = self.buffer._version
+        return rows.reshape(slots * members, *self.geometry.sample_shape)
+
+
+def _cells_of(
+    source: torch.Tensor, cells: torch.Tensor, members: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index and values for ``scatter_`` along the plane dim: ``source`` at ``cells`` per row.
+
+    ``source`` is ``(1, members, lead, plane)``, ``cells`` is ``(rows, window size)``.
+    """
+    shape = (cells.shape[0], members, source.shape[2], cells.shape[1])
+    index = cells[:, None, None, :].expand(shape)
+    return index, source.expand(shape[:3] + source.shape[3:]).gather(3, index)
+
+
+class _Run:
+    """The state of one occlusion run: fills per-position results chunk by chunk.
+
+    Slot 0 is the unoccluded inputs, slot ``k`` the occluder at position ``k - 1``, so that
+    the unoccluded pass shares the first forward pass with the first occluded copies.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        geometry: _Geometry,
+        baseline: torch.Tensor,
+        scores: Scores,
+        target: torch.Tensor | None,
+        channel: torch.Tensor | None,
+    ) -> None:
+        self.model = model
+        self.geometry = geometry
+        self.count = inputs.shape[0]
+        self.copies = _Copies(
+            inputs.reshape(self.count, -1, geometry.plane_size), baseline, geometry
+        )
+        self.scores = _scores_function(scores)
+        self.custom_scores = callable(scores) and not isinstance(scores, str)
+        self.requested_target = target
+        self.requested_channel = channel
+        self.feature: tuple[str, nn.Module, Recorder] | None = None
+        # Allocated at the first forward pass, in the dtype and on the device of the scores and
+        # of the activations.
+        self.target = torch.zeros(0, dtype=torch.long)
+        self.predicted = torch.zeros(0, dtype=torch.long)
+        self.base_score = inputs.new_zeros(0)
+        self.probability = inputs.new_zeros(0)
+        self.channel = torch.zeros(0, dtype=torch.long)
+        self.activation = inputs.new_zeros(0)
+        self.classes = -1
+
+    def run(self, chunk: Chunk) -> None:
+        """Evaluate one chunk and store what it says."""
+        first, stop, n_first, n_stop = chunk
+        slots, members = stop - first, n_stop - n_first
+        output = self.model(self.copies.make(chunk))
+        scores = _checked_scores(self.scores, output, slots * members, self.custom_scores)
+        if self.classes < 0:
+            self._allocate(scores)
+        if scores.shape[1] != self.classes:
+            raise NetlensValueError(
+                f"Expected the same number of scores on every forward pass ({self.classes}), "
+                f"but got {scores.shape[1]}."
+            )
+        scores = scores.reshape(slots, members, -1)
+        sums = None
+        if self.feature is not None:
+            name, module, recorder = self.feature
+            sums = _channel_sums(recorder[name], module, slots * members, name)
+            sums = sums.reshape(slots, members, -1)
+        if first == 0:
+            self._unoccluded(scores[0], None if sums is None else sums[0], n_first, n_stop)
+            scores = scores[1:]
+            sums = None if sums is None else sums[1:]
+        occluded = slice(max(first, 1) - 1, stop - 1)
+        if scores.shape[0] == 0:
+            return
+        members_slice = slice(n_first, n_stop)
+        picked = self.target[members_slice].expand(scores.shape[0], members)[..., None]
+        self.probability[members_slice, occluded] = scores.gather(2, picked)[..., 0].T
+        self.predicted[members_slice, occluded] = scores.argmax(2).T
+        if sums is not None:
+            picked = self.channel[members_slice].expand(sums.shape[0], members)[..., None]
+            self.activation[members_slice, occluded] = sums.gather(2, picked)[..., 0].T
+
+    def _allocate(self, scores: torch.Tensor) -> None:
+        self.classes = scores.shape[1]
+        if self.requested_target is not None:
+            _check_range(self.requested_target, self.classes, "target classes")
+        positions = self.geometry.positions
+        self.target = torch.zeros(self.count, dtype=torch.long, device=scores.device)
+        self.predicted = torch.zeros(self.count, positions, dtype=torch.long, device=scores.device)
+        self.base_score = scores.new_zeros(self.count)
+        self.probability = scores.new_zeros(self.count, positions)
+
+    def _unoccluded(
+        self, scores: torch.Tensor, sums: torch.Tensor | None, n_first: int, n_stop: int
+    ) -> None:
+        members = slice(n_first, n_stop)
+        if self.requested_target is None:
+            self.target[members] = scores.argmax(1)
+        else:
+            self.target[members] = self.requested_target[members]
+        self.base_score[members] = scores.gather(1, self.target[members, None])[:, 0]
+        if sums is None:
+            return
+        if self.activation.shape != (self.count, self.geometry.positions):
+            if self.requested_channel is not None:
+                _check_range(self.requested_channel, sums.shape[1], "channels of the layer")
+            self.activation = sums.new_zeros(self.count, self.geometry.positions)
+            self.channel = torch.zeros(self.count, dtype=torch.long, device=sums.device)
+        if self.requested_channel is None:
+            self.channel[members] = sums.argmax(1)
+        else:
+            self.channel[members] = self.requested_channel[members]
+
+
+def _memory_budget(device: torch.device) -> int:
+    return DEFAULT_MEMORY_BUDGET if device.type == "cpu" else DEFAULT_ACCELERATOR_MEMORY_BUDGET
+
+
+def _measured_rows(recorder: Recorder, copies: int, sample_bytes: int, budget: int) -> int:
+    """Copies that fit in the memory budget, from every module's outputs on ``copies`` copies."""
+    activation_bytes = sum(
+        tensor.numel() * tensor.element_size()
+        for name in recorder
+        for tensor in recorder.calls(name)
+    )
+    per_copy = 3 * sample_bytes + activation_bytes / copies
+    return max(1, int(budget // per_copy))
+
+
+def occlusion(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    window: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    baseline: Baseline = 0.0,
+    target: Target = "pred",
+    scores: Scores = "softmax",
+    layer: LayerSpec | None = None,
+    channel: int | Sequence[int] | torch.Tensor | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> OcclusionMap:
+    """Slide a baseline patch over each input and record how the model's output changes.
+
+    As in Zeiler & Fergus (2014): for every position of the occluder it records the score of
+    the target class, the most probable class and, with ``layer``, the summed activation of one
+    channel; and it spreads the drops of the target score back over the input (``.attribution``,
+    the quantity of ``captum.attr.Occlusion`` with the channel dim inside its window).
+
+    The window covers the last ``len(window)`` dims of each input: for images ``(N, C, H, W)`` a
+    window ``(h, w)`` hides a patch across all channels at once; for 1-D signals ``(N, C, L)`` a
+    window ``(k,)`` hides a segment; for row sequences ``(N, T, F)`` a window ``(k, F)`` hides k
+    rows. Positions are the full windows at ``0, s, 2s, ...`` in each dim, ``(size - window)
+    // stride + 1`` of them. At a ragged edge (when ``stride`` does not divide ``size -
+    window``) the last ``(size - window) % stride`` elements are covered by fewer windows or,
+    with a stride larger than the window, by none: their attribution is then 0. (Captum adds a
+    cut-off window there; the two agree whenever the positions tile the input exactly.)
+
+    The model runs in eval mode (each module's ``training`` flag is restored afterwards) and
+    without gradients; the model itself is left as it was. The occluded copies are built a chunk
+    of positions at a time by scattering the baseline under every window of the chunk (no
+    Python loop over positions), in a buffer reused from pass to pass, and evaluated
+    ``batch_size`` copies per forward pass. By default a pass holds as many copies as
+    fit in a memory budget, counting the copies and the outputs of every module: 48 MiB on the
+    CPU, 1 GiB on other devices (``netlens._occlusion.DEFAULT_MEMORY_BUDGET`` and
+    ``DEFAULT_ACCELERATOR_MEMORY_BUDGET``). The first pass, which also carries the unoccluded
+    inputs, assumes activations of up to 256 times the input's size and measures the real ones
+    (with :func:`record`) to size the passes after it. Peak memory thus stays bounded however
+    many positions there are.
+
+    Args:
+        model: A classifier returning ``(N, classes)``, or any model with ``scores``.
+        inputs: ``(N, ...)`` floating-point inputs, finite.
+        window: The occluder's size over the last ``len(window)`` dims; an int means the same
+            size over every dim after dim 1 (the channel dim of images).
+        stride: Step between positions, an int or one per window dim; default ``window`` (no
+            overlap).
+        baseline: The occluder's value: a number, ``"mean"`` (each input's own mean) or a tensor
+            broadcastable to ``inputs``.
+        target: The class to track: ``"pred"`` (the class predicted on each unoccluded input),
+            an int, or one int per input.
+        scores: ``"softmax"`` (probabilities), ``"logits"`` (the output as is) or a callable
+            from the model's output to ``(N, classes)`` scores.
+        layer: A layer spec (see :func:`find_layers`) naming one layer whose channel activation
+            is recorded; its latest call per forward pass counts.
+        channel: The channel (dim 1 of the layer's output; the hidden unit for recurrent
+            layers), an int or one per input; default the channel with the largest summed
+            activation on each unoccluded input.
+        batch_size: Occluded copies per forward pass.
+        progress: Show a progress bar over the forward passes (needs tqdm).
+
+    Returns:
+        An :class:`OcclusionMap`.
+
+    Raises:
+        NetlensValueError: A window larger than the input or of the wrong rank, a stride that is
+            not positive, a baseline of the wrong shape, non-finite inputs, a target class or a
+            channel out of range, a target of the wrong length, a layer spec matching several
+            layers, or model outputs that are not ``(N, classes)``.
+        NetlensTypeError: Arguments of the wrong type.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> import netlens as nl
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(576, 3))
+        >>> result = nl.occlusion(net, torch.randn(2, 1, 14, 14), window=(4, 4), stride=2)
+        >>> result.probability.shape  # 6 x 6 occluder positions per input
+        torch.Size([2, 6, 6])
+        >>> result.attribution.shape
+        torch.Size([2, 1, 14, 14])
+    """
+    check_model(model)
+    if not isinstance(inputs, torch.Tensor):
+        raise NetlensTypeError(f"Expected inputs to be a torch.Tensor, but got {describe(inputs)}.")
+    if not inputs.is_floating_point() or inputs.dim() < 2 or inputs.shape[0] == 0:
+        raise NetlensValueError(
+            "Expected floating-point inputs of shape (N, ...) with N >= 1 and at least one dim "
+            f"to occlude, but got {describe(inputs)}."
+        )
+    if not bool(torch.isfinite(inputs).all()):
+        raise NetlensValueError("Expected finite inputs, but they hold NaN or inf values.")
+    model_dtype, model_device = model_dtype_device(model)
+    if model_device is not None and model_device != inputs.device:
+        raise NetlensValueError(
+            f"Expected inputs on the model's device {model_device}, but got {inputs.device}."
+        )
+    if model_dtype is not None and model_dtype != inputs.dtype:
+        raise NetlensTypeError(
+            f"Expected inputs of the model's dtype {model_dtype}, but got {inputs.dtype}."
+        )
+    count = inputs.shape[0]
+    inputs = inputs.detach()
+    geometry = _geometry(inputs, window, stride)
+    baseline_planes = _baseline(baseline, inputs, geometry.plane_size)
+    _scores_function(scores)  # validates before any forward pass
+    if isinstance(target, str) and target != "pred":
+        raise NetlensValueError(
+            f"Expected target to be 'pred', a class index or one per input, but got {target!r}."
+        )
+    requested_target = (
+        None if isinstance(target, str) else _per_input(target, "target", count, inputs.device)
+    )
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0
+    ):
+        raise NetlensValueError(
+            f"Expected a positive int batch_size, but got {describe(batch_size)}."
+        )
+    layer_name: str | None = None
+    layer_module: nn.Module | None = None
+    if layer is not None:
+        found = find_layers(model, layer)
+        if len(found) != 1:
+            raise NetlensValueError(
+                f"Expected layer to match exactly one layer, but it matched {len(found)}: "
+                + ", ".join(repr(name) for name in list(found)[:10])
+                + "."
+            )
+        ((layer_name, layer_module),) = found.items()
+    elif channel is not None:
+        raise NetlensValueError("Expected layer= together with channel=, but got no layer.")
+    requested_channel = (
+        None if channel is None else _per_input(channel, "channel", count, inputs.device)
+    )
+
+    run = _Run(
+        model, inputs, geometry, baseline_planes, scores, requested_target, requested_channel
+    )
+    slots = geometry.positions + 1
+    sample_bytes = inputs[0].numel() * inputs.element_size()
+    with evaluating(model), torch.no_grad(), ExitStack() as stack:
+        if layer_module is not None and layer_name is not None:
+            run.feature = (
+                layer_name,
+                layer_module,
+                stack.enter_context(record(model, layer_module)),
+            )
+        budget = _memory_budget(inputs.device)
+        # Without batch_size, the first pass assumes activations up to _FIRST_GUESS times the
+        # input; when more passes follow, it measures every module's outputs to size them.
+        rows = batch_size or max(1, budget // (sample_bytes * (3 + _FIRST_GUESS)))
+        chunks = _plan(0, 0, slots, count, rows)
+        if batch_size is None and len(chunks) > 1:
+            first = chunks[0]
+            leaves = [module for module in model.modules() if not list(module.children())]
+            with record(model, leaves, select=_tensor_or_empty) as recorder:
+                run.run(first)
+                copies = (first[1] - first[0]) * (first[3] - first[2])
+                rows = _measured_rows(recorder, copies, sample_bytes, budget)
+            resume, offset = (first[1], 0) if first[3] == count else (first[0], first[3])
+            chunks = _plan(resume, offset, slots, count, rows)
+        for chunk in progress_bar(
+            chunks, enabled=progress, desc="occlusion", unit="batch", total=len(chunks)
+        ):
+            run.run(chunk)
+
+    grid = geometry.grid
+    drops = (run.base_score[:, None] - run.probability).reshape(count, *grid)
+    return OcclusionMap(
+        inputs=inputs,
+        probability=run.probability.reshape(count, *grid),
+        predicted_class=run.predicted.reshape(count, *grid),
+        feature_activation=None if run.feature is None else run.activation.reshape(count, *grid),
+        attribution=_attribution(drops, geometry),
+        target=run.target,
+        base_score=run.base_score,
+        window=geometry.window,
+        stride=geometry.stride,
+        layer=layer_name,
+        channel=None if run.feature is None else run.channel,
+    )

@@ -1,0 +1,685 @@
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import netlens as nl
+import netlens._occlusion as occlusion_module
+from netlens.testing import ZooModel, model_unchanged, model_zoo
+
+RECURRENT = {"lstm", "gru"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    # Hundreds of tiny forward passes: thread start-up would dominate on a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- the slow, obvious reference ----------------------------------------------------------------
+
+
+def _score_function(scores: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    if scores == "softmax":
+        return lambda out: torch.softmax(out, 1)
+    if scores == "logits":
+        return lambda out: out
+    return scores  # type: ignore[no-any-return]
+
+
+def reference(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    window: tuple[int, ...],
+    stride: tuple[int, ...],
+    *,
+    baseline: Any = 0.0,
+    target: Any = "pred",
+    scores: Any = "softmax",
+    layer: str | None = None,
+    channel: Any = None,
+) -> dict[str, torch.Tensor]:
+    """One forward pass per occluder position, in float64, on an eval-mode copy of the model."""
+    model = copy.deepcopy(model).double().eval()
+    x = inputs.detach().double().clone()
+    score = _score_function(scores)
+    count, shape = x.shape[0], x.shape[1:]
+    lead = len(shape) - len(window)
+    if isinstance(baseline, str):
+        base_values = x.mean(dim=tuple(range(1, x.dim())), keepdim=True).expand_as(x)
+    else:
+        base_values = torch.as_tensor(baseline, dtype=torch.float64).expand_as(x)
+    activations: list[torch.Tensor] = []
+    handle = None
+    if layer is not None:
+        module = dict(model.named_modules())[layer]
+
+        def hook(mod: nn.Module, args: Any, out: Any) -> None:
+            out = out[0] if isinstance(out, tuple) else out
+            if isinstance(mod, nn.RNNBase):
+                activations.append(out.sum(1))  # batch_first: (N, T, H) -> per hidden unit
+            else:
+                activations.append(out.reshape(out.shape[0], out.shape[1], -1).sum(2))
+
+        handle = module.register_forward_hook(hook)
+    rows = torch.arange(count)
+    try:
+        with torch.no_grad():
+            activations.clear()
+            base = score(model(x.clone()))
+            base_act = activations[-1] if activations else None
+            targets = (
+                base.argmax(1)
+                if isinstance(target, str)
+                else torch.as_tensor(target).long().expand(count)
+            )
+            if base_act is not None:
+                channels = (
+                    base_act.argmax(1)
+                    if channel is None
+                    else torch.as_tensor(channel).long().expand(count)
+                )
+            base_score = base[rows, targets]
+            grid = [
+                (size - w) // s + 1 for size, w, s in zip(shape[lead:], window, stride, strict=True)
+            ]
+            probability = torch.zeros(count, *grid, dtype=torch.float64)
+            predicted = torch.zeros(count, *grid, dtype=torch.long)
+            feature = torch.zeros(count, *grid, dtype=torch.float64)
+            total = torch.zeros_like(x)
+            covered = torch.zeros(shape, dtype=torch.float64)
+            for index in itertools.product(*(range(n) for n in grid)):
+                where = (slice(None),) * lead + tuple(
+                    slice(i * s, i * s + w) for i, w, s in zip(index, window, stride, strict=True)
+                )
+                occluded = x.clone()
+                occluded[(slice(None), *where)] = base_values[(slice(None), *where)]
+                activations.clear()
+                out = score(model(occluded))
+                probability[(slice(None), *index)] = out[rows, targets]
+                predicted[(slice(None), *index)] = out.argmax(1)
+                if base_act is not None:
+                    feature[(slice(None), *index)] = activations[-1][rows, channels]
+                drop = base_score - out[rows, targets]
+                total[(slice(None), *where)] += drop.reshape(count, *[1] * len(shape))
+                covered[where] += 1
+    finally:
+        if handle is not None:
+            handle.remove()
+    attribution = torch.where(covered > 0, total / covered.clamp(min=1), torch.zeros_like(total))
+    return {
+        "probability": probability,
+        "predicted_class": predicted,
+        "attribution": attribution,
+        "feature_activation": feature,
+        "target": targets,
+        "base_score": base_score,
+    }
+
+
+def _compare(result: nl.OcclusionMap, expected: dict[str, torch.Tensor], atol: float) -> None:
+    torch.testing.assert_close(result.probability, expected["probability"], atol=atol, rtol=0)
+    torch.testing.assert_close(result.attribution, expected["attribution"], atol=atol, rtol=0)
+    torch.testing.assert_close(result.base_score, expected["base_score"], atol=atol, rtol=0)
+    assert torch.equal(result.target, expected["target"])
+    assert torch.equal(result.predicted_class, expected["predicted_class"])
+    if result.feature_activation is not None:
+        torch.testing.assert_close(
+            result.feature_activation, expected["feature_activation"], atol=atol, rtol=0
+        )
+
+
+def _zoo64(name: str, batch: int = 2) -> ZooModel:
+    return model_zoo(dtype=torch.float64, batch=batch)[name]
+
+
+# -- against the reference -----------------------------------------------------------------------
+
+CASES = [
+    # name, window, stride, keyword arguments
+    ("conv", (3, 3), (2, 2), {}),  # ragged edge: (8 - 3) % 2 == 1
+    ("conv", (2, 2), (1, 1), {"baseline": "mean", "target": 1}),
+    ("functional", (3, 3), (4, 4), {"baseline": "tensor"}),  # stride > window: gaps
+    ("residual", (1, 3, 3), (1, 2, 2), {"layer": "conv_b"}),  # window over the channel dim too
+    ("shared", (4, 2), (2, 3), {"scores": "logits", "target": [2, 0], "layer": "block.0"}),
+    ("inplace", (2, 4), (2, 2), {"layer": "conv2", "channel": 5}),
+    ("lstm", (2, 8), (1, 8), {"layer": "rnn"}),  # row windows on (N, T, F)
+    ("gru", (3, 8), (2, 8), {"scores": "log_softmax", "layer": "rnn", "channel": [1, 4]}),
+]
+
+
+@pytest.mark.parametrize("batch_size", [None, 5])
+@pytest.mark.parametrize(("name", "window", "stride", "kwargs"), CASES)
+def test_matches_loop_reference(
+    name: str,
+    window: tuple[int, ...],
+    stride: tuple[int, ...],
+    kwargs: dict[str, Any],
+    batch_size: int | None,
+) -> None:
+    zoo = _zoo64(name)
+    kwargs = dict(kwargs)
+    if kwargs.get("baseline") == "tensor":
+        kwargs["baseline"] = torch.randn(1, *zoo.inputs.shape[1:], dtype=torch.float64)
+    if kwargs.get("scores") == "log_softmax":
+        kwargs["scores"] = lambda out: torch.log_softmax(out, 1)
+    expected = reference(zoo.model, zoo.inputs, window, stride, **kwargs)
+    with model_unchanged(zoo.model):
+        result = nl.occlusion(
+            zoo.model, zoo.inputs, window=window, stride=stride, batch_size=batch_size, **kwargs
+        )
+    _compare(result, expected, atol=1e-10)
+    assert result.window == window and result.stride == stride
+    assert (result.feature_activation is None) == ("layer" not in kwargs)
+    if "channel" in kwargs:
+        assert result.channel is not None
+        assert torch.equal(result.channel, torch.as_tensor(kwargs["channel"]).expand(2))
+
+
+class WritesIntoItsInput(nn.Module):
+    """Clamps its input in place before a linear layer: the copies must be rebuilt after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.clamp_(min=-0.3)
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("batch_size", [None, 2, 6])
+def test_model_writing_into_its_input(batch_size: int | None) -> None:
+    torch.manual_seed(1)
+    model = WritesIntoItsInput().double().eval()
+    inputs = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    expected = reference(model, inputs, (3, 3), (1, 1), baseline=-1.0)
+    result = nl.occlusion(
+        model, inputs, window=(3, 3), stride=1, baseline=-1.0, batch_size=batch_size
+    )
+    _compare(result, expected, atol=1e-10)
+    assert bool((result.inputs < -0.3).any())  # the caller's inputs were not touched
+
+
+def test_uncovered_elements_get_zero_attribution() -> None:
+    zoo = _zoo64("conv")
+    result = nl.occlusion(zoo.model, zoo.inputs, window=(2, 2), stride=(3, 3))
+    # Windows at 0, 3 and 6 cover rows/columns 0-1, 3-4 and 6-7: 2 and 5 are never hidden.
+    assert result.grid == (3, 3)
+    assert bool((result.attribution[..., 2, :] == 0).all())
+    assert bool((result.attribution[..., :, 5] == 0).all())
+    assert bool((result.attribution[..., 0, 0] != 0).all())
+
+
+def test_ragged_edge_is_never_occluded() -> None:
+    zoo = _zoo64("conv")
+    result = nl.occlusion(zoo.model, zoo.inputs, window=(3, 3), stride=(2, 2))
+    # Positions 0, 2, 4 (grid 3): windows end at index 6, so index 7 is never hidden.
+    assert result.grid == (3, 3)
+    assert bool((result.attribution[..., 7, :] == 0).all())
+    assert bool((result.attribution[..., :, 7] == 0).all())
+
+
+class Signal1d(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 10, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.relu(self.conv(x)), 1))
+
+
+def test_one_dimensional_signals() -> None:
+    torch.manual_seed(3)
+    model = Signal1d().double().eval()
+    inputs = torch.randn(3, 2, 10, dtype=torch.float64)
+    expected = reference(model, inputs, (3,), (2,), layer="conv")
+    result = nl.occlusion(model, inputs, window=3, stride=2, layer="conv")
+    _compare(result, expected, atol=1e-10)
+    assert result.probability.shape == (3, 4)
+
+
+def test_int_window_covers_dims_after_the_channel_dim() -> None:
+    zoo = _zoo64("conv")
+    result = nl.occlusion(zoo.model, zoo.inputs, window=4)
+    assert result.window == (4, 4) and result.stride == (4, 4)
+    assert result.probability.shape == (2, 2, 2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    height=st.integers(3, 7),
+    width=st.integers(3, 7),
+    data=st.data(),
+)
+def test_property_random_geometry(height: int, width: int, data: st.DataObject) -> None:
+    window = (data.draw(st.integers(1, height)), data.draw(st.integers(1, width)))
+    stride = (data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)))
+    batch_size = data.draw(st.one_of(st.none(), st.integers(1, 9)))
+    generator = torch.Generator().manual_seed(height * 10 + width)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * height * width, 3)).double().eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float64))
+    inputs = torch.randn(2, 2, height, width, generator=generator, dtype=torch.float64)
+    expected = reference(model, inputs, window, stride, baseline=0.5)
+    result = nl.occlusion(
+        model, inputs, window=window, stride=stride, baseline=0.5, batch_size=batch_size
+    )
+    _compare(result, expected, atol=1e-10)
+
+
+# -- against Captum ------------------------------------------------------------------------------
+
+captum_attr = pytest.importorskip("captum.attr")
+
+
+class Colour(nn.Module):
+    """A small RGB classifier, so that Captum's window spans 3 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+        self.fc = nn.Linear(5 * 4 * 4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.max_pool2d(F.relu(self.conv(x)), 2), 1))
+
+
+def _captum_case(kind: str) -> tuple[nn.Module, torch.Tensor]:
+    if kind == "colour":
+        torch.manual_seed(5)
+        return Colour().eval(), torch.randn(3, 3, 8, 8)
+    zoo = model_zoo(batch=3)[kind]
+    zoo.model.eval()
+    return zoo.model, zoo.inputs
+
+
+@pytest.mark.parametrize("scores", ["softmax", "logits"])
+@pytest.mark.parametrize(
+    ("kind", "window", "stride", "baseline"),
+    [
+        ("conv", (4, 4), (2, 2), 0.0),
+        ("conv", (2, 2), (2, 2), "mean"),
+        ("colour", (3, 3), (1, 1), "tensor"),
+        ("colour", (5, 5), (3, 3), -0.5),
+        ("colour", (2, 4), (2, 4), "mean"),
+        ("lstm", (2, 8), (2, 8), 0.0),  # rows of a sequence
+        ("gru", (3, 8), (1, 8), "mean"),
+    ],
+)
+def test_attribution_equals_captum(
+    kind: str, window: tuple[int, int], stride: tuple[int, int], baseline: Any, scores: str
+) -> None:
+    model, inputs = _captum_case(kind)
+    if baseline == "tensor":
+        baseline = torch.randn(1, *inputs.shape[1:])
+    result = nl.occlusion(
+        model, inputs, window=window, stride=stride, baseline=baseline, scores=scores
+    )
+    if isinstance(baseline, str):
+        captum_baseline: Any = inputs.mean(dim=tuple(range(1, inputs.dim())), keepdim=True)
+    else:
+        captum_baseline = baseline
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        out = model(x)
+        return torch.softmax(out, 1) if scores == "softmax" else out
+
+    lead = inputs.dim() - 1 - len(window)
+    with torch.no_grad():
+        expected = captum_attr.Occlusion(forward).attribute(
+            inputs,
+            sliding_window_shapes=tuple(inputs.shape[1 : 1 + lead]) + window,
+            strides=(1,) * lead + stride,
+            baselines=captum_baseline,
+            target=result.target,
+            perturbations_per_eval=4,
+        )
+    torch.testing.assert_close(result.attribution, expected, atol=1e-5, rtol=0)
+
+
+# -- the model stays as it was ------------------------------------------------------------------
+
+
+def _window(zoo: ZooModel) -> tuple[int, int]:
+    return (2, zoo.inputs.shape[-1]) if zoo.name in RECURRENT else (3, 3)
+
+
+def test_model_unchanged_normal(zoo_model: ZooModel) -> None:
+    model = zoo_model.model
+    model.zero_grad()
+    with torch.enable_grad():  # give the parameters gradients that must survive
+        model(zoo_model.inputs).sum().backward()
+    training = model.training
+    with model_unchanged(model):
+        result = nl.occlusion(
+            model,
+            zoo_model.inputs,
+            window=_window(zoo_model),
+            stride=2 if zoo_model.name not in RECURRENT else (1, 8),
+            layer=zoo_model.feature_layer,
+            progress=False,
+        )
+    assert model.training == training
+    assert result.feature_activation is not None
+    assert not result.probability.requires_grad
+
+
+def test_model_unchanged_when_raising(zoo_model: ZooModel) -> None:
+    model = zoo_model.model
+    with model_unchanged(model), pytest.raises(nl.NetlensValueError, match="target classes"):
+        # The target's range is only known after the first forward pass.
+        nl.occlusion(model, zoo_model.inputs, window=_window(zoo_model), target=3)
+
+
+def test_model_unchanged_when_scores_raise_mid_run(zoo_model: ZooModel) -> None:
+    calls = []
+
+    def scores(out: torch.Tensor) -> torch.Tensor:
+        calls.append(out.shape[0])
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return out
+
+    with model_unchanged(zoo_model.model), pytest.raises(RuntimeError, match="boom"):
+        nl.occlusion(
+            zoo_model.model,
+            zoo_model.inputs,
+            window=_window(zoo_model),
+            stride=1,
+            scores=scores,
+            batch_size=4,
+            layer=zoo_model.feature_layer,
+        )
+    assert len(calls) == 3
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+BAD = [
+    ("window larger than the input", {"window": (9, 9)}, nl.NetlensValueError, "no larger"),
+    ("window of the wrong rank", {"window": (2, 2, 2, 2)}, nl.NetlensValueError, "window of 1"),
+    ("empty window", {"window": ()}, nl.NetlensValueError, "window of 1"),
+    ("zero window", {"window": (0, 2)}, nl.NetlensValueError, "positive"),
+    ("float window", {"window": 2.5}, nl.NetlensTypeError, "int"),
+    ("zero stride", {"window": (2, 2), "stride": 0}, nl.NetlensValueError, "positive"),
+    ("negative stride", {"window": (2, 2), "stride": (1, -1)}, nl.NetlensValueError, "positive"),
+    ("stride rank", {"window": (2, 2), "stride": (1, 1, 1)}, nl.NetlensValueError, "one stride"),
+    ("target too large", {"window": 2, "target": 3}, nl.NetlensValueError, "target classes"),
+    ("negative target", {"window": 2, "target": -1}, nl.NetlensValueError, "target classes"),
+    (
+        "target length",
+        {"window": 2, "target": torch.tensor([0, 1, 2])},
+        nl.NetlensValueError,
+        "one target",
+    ),
+    ("target list length", {"window": 2, "target": [0]}, nl.NetlensValueError, "one target"),
+    (
+        "float target",
+        {"window": 2, "target": torch.tensor([0.0, 1.0])},
+        nl.NetlensTypeError,
+        "integers",
+    ),
+    ("target word", {"window": 2, "target": "max"}, nl.NetlensValueError, "'pred'"),
+    (
+        "baseline shape",
+        {"window": 2, "baseline": torch.zeros(1, 1, 7, 7)},
+        nl.NetlensValueError,
+        "broadcastable",
+    ),
+    (
+        "baseline batch",
+        {"window": 2, "baseline": torch.zeros(3, 1, 8, 8)},
+        nl.NetlensValueError,
+        "broadcastable",
+    ),
+    ("baseline word", {"window": 2, "baseline": "median"}, nl.NetlensValueError, "'mean'"),
+    ("baseline nan", {"window": 2, "baseline": float("nan")}, nl.NetlensValueError, "finite"),
+    ("baseline type", {"window": 2, "baseline": [0.0]}, nl.NetlensTypeError, "number"),
+    ("scores word", {"window": 2, "scores": "probs"}, nl.NetlensValueError, "softmax"),
+    ("batch size", {"window": 2, "batch_size": 0}, nl.NetlensValueError, "batch_size"),
+    ("channel without layer", {"window": 2, "channel": 1}, nl.NetlensValueError, "layer="),
+    (
+        "channel range",
+        {"window": 2, "layer": "conv2", "channel": 6},
+        nl.NetlensValueError,
+        "channels",
+    ),
+    ("several layers", {"window": 2, "layer": nn.Conv2d}, nl.NetlensValueError, "exactly one"),
+    ("unknown layer", {"window": 2, "layer": "conv9"}, nl.LayerNotFoundError, "conv9"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"), [case[1:] for case in BAD], ids=[case[0] for case in BAD]
+)
+def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    zoo = model_zoo()["conv"]
+    with model_unchanged(zoo.model), pytest.raises(error, match=match) as info:
+        nl.occlusion(zoo.model, zoo.inputs, **kwargs)
+    assert isinstance(info.value, nl.NetlensError)
+    assert str(info.value).startswith("Expected")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_inputs(value: float) -> None:
+    zoo = model_zoo()["conv"]
+    inputs = zoo.inputs.clone()
+    inputs[1, 0, 3, 4] = value
+    with model_unchanged(zoo.model), pytest.raises(nl.NetlensValueError, match="finite"):
+        nl.occlusion(zoo.model, inputs, window=2)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "error"),
+    [
+        (torch.zeros(2, 1, 8, 8, dtype=torch.long), nl.NetlensValueError),
+        (torch.zeros(2), nl.NetlensValueError),
+        (torch.zeros(0, 1, 8, 8), nl.NetlensValueError),
+        (torch.zeros(2, 1, 8, 8, dtype=torch.float64), nl.NetlensTypeError),
+        ([[0.0]], nl.NetlensTypeError),
+    ],
+    ids=["int", "no batch dim", "empty batch", "dtype", "list"],
+)
+def test_bad_inputs(inputs: Any, error: type[Exception]) -> None:
+    zoo = model_zoo()["conv"]
+    with model_unchanged(zoo.model), pytest.raises(error, match="Expected"):
+        nl.occlusion(zoo.model, inputs, window=(2, 2))
+
+
+def test_model_output_must_be_scores() -> None:
+    model = nn.Conv2d(1, 2, 3)  # returns a feature map, not (N, classes)
+    with model_unchanged(model), pytest.raises(nl.NetlensValueError, match=r"\(batch, classes\)"):
+        nl.occlusion(model, torch.randn(2, 1, 8, 8), window=2)
+    # ... unless scores= maps it to (N, classes).
+    result = nl.occlusion(
+        model, torch.randn(2, 1, 8, 8), window=2, scores=lambda out: out.mean((2, 3))
+    )
+    assert result.probability.shape == (2, 4, 4)
+
+
+def test_not_a_model() -> None:
+    with pytest.raises(nl.NetlensTypeError, match=r"nn\.Module"):
+        nl.occlusion(lambda x: x, torch.zeros(1, 1, 4, 4), window=2)  # type: ignore[arg-type]
+
+
+# -- batching ------------------------------------------------------------------------------------
+
+
+class Counting(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        return self.inner(x)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 4, 7, 1000])
+def test_batch_size_bounds_every_forward_pass(batch_size: int) -> None:
+    zoo = model_zoo(batch=4)["conv"]
+    model = Counting(zoo.model)
+    result = nl.occlusion(model, zoo.inputs, window=(2, 2), stride=2, batch_size=batch_size)
+    positions = 16
+    # The unoccluded inputs ride along in the first pass: one copy more per input.
+    assert sum(model.batches) == (positions + 1) * 4
+    assert max(model.batches) <= batch_size
+    slots = positions + 1
+    if batch_size >= 4:
+        assert len(model.batches) == -(-slots // (batch_size // 4))
+    else:  # each slot split over the inputs
+        assert len(model.batches) == slots * -(-4 // batch_size)
+    expected = nl.occlusion(zoo.model, zoo.inputs, window=(2, 2), stride=2)
+    torch.testing.assert_close(result.attribution, expected.attribution, atol=1e-6, rtol=0)
+
+
+def test_default_budget_sizes_chunks_from_measured_activations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    zoo = model_zoo(batch=2)["conv"]
+    model = Counting(zoo.model)
+    expected = nl.occlusion(zoo.model, zoo.inputs, window=(2, 2), stride=1)
+    # conv1 (4x8x8), relu, pool (4x4x4), conv2 (6x4x4), relu, pool (6x2x2), flatten, fc (3):
+    # 256 + 256 + 64 + 96 + 96 + 24 + 24 + 3 floats per copy, plus 3 copies of the 64 inputs.
+    per_copy = 4 * (256 + 256 + 64 + 96 + 96 + 24 + 24 + 3 + 3 * 64)
+    monkeypatch.setattr(occlusion_module, "DEFAULT_MEMORY_BUDGET", per_copy * 10)
+    result = nl.occlusion(model, zoo.inputs, window=(2, 2), stride=1)
+    assert sum(model.batches) == (49 + 1) * 2
+    # The first pass guesses (here one copy, the first unoccluded input); once measured, every
+    # pass holds at most 10 copies: 5 positions of 2 inputs.
+    assert model.batches[:2] == [1, 1]
+    assert set(model.batches[2:-1]) == {10} and model.batches[-1] <= 10
+    torch.testing.assert_close(result.probability, expected.probability, atol=1e-6, rtol=0)
+
+
+def test_small_jobs_take_one_forward_pass() -> None:
+    zoo = model_zoo(batch=2)["conv"]
+    model = Counting(zoo.model)
+    nl.occlusion(model, zoo.inputs, window=(2, 2), stride=2)
+    assert model.batches == [(16 + 1) * 2]  # the unoccluded inputs ride along
+
+
+def test_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tqdm")
+    zoo = model_zoo()["conv"]
+    result = nl.occlusion(zoo.model, zoo.inputs, window=2, stride=1, batch_size=8, progress=True)
+    assert "occlusion" in capsys.readouterr().err
+    assert result.probability.shape == (2, 7, 7)
+
+
+def test_result_is_frozen() -> None:
+    zoo = model_zoo()["conv"]
+    result = nl.occlusion(zoo.model, zoo.inputs, window=4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.probability = torch.zeros(1)  # type: ignore[misc]
+
+
+def test_dtype_follows_model_and_inputs() -> None:
+    zoo = _zoo64("conv")
+    result = nl.occlusion(zoo.model, zoo.inputs, window=4, layer="conv2")
+    assert result.probability.dtype == torch.float64
+    assert result.attribution.dtype == torch.float64
+    assert result.feature_activation is not None
+    assert result.feature_activation.dtype == torch.float64
+    assert result.predicted_class.dtype == torch.long
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda() -> None:  # pragma: no cover - runs only where a GPU is present
+    zoo = model_zoo()["conv"]
+    model, inputs = zoo.model.cuda(), zoo.inputs.cuda()
+    result = nl.occlusion(model, inputs, window=2, layer="conv2")
+    assert result.attribution.device.type == "cuda"
+    expected = nl.occlusion(zoo.model.cpu(), zoo.inputs, window=2, layer="conv2")
+    torch.testing.assert_close(result.attribution.cpu(), expected.attribution, atol=1e-5, rtol=0)
+
+
+# -- pictures ------------------------------------------------------------------------------------
+
+
+def test_plot_panels_and_legend() -> None:
+    import matplotlib.pyplot as plt
+
+    zoo = model_zoo()["conv"]
+    result = nl.occlusion(zoo.model, zoo.inputs, window=(3, 3), stride=1, layer="conv2")
+    fig, axes = result.plot(class_names=["cat", "dog", "frog"])
+    assert axes.shape == (2, 5)
+    legend_texts = {t.get_text() for ax in axes[:, 2] for t in ax.get_legend().get_texts()}
+    assert legend_texts <= {"cat", "dog", "frog"} and legend_texts
+    assert "conv2 channel" in axes[0, 3].get_title()
+    assert plt.get_fignums() == []  # no pyplot state
+    fig.savefig(__import__("io").BytesIO(), format="png")
+
+
+def test_plot_without_layer_and_on_given_axes() -> None:
+    from matplotlib.figure import Figure
+
+    zoo = model_zoo()["conv"]
+    result = nl.occlusion(zoo.model, zoo.inputs, window=(2, 2))
+    figure = Figure()
+    given = figure.subplots(1, 4)
+    fig, axes = result.plot(given, samples=[1])
+    assert fig is figure and axes.shape == (1, 4)
+    with pytest.raises(nl.NetlensValueError, match="Axes"):
+        result.plot(given)  # two inputs need 8 panels
+    with pytest.raises(nl.NetlensValueError, match="sample"):
+        result.plot(samples=[5])
+
+
+@pytest.mark.parametrize("map_name", ["attribution", "probability", "feature_activation"])
+def test_overlay(map_name: str) -> None:
+    zoo = model_zoo()["lstm"]
+    result = nl.occlusion(zoo.model, zoo.inputs, window=(2, 8), stride=(1, 8), layer="rnn")
+    fig, ax = result.overlay(sample=1, map=map_name)  # type: ignore[arg-type]
+    assert ax.figure is fig
+    assert len(ax.get_images()) == 2  # the input and the map
+    fig, axes = result.plot()
+    assert axes.shape == (2, 5)
+
+
+def test_overlay_needs_feature_for_feature_map() -> None:
+    zoo = model_zoo()["conv"]
+    result = nl.occlusion(zoo.model, zoo.inputs, window=(2, 2))
+    with pytest.raises(nl.NetlensValueError, match="layer="):
+        result.overlay(map="feature_activation")
+    with pytest.raises(nl.NetlensValueError, match="map"):
+        result.overlay(map="drop")  # type: ignore[arg-type]
+
+
+def test_plot_one_dimensional_and_channel_windows() -> None:
+    torch.manual_seed(0)
+    signal = nl.occlusion(Signal1d().eval(), torch.randn(2, 2, 10), window=3, stride=1)
+    _, axes = signal.plot()
+    assert axes.shape == (2, 4)
+    model, inputs = _captum_case("colour")
+    full = nl.occlusion(model, inputs, window=(3, 2, 2), stride=(3, 2, 2))
+    _, axes = full.plot(samples=[0])
+    assert axes.shape == (1, 4)
+    moving = nl.occlusion(model, inputs, window=(1, 2, 2), stride=(1, 2, 2))
+    with pytest.raises(nl.NetlensValueError, match="last two dims"):
+        moving.plot()
+
+
+def test_import_does_not_load_matplotlib() -> None:
+    code = "import sys, netlens; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
