@@ -14,14 +14,22 @@ from ._errors import (
     NotRecordedError,
     UnsupportedModelError,
 )
+from ._grid import ActivationGrid, FilterGrid
 from ._layers import LayerSpec, find_layers
+from ._maximize import Maximization, maximize_activation
 from ._occlusion import OcclusionMap, occlusion
 from ._record import Recorder, record
+from ._stats import ActivationStats, ChannelStats, activation_stats
 from ._version import __version__
 
 __all__ = [
+    "ActivationGrid",
+    "ActivationStats",
+    "ChannelStats",
+    "FilterGrid",
     "LayerNotFoundError",
     "LayerSpec",
+    "Maximization",
     "NetlensError",
     "NetlensTypeError",
     "NetlensValueError",
@@ -32,8 +40,10 @@ __all__ = [
     "TopActivations",
     "UnsupportedModelError",
     "__version__",
+    "activation_stats",
     "deconvnet",
     "find_layers",
+    "maximize_activation",
     "occlusion",
     "record",
     "top_activations",

@@ -1,0 +1,161 @@
+"""Render the pictures of docs/guide/maximization.rst from the reference checkpoints.
+
+    python docs/figures/maximization.py [--models DIR]
+
+writes docs/_static/maximization/*.png: every channel of LeNet5's conv1 and conv2 and its ten
+class logits (trained on grey CIFAR-10, inputs in [-1, 1]), and the ten class logits of the
+row-LSTM trained on MNIST (standardised rows). Prints the settings and what each run reached.
+Exits non-zero, saying why, when a checkpoint is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+import netlens as nl
+from netlens.models import LeNet5, RowClassifier
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE.parent / "_static" / "maximization"
+CIFAR_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
+# MNIST pixels 0..1 standardised with the training mean and std, as the LSTM was trained.
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MNIST_RANGE = ((0 - MNIST_MEAN) / MNIST_STD, (1 - MNIST_MEAN) / MNIST_STD)
+
+
+def load(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def save(figure: Figure, name: str) -> None:
+    figure.savefig(OUT / name, dpi=80)
+    size = (OUT / name).stat().st_size
+    print(f"wrote {OUT / name} ({size / 1024:.0f} KB)")
+
+
+def run(label: str, model: torch.nn.Module, layer: str, **kwargs: object) -> nl.Maximization:
+    start = time.perf_counter()
+    result = nl.maximize_activation(model, layer, **kwargs)  # type: ignore[arg-type]
+    seconds = time.perf_counter() - start
+    settings = ", ".join(f"{key}={value!r}" for key, value in kwargs.items())
+    print(f"{label}: {layer}, {settings}: {seconds:.1f} s")
+    return result
+
+
+def class_figure(
+    result: nl.Maximization, model: torch.nn.Module, names: list[str], title: str
+) -> Figure:
+    """The class images in a row, each titled with its class and the softmax probability."""
+    with torch.no_grad():
+        probabilities = model(result.images).softmax(-1)
+    figure = Figure(figsize=(12, 2.1), layout="constrained")
+    axes = figure.subplots(1, len(result.channels))
+    for ax, image, channel in zip(axes, result.images, result.channels, strict=True):
+        picture = image[0] if image.dim() == 3 else image
+        ax.imshow(picture.numpy(), cmap="gray", interpolation="nearest")
+        ax.set_title(f"{names[channel]}\np={probabilities[channel, channel]:.2f}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    figure.suptitle(title, fontsize=9)
+    summary = ", ".join(
+        f"{names[c]} {probabilities[i, c]:.3f}" for i, c in enumerate(result.channels)
+    )
+    print(f"  softmax of the own class: {summary}")
+    return figure
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", type=Path, default=Path("/root/netlens-data/models"))
+    parser.add_argument("--steps", type=int, default=256)
+    args = parser.parse_args(argv)
+    lenet_path = args.models / "lenet5_cifar_grey.pt"
+    lstm_path = args.models / "lstm_mnist.pt"
+    for path in (lenet_path, lstm_path):
+        if not path.exists():
+            print(f"error: checkpoint {path} not found", file=sys.stderr)
+            return 1
+    torch.set_num_threads(1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    lenet = load(LeNet5(), lenet_path)
+    lstm = load(RowClassifier("lstm"), lstm_path)
+    image = {"input_shape": (1, 28, 28), "value_range": (-1.0, 1.0), "steps": args.steps}
+
+    conv1 = run("LeNet5 conv1", lenet, "conv1", seed=0, **image)
+    figure, _ = conv1.plot()
+    save(figure, "lenet_conv1.png")
+
+    conv1_centre = run(
+        "LeNet5 conv1 centre", lenet, "conv1", objective="center", transforms=None, seed=0, **image
+    )
+    figure = Figure(figsize=(8, 4.2), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    crops = conv1_centre.images[:, :, 11:18, 11:18]
+    nl.ActivationGrid(crops, titles=False).plot(left)
+    left.set_title("centre 7x7 of the synthesised inputs", fontsize=9)
+    nl.FilterGrid(lenet.conv1, titles=False).plot(right)
+    right.set_title("conv1 filters", fontsize=9)
+    save(figure, "lenet_conv1_center.png")
+    optimum = lenet.conv1.weight.detach().abs().flatten(1).sum(1) + lenet.conv1.bias.detach()
+    fraction = conv1_centre.activations / optimum
+    print(f"  centre unit / (sum|w| + b): min {fraction.min():.4f}, max {fraction.max():.4f}")
+
+    conv2 = run("LeNet5 conv2", lenet, "conv2", seed=0, tv=0.05, **image)
+    figure, _ = conv2.plot(ncols=8)
+    save(figure, "lenet_conv2.png")
+
+    logits = run(
+        "LeNet5 fc2",
+        lenet,
+        "fc2",
+        param="fourier",
+        seed=0,
+        tv=0.05,
+        l2=0.01,
+        **image,
+    )
+    save(
+        class_figure(logits, lenet, CIFAR_CLASSES, "LeNet5 (grey CIFAR-10): class logits"),
+        "lenet_classes.png",
+    )
+    figure, _ = logits.plot(curves=True)
+    save(figure, "lenet_classes_curves.png")
+
+    digits = run(
+        "row-LSTM fc",
+        lstm,
+        "fc",
+        input_shape=(28, 28),
+        value_range=MNIST_RANGE,
+        steps=args.steps,
+        seed=0,
+        tv=0.05,
+    )
+    save(
+        class_figure(digits, lstm, [str(d) for d in range(10)], "row-LSTM (MNIST): class logits"),
+        "lstm_classes.png",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

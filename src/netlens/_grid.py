@@ -1,0 +1,707 @@
+"""Pictures of weights and activations: filters, feature maps and weight matrices as tile grids.
+
+The grids are composed with numpy. Matplotlib is imported only to apply a colormap or to draw a
+figure, so ``to_array()`` of grey or RGB tiles works without it (handy for TensorBoard's
+``add_image``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from ._errors import NetlensTypeError, NetlensValueError
+from ._layers import describe
+
+__all__ = ["ActivationGrid", "FilterGrid", "grid_shape", "image_grid", "tile_grid"]
+
+#: ``"filter"`` (each tile on its own range), ``"global"`` (one range for all tiles),
+#: ``"symmetric"`` (one range ``[-m, m]`` centred at zero) or a fixed ``(low, high)`` range.
+Normalize = Literal["filter", "global", "symmetric"] | tuple[float, float]
+
+_NORMALIZE_NAMES = ("filter", "global", "symmetric")
+_GATES = {"LSTM": ("i", "f", "g", "o"), "GRU": ("r", "z", "n")}
+# Tiles are upscaled (nearest) until their longer side reaches this many pixels, so that a 5x5
+# filter stays readable and one-pixel borders stay thin next to it...
+_TARGET_TILE_PIXELS = 32
+# ...unless the whole grid would grow beyond this many pixels on its longer side.
+_MAX_GRID_PIXELS = 4096
+_BACKGROUND = 255
+_SAVE_FORMATS = ("png", "svg", "pdf")
+
+
+def grid_shape(
+    count: int, tile_height: int = 1, tile_width: int = 1, ncols: int | None = None
+) -> tuple[int, int]:
+    """Rows and columns for ``count`` tiles: near-square in pixels unless ``ncols`` is given.
+
+    Args:
+        count: Number of tiles (at least 1).
+        tile_height: Height of one tile, to make the grid near-square in pixels.
+        tile_width: Width of one tile.
+        ncols: Fixed number of columns (capped at ``count``).
+
+    Returns:
+        ``(nrows, ncols)``.
+
+    Example:
+        >>> from netlens._grid import grid_shape
+        >>> grid_shape(32), grid_shape(4, tile_height=128, tile_width=28), grid_shape(10, ncols=4)
+        ((6, 6), (1, 4), (3, 4))
+    """
+    if count < 1:
+        raise NetlensValueError(f"Expected at least one tile, but got {count}.")
+    if ncols is not None:
+        columns = min(_check_ncols(ncols), count)
+        return math.ceil(count / columns), columns
+
+    def badness(columns: int) -> tuple[float, int, int]:
+        rows = math.ceil(count / columns)
+        aspect = abs(math.log((columns * tile_width) / (rows * tile_height)))
+        return round(aspect, 6), rows * columns - count, -columns  # ties: the wider grid
+
+    columns = min(range(1, count + 1), key=badness)
+    return math.ceil(count / columns), columns
+
+
+def _check_ncols(ncols: object) -> int:
+    if isinstance(ncols, bool) or not isinstance(ncols, int):
+        raise NetlensTypeError(
+            f"Expected ncols to be a positive int or None, but got {describe(ncols)}."
+        )
+    if ncols < 1:
+        raise NetlensValueError(f"Expected ncols to be a positive int or None, but got {ncols}.")
+    return ncols
+
+
+def _auto_scale(tile_height: int, tile_width: int, nrows: int, ncols: int) -> int:
+    scale = max(1, math.ceil(_TARGET_TILE_PIXELS / max(tile_height, tile_width)))
+    largest = max(nrows * tile_height, ncols * tile_width)
+    return max(1, min(scale, _MAX_GRID_PIXELS // max(largest, 1)))
+
+
+def tile_grid(
+    tiles: NDArray[np.uint8],
+    positions: Sequence[tuple[int, int]],
+    nrows: int,
+    ncols: int,
+    *,
+    scale: int = 1,
+    border: int = 1,
+    band: int = 0,
+) -> NDArray[np.uint8]:
+    """Place RGB tiles ``(N, h, w, 3)`` at ``(row, column)`` positions of a grid.
+
+    Each tile is upscaled by repeating pixels ``scale`` times (no blur); tiles are separated by
+    ``border`` white pixels, and each row of tiles gets ``band`` white pixels above it (room
+    for titles). Empty cells stay white.
+
+    Returns:
+        A ``(H, W, 3)`` uint8 array.
+    """
+    height, width = tiles.shape[1:3]
+    if scale > 1:
+        tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
+    height, width = height * scale, width * scale
+    row_step, col_step = band + height + border, width + border
+    canvas = np.full(
+        (nrows * row_step - border, ncols * col_step - border, 3), _BACKGROUND, dtype=np.uint8
+    )
+    for tile, (row, col) in zip(tiles, positions, strict=True):
+        top, left = row * row_step + band, col * col_step
+        canvas[top : top + height, left : left + width] = tile
+    return canvas
+
+
+def image_grid(
+    images: torch.Tensor,
+    *,
+    ncols: int | None = None,
+    normalize: Normalize = "filter",
+    cmap: Any = None,
+    scale: int | None = None,
+    border: int = 1,
+) -> NDArray[np.uint8]:
+    """Lay out a batch of pictures ``(N, C, H, W)`` (C = 1 grey or 3 RGB) as one uint8 array.
+
+    A shortcut for ``ActivationGrid(images, ...).to_array()``, for techniques that produce
+    images (activation maximisation, deconvnet projections).
+
+    Args:
+        images: ``(N, 1, H, W)`` or ``(N, 3, H, W)`` pictures.
+        ncols: Fixed number of columns; near-square by default.
+        normalize: How values map to colours; see :class:`ActivationGrid`.
+        cmap: A matplotlib colormap for grey pictures.
+        scale: Integer upscaling factor (nearest); automatic by default.
+        border: Width of the white lines between tiles, in pixels.
+
+    Returns:
+        A ``(height, width, 3)`` uint8 array.
+
+    Example:
+        >>> import torch
+        >>> from netlens._grid import image_grid
+        >>> image_grid(torch.rand(5, 3, 8, 8), ncols=5, scale=1).shape
+        (8, 44, 3)
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise NetlensValueError(
+            f"Expected pictures of shape (N, 1, H, W) or (N, 3, H, W), but got {describe(images)}."
+        )
+    grid = ActivationGrid(images, normalize=normalize, cmap=cmap, ncols=ncols, titles=False)
+    return grid.to_array(scale=scale, border=border)
+
+
+def _check_normalize(normalize: object) -> Normalize:
+    if isinstance(normalize, str) and normalize in _NORMALIZE_NAMES:
+        return normalize  # type: ignore[return-value]
+    if (
+        isinstance(normalize, tuple)
+        and len(normalize) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in normalize)
+        and normalize[0] < normalize[1]
+    ):
+        return (float(normalize[0]), float(normalize[1]))
+    raise NetlensValueError(
+        "Expected normalize to be 'filter', 'global', 'symmetric' or a (low, high) tuple with "
+        f"low < high, but got {normalize!r}."
+    )
+
+
+def _as_array(tensor: torch.Tensor) -> NDArray[np.float64]:
+    if tensor.is_complex():
+        raise NetlensTypeError(f"Expected real values to draw, but got {describe(tensor)}.")
+    return tensor.detach().to("cpu", torch.float64).numpy()
+
+
+def _normalized(
+    tiles: NDArray[np.float64], normalize: Normalize
+) -> tuple[NDArray[np.float64], tuple[float, float] | None]:
+    """Map tile values to [0, 1]; also return the value range when all tiles share one."""
+    finite = np.where(np.isfinite(tiles), tiles, np.nan)
+    if normalize == "filter" and len(tiles) == 1:
+        normalize = "global"  # one tile: its range is the range of the picture
+    if normalize == "filter":
+        axes = tuple(range(1, tiles.ndim))
+        if np.isnan(finite).all():
+            low = high = np.zeros((len(tiles),) + (1,) * (tiles.ndim - 1))
+        else:
+            # all-NaN tiles only warn here; they are drawn mid-grey below.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                low = np.nanmin(finite, axis=axes, keepdims=True)
+                high = np.nanmax(finite, axis=axes, keepdims=True)
+        value_range = None
+    else:
+        if isinstance(normalize, tuple):
+            low_value, high_value = normalize
+        elif np.isnan(finite).all():
+            low_value = high_value = 0.0
+        elif normalize == "global":
+            low_value, high_value = float(np.nanmin(finite)), float(np.nanmax(finite))
+        else:  # symmetric
+            bound = float(np.nanmax(np.abs(finite)))
+            low_value, high_value = -bound, bound
+        low, high = np.asarray(low_value), np.asarray(high_value)
+        value_range = (low_value, high_value)
+    span = high - low
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = np.where(span > 0, (tiles - low) / np.where(span > 0, span, 1.0), 0.5)
+    scaled = np.where(np.isnan(scaled), 0.5, scaled)
+    return np.clip(scaled, 0.0, 1.0), value_range
+
+
+class _Grid:
+    """Shared composition and drawing of :class:`FilterGrid` and :class:`ActivationGrid`."""
+
+    def __init__(
+        self,
+        tiles: NDArray[np.float64],
+        *,
+        rgb: bool,
+        normalize: object,
+        cmap: Any,
+        nrows: int,
+        ncols: int,
+        positions: Sequence[tuple[int, int]],
+        titles: Sequence[str] | None,
+        row_labels: Sequence[str] | None = None,
+        col_labels: Sequence[str] | None = None,
+        heatmap: bool = False,
+    ) -> None:
+        normalize = _check_normalize(normalize)
+        self._raw = tiles
+        self._rgb = rgb
+        self._normalize = normalize
+        self._values, self._value_range = _normalized(tiles, normalize)
+        if rgb:
+            self._cmap: Any = None
+        elif cmap is None:
+            self._cmap = "RdBu_r" if normalize == "symmetric" else None
+        else:
+            self._cmap = cmap
+        self._nrows, self._ncols = nrows, ncols
+        self._positions = list(positions)
+        self._titles = list(titles) if titles is not None else None
+        self._row_labels = list(row_labels) if row_labels is not None else None
+        self._col_labels = list(col_labels) if col_labels is not None else None
+        self._heatmap = heatmap
+
+    # -- public -------------------------------------------------------------------------------
+
+    @property
+    def tiles(self) -> torch.Tensor:
+        """The raw tile values in float64, ``(N, h, w)`` or ``(N, h, w, 3)`` for RGB tiles."""
+        return torch.from_numpy(self._raw.copy())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(nrows, ncols)`` of the grid."""
+        return self._nrows, self._ncols
+
+    @property
+    def value_range(self) -> tuple[float, float] | None:
+        """The value range mapped to the colour scale, or None when each tile has its own."""
+        return self._value_range
+
+    def to_array(self, *, scale: int | None = None, border: int = 1) -> NDArray[np.uint8]:
+        """Compose the grid as a ``(height, width, 3)`` uint8 RGB array.
+
+        Grey and RGB tiles need no matplotlib; a colormap (``cmap=...`` or ``"symmetric"``)
+        imports it. For TensorBoard: ``writer.add_image(tag, array, dataformats="HWC")``.
+
+        Args:
+            scale: Integer upscaling factor of each tile (nearest, no blur). By default tiles
+                are enlarged until their longer side has at least 32 pixels.
+            border: Width of the white lines between tiles, in pixels.
+
+        Returns:
+            The composed picture.
+        """
+        if scale is None:
+            scale = self._default_scale()
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+            raise NetlensValueError(
+                f"Expected scale to be a positive int or None, but got {scale!r}."
+            )
+        if isinstance(border, bool) or not isinstance(border, int) or border < 0:
+            raise NetlensValueError(
+                f"Expected border to be a non-negative int, but got {border!r}."
+            )
+        return tile_grid(
+            self._rgb_tiles(), self._positions, self._nrows, self._ncols, scale=scale, border=border
+        )
+
+    def plot(self, ax: Any = None) -> tuple[Any, Any]:
+        """Draw the grid on ``ax``, or on a new matplotlib ``Figure`` (pyplot is not used).
+
+        Tiles are upscaled by repeating pixels and shown with ``interpolation="nearest"``, so
+        small filters stay sharp. Titles, when asked for, go above each tile; a colorbar is added
+        to heatmaps and to tiles that share one colour scale (``"global"``, ``"symmetric"``, a
+        fixed range), except RGB tiles.
+
+        Args:
+            ax: A matplotlib ``Axes`` to draw on.
+
+        Returns:
+            ``(figure, axes)``.
+        """
+        scale = self._default_scale()
+        height, width = (size * scale for size in self._values.shape[1:3])
+        # a column of heatmap blocks (gates) is labelled on the left, other tiles above
+        side_labels = self._heatmap and self._ncols == 1 and self._titles is not None
+        band = max(4, min(height // 3, 24)) if self._titles and not side_labels else 0
+        array = tile_grid(
+            self._rgb_tiles(), self._positions, self._nrows, self._ncols, scale=scale, band=band
+        )
+        if ax is None:
+            from matplotlib.figure import Figure
+
+            ratio = array.shape[0] / array.shape[1]
+            if self._heatmap:
+                ratio = min(max(ratio, 0.4), 1.5)
+            longest = 7.0
+            size = (longest, longest * ratio) if ratio <= 1 else (longest / ratio, longest)
+            figure = Figure(figsize=(max(size[0], 2.0), max(size[1], 2.0)), layout="constrained")
+            ax = figure.add_subplot()
+        else:
+            figure = ax.figure
+        ax.imshow(array, interpolation="nearest", aspect="auto" if self._heatmap else "equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(self._heatmap)
+        if self._heatmap and self._nrows * self._ncols == 1:
+            ax.set_xlabel("input")
+            ax.set_ylabel("output")
+        step_y, step_x = band + height + 1, width + 1
+        if side_labels and self._titles is not None:
+            ax.set_yticks([row * step_y + height / 2 for row, _ in self._positions], self._titles)
+            ax.tick_params(length=0)
+        elif self._titles:
+            axes_inches = figure.get_size_inches()[0] * ax.get_position().width
+            tile_points = 72 * axes_inches * width / array.shape[1]
+            fontsize = min(9.0, max(4.0, tile_points / 3.5))
+            for title, (row, col) in zip(self._titles, self._positions, strict=True):
+                x, y = col * step_x + width / 2, row * step_y + band - 1
+                ax.text(x, y, title, ha="center", va="bottom", fontsize=fontsize)
+        if self._col_labels is not None:
+            keep = _thinned(self._ncols)
+            ax.set_xticks(
+                [i * step_x + width / 2 for i in keep], [self._col_labels[i] for i in keep]
+            )
+            ax.xaxis.tick_top()
+            ax.tick_params(length=0, labelsize=7)
+        if self._row_labels is not None:
+            keep = _thinned(self._nrows)
+            ax.set_yticks(
+                [i * step_y + height / 2 for i in keep], [self._row_labels[i] for i in keep]
+            )
+            ax.tick_params(length=0, labelsize=7)
+        # a colorbar where it tells something: heatmaps and tiles sharing one range
+        shared = self._heatmap or self._normalize != "filter"
+        if self._value_range is not None and shared and not self._rgb:
+            from matplotlib.cm import ScalarMappable
+            from matplotlib.colors import Normalize as ColorNormalize
+
+            mappable = ScalarMappable(
+                norm=ColorNormalize(*self._value_range), cmap=self._cmap or "gray"
+            )
+            figure.colorbar(mappable, ax=ax, shrink=0.8)
+        return figure, ax
+
+    def save(self, path: str | os.PathLike[str], *, dpi: float | None = None) -> None:
+        """Write the figure of :meth:`plot` to a PNG, SVG or PDF file, chosen by extension.
+
+        Args:
+            path: Where to write; its suffix picks the format.
+            dpi: Resolution for PNG (matplotlib's default when None).
+        """
+        suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+        if suffix not in _SAVE_FORMATS:
+            raise NetlensValueError(
+                f"Expected a path ending in .png, .svg or .pdf, but got {os.fspath(path)!r}."
+            )
+        figure, _ = self.plot()
+        figure.savefig(path, format=suffix, dpi=dpi if dpi is not None else "figure")
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _default_scale(self) -> int:
+        height, width = self._values.shape[1:3]
+        if self._heatmap:
+            return 1
+        return _auto_scale(height, width, self._nrows, self._ncols)
+
+    def _rgb_tiles(self) -> NDArray[np.uint8]:
+        values = self._values
+        if not self._rgb:
+            if self._cmap is None:
+                values = np.repeat(values[..., None], 3, axis=-1)
+            else:
+                from matplotlib import colormaps
+
+                colormap = colormaps[self._cmap] if isinstance(self._cmap, str) else self._cmap
+                values = np.asarray(colormap(values))[..., :3]
+        return np.round(values * 255).astype(np.uint8)
+
+
+def _thinned(count: int, most: int = 32) -> list[int]:
+    step = max(1, math.ceil(count / most))
+    return list(range(0, count, step))
+
+
+def _titles(titles: bool | Sequence[str], count: int, default: Sequence[str]) -> list[str] | None:
+    if isinstance(titles, bool):
+        return list(default) if titles else None
+    if isinstance(titles, str) or not isinstance(titles, Sequence):
+        raise NetlensTypeError(
+            f"Expected titles to be a bool or a sequence of strings, but got {describe(titles)}."
+        )
+    if len(titles) != count:
+        raise NetlensValueError(f"Expected {count} titles, one per tile, but got {len(titles)}.")
+    return [str(title) for title in titles]
+
+
+def _heatmap_tiles(
+    matrix: NDArray[np.float64], gates: Sequence[str] | None
+) -> tuple[NDArray[np.float64], list[str] | None]:
+    if not gates:
+        return matrix[None], None
+    rows = matrix.shape[0]
+    if rows % len(gates):
+        raise NetlensValueError(
+            f"Expected the weight's {rows} rows to split evenly into the {len(gates)} gate blocks "
+            f"{tuple(gates)}, but they do not."
+        )
+    return matrix.reshape(len(gates), rows // len(gates), matrix.shape[1]), list(gates)
+
+
+class FilterGrid(_Grid):
+    """A grid of the filters of a conv layer, or the heatmap of a 2-D weight.
+
+    Conv weights ``(out, in, kh, kw)`` give one tile per output filter: grey for one input
+    channel, RGB for three, and otherwise the mean over input channels or one row per input
+    channel (``in_channels``). A 2-D weight ``(out, in)`` (``nn.Linear``, or ``weight_ih`` /
+    ``weight_hh`` of a recurrent layer) is drawn as a heatmap; for LSTM and GRU weights the
+    gate blocks are split and labelled (``i, f, g, o`` and ``r, z, n``, PyTorch's order).
+
+    Args:
+        source: A module with a weight (``nn.Conv2d``, ``nn.Linear``, ``nn.LSTM``, ...), or a
+            4-D or 2-D tensor.
+        normalize: ``"filter"`` puts each tile on its own range, ``"global"`` puts all tiles
+            on one range, ``"symmetric"`` on one range ``[-m, m]`` with a diverging colormap
+            centred at zero and a colorbar; a ``(low, high)`` tuple fixes the range.
+        cmap: Matplotlib colormap (name or object) for single-channel tiles; grey by default,
+            ``"RdBu_r"`` for ``"symmetric"``. Ignored for RGB tiles.
+        ncols: Number of columns; by default the grid is near-square in pixels. Ignored for
+            ``in_channels="separate"``, which has one column per filter.
+        titles: Draw the filter index above each tile (or these strings, one per tile).
+        in_channels: For conv weights: ``"mean"``, ``"separate"`` (rows are input channels,
+            columns are filters) or ``"rgb"``; by default grey for 1 input channel, ``"rgb"``
+            for 3 and ``"mean"`` otherwise.
+        weight: The name of the module's weight to draw; by default ``weight``, and
+            ``weight_ih_l0`` (or ``weight_ih`` for cells) for recurrent modules.
+        gates: Labels of the row blocks of a 2-D weight; set automatically for LSTM and GRU
+            modules, give them for a bare tensor.
+
+    Raises:
+        NetlensTypeError: For a source that is neither a tensor nor a module with a weight.
+        NetlensValueError: For a weight that is neither 2-D nor 4-D, or an unknown option.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> import netlens as nl
+        >>> grid = nl.FilterGrid(nn.Conv2d(1, 6, 5))
+        >>> grid.shape, grid.to_array().shape
+        ((2, 3), (71, 107, 3))
+        >>> nl.FilterGrid(nn.LSTM(4, 3), weight="weight_hh_l0").tiles.shape  # gates i, f, g, o
+        torch.Size([4, 3, 3])
+    """
+
+    def __init__(
+        self,
+        source: nn.Module | torch.Tensor,
+        *,
+        normalize: Normalize = "filter",
+        cmap: Any = None,
+        ncols: int | None = None,
+        titles: bool | Sequence[str] = True,
+        in_channels: Literal["mean", "separate", "rgb"] | None = None,
+        weight: str | None = None,
+        gates: Sequence[str] | None = None,
+    ) -> None:
+        tensor, found_gates = _find_weight(source, weight)
+        gates = found_gates if gates is None else list(gates)
+        values = _as_array(tensor)
+        if values.ndim == 2:
+            tiles, labels = _heatmap_tiles(values, gates)
+            # gate blocks stacked as PyTorch stores them, unless asked otherwise
+            nrows, columns = grid_shape(len(tiles), ncols=1 if ncols is None else ncols)
+            super().__init__(
+                tiles,
+                rgb=False,
+                normalize=normalize,
+                cmap=cmap,
+                nrows=nrows,
+                ncols=columns,
+                positions=[divmod(i, columns) for i in range(len(tiles))],
+                titles=labels if titles is not False else None,
+                heatmap=True,
+            )
+            return
+        if values.ndim != 4:
+            raise NetlensValueError(
+                "Expected a 4-D conv weight (out, in, kh, kw) or a 2-D weight (out, in), but got "
+                f"{describe(tensor)}."
+            )
+        out_channels, in_count = values.shape[:2]
+        if in_channels is None:
+            in_channels = "rgb" if in_count == 3 else "mean"
+        if in_channels not in ("mean", "separate", "rgb"):
+            raise NetlensValueError(
+                "Expected in_channels to be 'mean', 'separate', 'rgb' or None, but got "
+                f"{in_channels!r}."
+            )
+        if in_channels == "separate" and in_count > 1:
+            tiles = values.transpose(1, 0, 2, 3).reshape(-1, *values.shape[2:])
+            super().__init__(
+                tiles,
+                rgb=False,
+                normalize=normalize,
+                cmap=cmap,
+                nrows=in_count,
+                ncols=out_channels,
+                positions=[divmod(i, out_channels) for i in range(len(tiles))],
+                titles=None,
+                row_labels=[f"in {i}" for i in range(in_count)] if titles is not False else None,
+                col_labels=[str(i) for i in range(out_channels)] if titles is not False else None,
+            )
+            return
+        if in_channels == "rgb":
+            if in_count != 3:
+                raise NetlensValueError(
+                    f"Expected 3 input channels for in_channels='rgb', but got {in_count}."
+                )
+            tiles = values.transpose(0, 2, 3, 1)
+        else:
+            tiles = values.mean(axis=1)
+        nrows, columns = grid_shape(out_channels, tiles.shape[1], tiles.shape[2], ncols=ncols)
+        super().__init__(
+            tiles,
+            rgb=in_channels == "rgb",
+            normalize=normalize,
+            cmap=cmap,
+            nrows=nrows,
+            ncols=columns,
+            positions=[divmod(i, columns) for i in range(out_channels)],
+            titles=_titles(titles, out_channels, [str(i) for i in range(out_channels)]),
+        )
+
+
+def _find_weight(source: object, name: str | None) -> tuple[torch.Tensor, list[str] | None]:
+    if isinstance(source, torch.Tensor):
+        if name is not None:
+            raise NetlensValueError(
+                f"Expected weight=None for a tensor source, but got weight={name!r}."
+            )
+        return source, None
+    if not isinstance(source, nn.Module):
+        raise NetlensTypeError(
+            f"Expected a module with a weight or a weight tensor, but got {describe(source)}."
+        )
+    recurrent = isinstance(source, (nn.RNNBase, nn.RNNCellBase))
+    if name is None:
+        if isinstance(source, nn.RNNBase):
+            name = "weight_ih_l0"
+        elif isinstance(source, nn.RNNCellBase):
+            name = "weight_ih"
+        else:
+            name = "weight"
+    weight = getattr(source, name, None)
+    if not isinstance(weight, torch.Tensor):
+        weights = [n for n, p in source.named_parameters(recurse=False) if n.startswith("weight")]
+        raise NetlensTypeError(
+            f"Expected a module with a tensor attribute {name!r}, but {type(source).__name__} has "
+            + (f"none; its weights are {weights}." if weights else "no weight at all.")
+        )
+    gates = None
+    if recurrent and name.startswith("weight_"):
+        if isinstance(source, nn.RNNBase):
+            kind = source.mode
+        else:
+            kind = (
+                "LSTM"
+                if isinstance(source, nn.LSTMCell)
+                else "GRU"
+                if isinstance(source, nn.GRUCell)
+                else ""
+            )
+        gates = list(_GATES[kind]) if kind in _GATES else None
+    return weight, gates
+
+
+class ActivationGrid(_Grid):
+    """A grid of feature maps, or of pictures.
+
+    * ``(C, H, W)``: the C feature maps of one input, one grey tile each.
+    * ``(N, C, H, W)`` with C = 1, or C = 3 and ``rgb`` not False: N pictures, grey or RGB (for
+      example inputs, or the images that activation maximisation synthesises).
+    * other ``(N, C, H, W)``: one row per input, one column per channel (one input: near-square).
+    * ``(N, F)``: a heatmap of the units of a linear layer, one row per input.
+
+    Args:
+        activations: The tensor (detached and copied to the CPU for drawing).
+        normalize: As for :class:`FilterGrid`: ``"filter"`` (each tile on its own range),
+            ``"global"``, ``"symmetric"`` or a fixed ``(low, high)`` range.
+        cmap: Matplotlib colormap for single-channel tiles (grey by default).
+        ncols: Number of columns; near-square by default.
+        titles: Draw the channel (or picture) index above each tile, or these strings.
+        rgb: Whether ``(N, 3, H, W)`` are RGB pictures (default) or three feature maps each.
+
+    Raises:
+        NetlensTypeError: For a non-tensor.
+        NetlensValueError: For a tensor that is not 2-, 3- or 4-D, or an unknown option.
+
+    Example:
+        >>> import torch
+        >>> import netlens as nl
+        >>> grid = nl.ActivationGrid(torch.rand(16, 7, 7))
+        >>> grid.shape, grid.to_array(scale=1).shape
+        ((4, 4), (31, 31, 3))
+    """
+
+    def __init__(
+        self,
+        activations: torch.Tensor,
+        *,
+        normalize: Normalize = "filter",
+        cmap: Any = None,
+        ncols: int | None = None,
+        titles: bool | Sequence[str] = True,
+        rgb: bool | None = None,
+    ) -> None:
+        if not isinstance(activations, torch.Tensor):
+            raise NetlensTypeError(
+                f"Expected a torch.Tensor of activations, but got {describe(activations)}."
+            )
+        values = _as_array(activations)
+        if values.ndim == 2:
+            super().__init__(
+                values[None],
+                rgb=False,
+                normalize=normalize,
+                cmap=cmap,
+                nrows=1,
+                ncols=1,
+                positions=[(0, 0)],
+                titles=None,
+                heatmap=True,
+            )
+            return
+        if values.ndim not in (3, 4) or 0 in values.shape:
+            raise NetlensValueError(
+                "Expected activations of shape (C, H, W), (N, C, H, W) or (N, F), but got "
+                f"{describe(activations)}."
+            )
+        is_rgb = values.ndim == 4 and values.shape[1] == 3 and rgb is not False
+        if values.ndim == 4 and (values.shape[1] == 1 or is_rgb):
+            tiles = values.transpose(0, 2, 3, 1) if is_rgb else values[:, 0]
+        elif values.ndim == 4 and values.shape[0] > 1:
+            count, channels = values.shape[:2]
+            titled = titles is not False
+            super().__init__(
+                values.reshape(-1, *values.shape[2:]),
+                rgb=False,
+                normalize=normalize,
+                cmap=cmap,
+                nrows=count,
+                ncols=channels,
+                positions=[divmod(i, channels) for i in range(count * channels)],
+                titles=None,
+                row_labels=[f"input {i}" for i in range(count)] if titled else None,
+                col_labels=[str(i) for i in range(channels)] if titled else None,
+            )
+            return
+        else:
+            tiles = values[0] if values.ndim == 4 else values
+        count = len(tiles)
+        nrows, columns = grid_shape(count, tiles.shape[1], tiles.shape[2], ncols=ncols)
+        super().__init__(
+            tiles,
+            rgb=is_rgb,
+            normalize=normalize,
+            cmap=cmap,
+            nrows=nrows,
+            ncols=columns,
+            positions=[divmod(i, columns) for i in range(count)],
+            titles=_titles(titles, count, [str(i) for i in range(count)]),
+        )
