@@ -27,7 +27,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ._errors import NetlensTypeError, NetlensValueError, NotRecordedError
-from ._layers import LayerSpec, check_model, describe, find_layers
+from ._layers import LayerSpec, check_model, describe, find_layer
 from ._model import evaluating, frozen, model_dtype_device, progress_bar
 from ._record import _first_tensor, _mutated_tensors, record
 
@@ -258,17 +258,6 @@ def _average_pool(
 
 
 # -- validation --------------------------------------------------------------------------------
-
-
-def _one_layer(model: nn.Module, layer: LayerSpec) -> str:
-    found = find_layers(model, layer)
-    if len(found) != 1:
-        raise NetlensValueError(
-            f"Expected layer to select exactly one layer, but {layer!r} matched {len(found)}: "
-            + ", ".join(repr(name) for name in list(found)[:10])
-            + "."
-        )
-    return next(iter(found))
 
 
 def _check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:
@@ -812,7 +801,7 @@ def deconvnet(
         torch.Size([4, 3, 1, 28, 28])
     """
     check_model(model)
-    name = _one_layer(model, layer)
+    name, _ = find_layer(model, layer)
     listed = not isinstance(channel, (int, np.integer)) and not (
         isinstance(channel, torch.Tensor) and channel.dim() == 0
     )
@@ -894,7 +883,7 @@ def top_activations(
         (torch.Size([2, 4]), torch.Size([2, 4, 1, 14, 14]))
     """
     check_model(model)
-    name = _one_layer(model, layer)
+    name, _ = find_layer(model, layer)
     wanted = None if channels is None else _check_channels(channels, "channels")
     k = _check_index("k", k)
     if k == 0:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ._errors import LayerNotFoundError, NetlensTypeError, NetlensValueError, UnsupportedModelError
 
-__all__ = ["LayerSpec", "check_model", "describe", "find_layers"]
+__all__ = ["LayerSpec", "check_model", "describe", "find_layer", "find_layers"]
 
 #: What :func:`find_layers` accepts: a dotted name, a glob, a module class, a module object, or
 #: a list of these.
@@ -191,6 +191,19 @@ def find_layers(model: nn.Module, spec: LayerSpec) -> dict[str, nn.Module]:
     for name in found:
         _check_not_inside_compiled(model, name)
     return found
+
+
+def find_layer(model: nn.Module, spec: LayerSpec) -> tuple[str, nn.Module]:
+    """Resolve ``spec`` like :func:`find_layers`, requiring that it selects exactly one layer."""
+    found = find_layers(model, spec)
+    if len(found) != 1:
+        raise NetlensValueError(
+            f"Expected layer to select exactly one layer, but {spec!r} selected {len(found)}: "
+            + ", ".join(repr(name) for name in list(found)[:10])
+            + "."
+        )
+    ((name, module),) = found.items()
+    return name, module
 
 
 def _check_not_inside_compiled(model: nn.Module, name: str) -> None:

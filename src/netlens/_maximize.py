@@ -24,7 +24,7 @@ from torch import nn
 
 from ._errors import NetlensError, NetlensTypeError, NetlensValueError
 from ._grid import ActivationGrid, Normalize
-from ._layers import LayerSpec, check_model, describe, find_layers
+from ._layers import LayerSpec, check_model, describe, find_layer
 from ._model import evaluating, frozen, model_dtype_device, progress_bar
 from ._record import Recorder, record
 
@@ -731,14 +731,7 @@ def maximize_activation(
         True
     """
     check_model(model)
-    found = find_layers(model, layer)
-    if len(found) != 1:
-        raise NetlensValueError(
-            f"Expected layer to select exactly one layer, but it selected {len(found)}: "
-            + ", ".join(repr(name) for name in list(found)[:10])
-            + "."
-        )
-    ((name, module),) = found.items()
+    name, module = find_layer(model, layer)
     requested = _check_channels(channels)
     shape = _check_input_shape(input_shape)
     steps = _check_positive_int("steps", steps)

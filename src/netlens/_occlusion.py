@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ._errors import NetlensTypeError, NetlensValueError
-from ._layers import LayerSpec, check_model, describe, find_layers
+from ._layers import LayerSpec, check_model, describe, find_layer
 from ._model import evaluating, model_dtype_device, progress_bar
 from ._record import Recorder, _first_tensor, record
 
@@ -913,14 +913,7 @@ def occlusion(
     layer_name: str | None = None
     layer_module: nn.Module | None = None
     if layer is not None:
-        found = find_layers(model, layer)
-        if len(found) != 1:
-            raise NetlensValueError(
-                f"Expected layer to match exactly one layer, but it matched {len(found)}: "
-                + ", ".join(repr(name) for name in list(found)[:10])
-                + "."
-            )
-        ((layer_name, layer_module),) = found.items()
+        layer_name, layer_module = find_layer(model, layer)
     elif channel is not None:
         raise NetlensValueError("Expected layer= together with channel=, but got no layer.")
     requested_channel = (
