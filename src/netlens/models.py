@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -21,6 +23,8 @@ class LeNet5(nn.Module):
         in_channels: 1 for grey images (the report), 3 for colour.
         num_classes: Size of the output.
         image_size: Height and width of the (square) inputs; 28 in the report.
+        dropout: Probability of :class:`~torch.nn.Dropout` on the 1024 hidden units before
+            ``fc2`` (module ``dropout``); 0 (the report) adds no dropout module at all.
 
     Example:
         >>> import torch
@@ -29,10 +33,19 @@ class LeNet5(nn.Module):
         torch.Size([2, 10])
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        image_size: int = 28,
+        *,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if image_size % 4:
             raise NetlensValueError(f"Expected image_size divisible by 4, but got {image_size}.")
+        if not 0.0 <= dropout < 1.0:
+            raise NetlensValueError(f"Expected dropout in [0, 1), but got {dropout}.")
         self.conv1 = nn.Conv2d(in_channels, 32, 5, padding=2)
         self.relu1 = nn.ReLU()
         self.pool1 = nn.MaxPool2d(2)
@@ -42,13 +55,17 @@ class LeNet5(nn.Module):
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(64 * (image_size // 4) ** 2, 1024)
         self.relu3 = nn.ReLU()
+        self.dropout = nn.Dropout(dropout) if dropout else None
         self.fc2 = nn.Linear(1024, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits for ``(N, C, H, W)`` images."""
         x = self.pool1(self.relu1(self.conv1(x)))
         x = self.pool2(self.relu2(self.conv2(x)))
-        logits: torch.Tensor = self.fc2(self.relu3(self.fc1(self.flatten(x))))
+        x = self.relu3(self.fc1(self.flatten(x)))
+        if self.dropout is not None:
+            x = self.dropout(x)
+        logits: torch.Tensor = self.fc2(x)
         return logits
 
 
@@ -60,6 +77,11 @@ class RowClassifier(nn.Module):
         input_size: Features per step (28 pixels of an MNIST row).
         hidden_size: Recurrent state size (128 in the report).
         num_classes: Size of the output.
+        orthogonal_init: Replace PyTorch's uniform initialisation of the recurrent weights
+            ``weight_hh`` by a random orthogonal matrix per gate block (``i, f, g, o`` of an
+            LSTM, ``r, z, n`` of a GRU; Saxe et al. 2014), so that the state is neither
+            amplified nor damped along the 28 steps at the start of training. The input
+            weights and the biases keep PyTorch's default. Draws from the global random state.
 
     Inputs are ``(N, T, F)`` or ``(N, 1, T, F)`` images (the channel dim is dropped).
 
@@ -76,6 +98,8 @@ class RowClassifier(nn.Module):
         input_size: int = 28,
         hidden_size: int = 128,
         num_classes: int = 10,
+        *,
+        orthogonal_init: bool = False,
     ) -> None:
         super().__init__()
         kinds: dict[str, type[nn.RNN | nn.LSTM | nn.GRU]] = {
@@ -90,6 +114,11 @@ class RowClassifier(nn.Module):
         self.cell = cell
         self.rnn = kinds[cell](input_size, hidden_size, batch_first=True)
         self.fc = nn.Linear(hidden_size, num_classes)
+        if orthogonal_init:
+            with torch.no_grad():
+                recurrent_weight = cast(torch.Tensor, self.rnn.weight_hh_l0)
+                for block in torch.split(recurrent_weight, hidden_size):
+                    nn.init.orthogonal_(block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits for ``(N, T, F)`` or ``(N, 1, T, F)`` inputs."""

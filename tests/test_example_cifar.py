@@ -1,0 +1,324 @@
+"""End to end: examples/cifar_lenet.py on a small synthetic CIFAR-10 in the official layout."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import pickle
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import netlens.datasets
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PERIODS = (5.0, 10.0)  # pixels, at 32x32
+ANGLES = (0.0, 22.5, 45.0, 67.5, 90.0)  # degrees; each class also takes the mirrored angle
+
+
+def load_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("cifar_lenet", EXAMPLES / "cifar_lenet.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+example = load_example()
+
+
+def gratings(count: int, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+    """Noisy sine gratings; the class sets orientation and period, so a flip keeps the class.
+
+    Horizontal flips (the example's augmentation) mirror an angle a to -a, so a class is the
+    pair {a, -a}: five orientations in [0, 90] degrees times two periods make ten classes.
+    """
+    labels = rng.permutation(np.arange(count) % 10)
+    y, x = np.mgrid[0:32, 0:32].astype(np.float64)
+    images = np.empty((count, 3, 32, 32), np.uint8)
+    for index, label in enumerate(labels):
+        angle = np.deg2rad(ANGLES[label % 5]) * rng.choice([-1.0, 1.0])
+        period = PERIODS[label // 5] * rng.uniform(0.9, 1.1)
+        along = x * np.cos(angle) + y * np.sin(angle)
+        wave = np.sin(2 * np.pi * along / period + rng.uniform(0, 2 * np.pi))
+        grey = 128 + rng.uniform(50, 110) * wave + rng.normal(0, 25, (32, 32))
+        tint = rng.uniform(0.8, 1.2, (3, 1, 1))
+        images[index] = np.clip(grey[None] * tint, 0, 255).astype(np.uint8)
+    return images.reshape(count, 3072), [int(label) for label in labels]
+
+
+def write_cifar(root: Path, per_batch: int = 80, test: int = 100) -> Path:
+    """The official ``cifar-10-batches-py/`` layout: pickled dicts with bytes keys."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        data, labels = gratings(test if name == "test_batch" else per_batch, rng)
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_cifar(tmp_path_factory.mktemp("cifar"))
+
+
+QUICK = ["--quick", "--batch-size", "32", "--no-progress"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    # tiny batches: more threads only add synchronisation, and the machine may be shared
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def quick_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "out"
+    board = out.parent / "tensorboard"
+    argv = ["--data-dir", str(data_dir), "--out", str(out), "--tensorboard", str(board), *QUICK]
+    assert example.main(argv) == 0
+    return out
+
+
+EXPECTED = [
+    "REPORT.md",
+    "accuracy.png",
+    "checkpoint.pt",
+    "conv1_activations.png",
+    "conv1_filters.png",
+    "deconvnet_conv2.png",
+    "history.csv",
+    "history.json",
+    "loss.png",
+    "maximize_conv1.png",
+    "maximize_conv2.png",
+    "occlusion.png",
+    "stats.png",
+    "stats_conv1.csv",
+    "stats_conv1.md",
+    "stats_conv2.csv",
+    "stats_conv2.md",
+]
+
+
+def test_quick_run_writes_every_output(quick_run: Path) -> None:
+    assert sorted(path.name for path in quick_run.iterdir()) == EXPECTED
+    for png in quick_run.glob("*.png"):
+        with Image.open(png) as image:
+            image.load()
+            assert image.width > 100 and image.height > 100, png.name
+    assert list((quick_run.parent / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_quick_run_learns_the_gratings(quick_run: Path) -> None:
+    with (quick_run / "history.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 1
+    assert set(rows[0]) >= {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds"}
+    assert float(rows[0]["test_accuracy"]) > 0.3  # chance is 0.1
+    assert json.loads((quick_run / "history.json").read_text())[0]["test_accuracy"] == float(
+        rows[0]["test_accuracy"]
+    )
+    report = (quick_run / "REPORT.md").read_text()
+    assert f"{100 * float(rows[0]['test_accuracy']):.2f}%" in report
+
+
+def test_statistics_tables(quick_run: Path) -> None:
+    for conv, channels in (("conv1", 32), ("conv2", 64)):
+        with (quick_run / f"stats_{conv}.csv").open(newline="") as file:
+            rows = list(csv.DictReader(file))
+        assert [int(row["channel"]) for row in rows] == list(range(channels))
+        for row in rows:
+            assert 0 <= float(row["zero_fraction"]) <= 1
+            assert float(row["min"]) >= 0  # after the ReLU
+            assert int(row["count"]) == 100 * (28 * 28 if conv == "conv1" else 14 * 14)
+        table = (quick_run / f"stats_{conv}.md").read_text().splitlines()
+        assert len(table) == channels + 2 and table[0].startswith("| channel |")
+
+
+def test_report_links_resolve_in_report_order(quick_run: Path) -> None:
+    report = (quick_run / "REPORT.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    assert links, "no links in REPORT.md"
+    for link in links:
+        assert (quick_run / link).is_file(), link
+    headings = [line for line in report.splitlines() if line.startswith("## ")]
+    assert [heading.split(".")[0] for heading in headings] == [f"## {i}" for i in range(1, 8)]
+    assert "nan" not in report.lower()
+
+
+def history_without_time(out: Path) -> list[dict[str, Any]]:
+    rows = json.loads((out / "history.json").read_text())
+    return [{key: value for key, value in row.items() if key != "seconds"} for row in rows]
+
+
+def test_resume_ends_with_the_same_numbers(data_dir: Path, tmp_path: Path) -> None:
+    common = ["--data-dir", str(data_dir), *QUICK, "--epochs", "2", "--train-only"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert example.main([*common, "--out", str(whole)]) == 0
+    assert example.main([*common, "--out", str(parts), "--stop-after", "1"]) == 0
+    assert sorted(path.name for path in parts.iterdir()) == ["checkpoint.pt"]
+    assert example.main([*common, "--out", str(parts), "--resume"]) == 0
+    assert history_without_time(parts) == history_without_time(whole)
+    state = torch.load(whole / "checkpoint.pt", weights_only=True)
+    resumed = torch.load(parts / "checkpoint.pt", weights_only=True)
+    for name, tensor in state["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+
+
+def test_improved_recipe_with_dropout_and_crops_runs(data_dir: Path, tmp_path: Path) -> None:
+    argv = ["--data-dir", str(data_dir), "--out", str(tmp_path), *QUICK, "--train-only"]
+    assert example.main([*argv, "--recipe", "improved"]) == 0
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["name"].startswith("lenet5-cifar-dropout")
+    assert state["config"]["schedule"] == "cosine"
+
+
+def test_augmentation_flips_and_crops() -> None:
+    images = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    flipped = example.make_augment(0)(images, torch.Generator().manual_seed(0))
+    for before, after in zip(images, flipped, strict=True):
+        assert torch.equal(after, before) or torch.equal(after, before.flip(2))
+    cropped = example.make_augment(1)(images, torch.Generator().manual_seed(3))
+    padded = torch.nn.functional.pad(images, [1, 1, 1, 1], value=-1.0)
+    for index in range(2):
+        windows = [
+            padded[index, :, top : top + 4, left : left + 4]
+            for top in range(3)
+            for left in range(3)
+        ]
+        windows += [window.flip(2) for window in windows]
+        assert any(torch.equal(cropped[index], window) for window in windows)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the command line as ``python cifar_lenet.py`` would; return its one-line error."""
+    with pytest.raises(SystemExit) as exit_info:
+        example.harness.run_cli(example.main, argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1, error
+    assert "Traceback" not in error
+    return error
+
+
+def closed_port() -> int:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        return int(server.getsockname()[1])
+
+
+def test_missing_data_dir_without_network(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/cifar-10-python.tar.gz"
+    monkeypatch.setattr(netlens.datasets, "CIFAR10_URL", url)
+    data, out = tmp_path / "nowhere" / "cifar", tmp_path / "out"
+    error = run_cli(["--data-dir", str(data), "--out", str(out), *QUICK], capsys)
+    assert "could not be downloaded" in error and str(data) in error
+    assert sorted(tmp_path.iterdir()) == []  # no data folder, no output folder
+
+
+def test_file_in_the_wrong_format(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "data" / "cifar-10-batches-py"
+    broken.mkdir(parents=True)
+    for source in (data_dir / "cifar-10-batches-py").iterdir():
+        (broken / source.name).write_bytes(source.read_bytes())
+    (broken / "data_batch_3").write_bytes(b"these are not the pickles you are looking for")
+    out = tmp_path / "out"
+    error = run_cli(["--data-dir", str(broken.parent), "--out", str(out), *QUICK], capsys)
+    assert "data_batch_3" in error
+    assert not out.exists()
+
+
+def test_checkpoint_of_another_model(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(other.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    config = example.TrainConfig()
+    checkpoint = tmp_path / "checkpoint.pt"
+    history = example.History()
+    example.harness.save_checkpoint(
+        checkpoint, "lstm", config, other, optimizer, scheduler, history
+    )
+    before = checkpoint.read_bytes()
+    argv = ["--data-dir", str(data_dir), "--out", str(tmp_path), *QUICK, "--resume"]
+    error = run_cli(argv, capsys)
+    assert "'lstm'" in error and "lenet5-cifar" in error
+    assert checkpoint.read_bytes() == before
+    # a bare state dict, such as a reference model, is refused as well
+    torch.save(example.LeNet5().state_dict(), checkpoint)
+    before = checkpoint.read_bytes()
+    assert "not a checkpoint" in run_cli(argv, capsys)
+    assert checkpoint.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_checkpoint_of_other_settings(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--data-dir", str(data_dir), "--out", str(tmp_path), *QUICK, "--train-only"]
+    assert example.main([*argv, "--stop-after", "1", "--epochs", "2"]) == 0
+    capsys.readouterr()
+    error = run_cli([*argv, "--epochs", "2", "--resume", "--lr", "0.01"], capsys)
+    assert "lr" in error and "--resume" in error
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--lr", "-1"], "--lr must be positive"),
+        (["--dropout", "1"], "--dropout must be in [0, 1)"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "nope"], ""),
+    ],
+)
+def test_bad_arguments(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    error = run_cli(["--data-dir", str(tmp_path), "--out", str(out), *flags], capsys)
+    assert message in error
+    assert not out.exists()
+
+
+def test_out_is_a_file(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.txt"
+    out.write_text("keep me")
+    error = run_cli(["--data-dir", str(data_dir), "--out", str(out), *QUICK], capsys)
+    assert "is a file" in error
+    assert out.read_text() == "keep me"
+
+
+def test_the_script_exits_with_one_line(tmp_path: Path) -> None:
+    script = EXAMPLES / "cifar_lenet.py"
+    argv = [sys.executable, str(script), "--data-dir", str(tmp_path), "--epochs", "0"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2
+    assert result.stderr == "error: --epochs must be at least 1, got 0\n"
+    assert list(tmp_path.iterdir()) == []
