@@ -41,21 +41,9 @@ from _harness import ExampleError, History, TrainConfig
 
 import netlens as nl
 from netlens import NetlensError
-from netlens.datasets import CIFAR10, DownloadError
+from netlens.datasets import CIFAR10, CIFAR10_CLASSES, DownloadError
 from netlens.models import LeNet5
 
-CLASSES = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-]
 QUICK_TRAIN, QUICK_TEST = 2000, 500
 LAYER_NAMES = {"relu1": "conv1", "relu2": "conv2"}
 
@@ -378,7 +366,7 @@ def test_batches(inputs: torch.Tensor, size: int = 500) -> list[torch.Tensor]:
 def first_of_each_class(targets: torch.Tensor, count: int) -> list[int]:
     """Indices of the first test image of each class, in class order, ``count`` of them."""
     chosen: list[int] = []
-    for label in range(len(CLASSES)):
+    for label in range(len(CIFAR10_CLASSES)):
         where = (targets == label).nonzero()
         if len(where):
             chosen.append(int(where[0]))
@@ -478,7 +466,7 @@ def look_inside(
         occluded = first_of_each_class(targets, 4)
         stride = 4 if quick else 2
         result = nl.occlusion(model, inputs[occluded], window=6, stride=stride, layer="relu2")
-        figure, _ = result.plot(class_names=CLASSES)
+        figure, _ = result.plot(class_names=CIFAR10_CLASSES)
         harness.save_figure(figure, out / "occlusion.png")
 
     return Lenses(
@@ -623,7 +611,9 @@ def filters_section(lenses: Lenses) -> list[str]:
 
 def activations_section(lenses: Lenses) -> list[str]:
     shown = lenses.activation_inputs
-    names = ", ".join(f"{index} ({CLASSES[int(lenses.test_labels[index])]})" for index in shown)
+    names = ", ".join(
+        f"{index} ({CIFAR10_CLASSES[int(lenses.test_labels[index])]})" for index in shown
+    )
     zero = float(lenses.stats["relu1"].zero_fraction.mean())
     return [
         "## 3. First-layer activations\n",
@@ -662,7 +652,9 @@ def deconvnet_section(lenses: Lenses) -> list[str]:
     top = lenses.top
     rows = []
     for i, channel in enumerate(top.channels.tolist()):
-        classes = [CLASSES[int(lenses.test_labels[index])] for index in top.indices[i].tolist()]
+        classes = [
+            CIFAR10_CLASSES[int(lenses.test_labels[index])] for index in top.indices[i].tolist()
+        ]
         counts = {name: classes.count(name) for name in dict.fromkeys(classes)}
         common = ", ".join(f"{name} {count}" for name, count in counts.items())
         rows.append(
@@ -700,8 +692,8 @@ def occlusion_section(lenses: Lenses) -> list[str]:
         rows.append(
             [
                 index,
-                CLASSES[int(lenses.test_labels[index])],
-                CLASSES[target],
+                CIFAR10_CLASSES[int(lenses.test_labels[index])],
+                CIFAR10_CLASSES[target],
                 f"{float(result.base_score[i]):.3f}",
                 f"{float(probability.min()):.3f}",
                 f"({row * stride[0] + window[0] // 2}, {col * stride[1] + window[1] // 2})",

@@ -13,28 +13,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
 
 import netlens as nl
+from netlens.datasets import CIFAR10_CLASSES
 from netlens.models import LeNet5, RowClassifier
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "_static" / "maximization"
-CIFAR_CLASSES = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-]
 # MNIST pixels 0..1 standardised with the training mean and std, as the LSTM was trained.
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MNIST_RANGE = ((0 - MNIST_MEAN) / MNIST_STD, (1 - MNIST_MEAN) / MNIST_STD)
@@ -62,7 +52,7 @@ def run(label: str, model: torch.nn.Module, layer: str, **kwargs: object) -> nl.
 
 
 def class_figure(
-    result: nl.Maximization, model: torch.nn.Module, names: list[str], title: str
+    result: nl.Maximization, model: torch.nn.Module, names: Sequence[str], title: str
 ) -> Figure:
     """The class images in a row, each titled with its class and the softmax probability."""
     with torch.no_grad():
@@ -134,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         **image,
     )
     save(
-        class_figure(logits, lenet, CIFAR_CLASSES, "LeNet5 (grey CIFAR-10): class logits"),
+        class_figure(logits, lenet, CIFAR10_CLASSES, "LeNet5 (grey CIFAR-10): class logits"),
         "lenet_classes.png",
     )
     figure, _ = logits.plot(curves=True)

@@ -38,6 +38,7 @@ from ._errors import NetlensError, NetlensTypeError, NetlensValueError
 
 __all__ = [
     "CIFAR10",
+    "CIFAR10_CLASSES",
     "CIFAR10_MD5",
     "CIFAR10_URL",
     "MNIST",
@@ -76,7 +77,8 @@ _CHUNK = 1 << 20
 
 _CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 _CIFAR10_FOLDER = "cifar-10-batches-py"
-_CIFAR10_CLASSES = [
+#: CIFAR-10's class names, in label order.
+CIFAR10_CLASSES = (
     "airplane",
     "automobile",
     "bird",
@@ -87,7 +89,7 @@ _CIFAR10_CLASSES = [
     "horse",
     "ship",
     "truck",
-]
+)
 _CIFAR10_SIDE = 32
 # ITU-R BT.601 luma weights for R, G, B (what PIL's convert("L") uses).
 _LUMA = (0.299, 0.587, 0.114)
@@ -271,7 +273,7 @@ class CIFAR10(_ImageDataset):
         targets = torch.from_numpy(np.concatenate([labels for _, labels in batches]))
         images = _cifar_images(pixels, grey=grey, size=_CIFAR10_SIDE if size is None else size)
         super().__init__(folder, train, images, targets, transform, target_transform)
-        self.classes = list(_CIFAR10_CLASSES)
+        self.classes = list(CIFAR10_CLASSES)
 
 
 class MNIST(_ImageDataset):
