@@ -62,7 +62,7 @@ class Recipe:
 RECIPES = {
     "report": Recipe(),
     "improved": Recipe(
-        schedule="cosine", weight_decay=1e-4, label_smoothing=0.1, dropout=0.5, crop_padding=2
+        schedule="cosine", weight_decay=1e-4, label_smoothing=0.1, dropout=0.5, crop_padding=0
     ),
 }
 
@@ -542,8 +542,9 @@ def render_report(
         + ", grey (ITU-R 601 luma) 28x28 in [-1, 1]. "
         f"Torch {torch.__version__}, device `{args.device}`, {threads} "
         f"thread{'s' if threads > 1 else ''}; "
-        f"{sum(epoch_seconds) / len(epoch_seconds):.1f} s per epoch, {seconds:.0f} s in all "
-        "(this run, including the lenses).\n",
+        f"{sum(epoch_seconds) / len(epoch_seconds):.1f} s per epoch, {sum(epoch_seconds):.0f} s "
+        f"of training over all epochs (resumed runs included); this invocation took "
+        f"{seconds:.0f} s, the lenses included.\n",
         "## 1. Training: accuracy and loss\n",
         f"Test accuracy after the last epoch: **{percent(accuracies[-1])}** (best "
         f"{percent(max(accuracies))} at epoch {history.best_epoch}); the course report "

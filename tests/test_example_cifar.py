@@ -170,8 +170,15 @@ def history_without_time(out: Path) -> list[dict[str, Any]]:
     return [{key: value for key, value in row.items() if key != "seconds"} for row in rows]
 
 
-def test_resume_ends_with_the_same_numbers(data_dir: Path, tmp_path: Path) -> None:
-    common = ["--data-dir", str(data_dir), *QUICK, "--epochs", "2", "--train-only"]
+@pytest.mark.parametrize(
+    "recipe",
+    [["--recipe", "report"], ["--recipe", "improved", "--crop-padding", "2"]],
+    ids=["report", "dropout-and-crops"],
+)
+def test_resume_ends_with_the_same_numbers(
+    recipe: list[str], data_dir: Path, tmp_path: Path
+) -> None:
+    common = ["--data-dir", str(data_dir), *QUICK, "--epochs", "2", "--train-only", *recipe]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert example.main([*common, "--out", str(whole)]) == 0
     assert example.main([*common, "--out", str(parts), "--stop-after", "1"]) == 0
@@ -186,9 +193,9 @@ def test_resume_ends_with_the_same_numbers(data_dir: Path, tmp_path: Path) -> No
 
 def test_improved_recipe_with_dropout_and_crops_runs(data_dir: Path, tmp_path: Path) -> None:
     argv = ["--data-dir", str(data_dir), "--out", str(tmp_path), *QUICK, "--train-only"]
-    assert example.main([*argv, "--recipe", "improved"]) == 0
+    assert example.main([*argv, "--recipe", "improved", "--crop-padding", "2"]) == 0
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert state["name"].startswith("lenet5-cifar-dropout")
+    assert state["name"] == "lenet5-cifar-dropout0.5-crop2"
     assert state["config"]["schedule"] == "cosine"
 
 
