@@ -14,7 +14,9 @@ Recipes (same architecture, same epoch budget):
 
 * ``report``: Adam, lr 0.003 after a linear warm-up of 3 epochs, random horizontal flips.
 * ``improved``: the report's plus the changes that the ablation on the docs' results page
-  measured as helpful (see ``RECIPES``). Each of them can also be set on its own with
+  measured as helpful: a cosine decay after the warm-up, weight decay 1e-4 and label smoothing
+  0.1 (see ``RECIPES``). Each of them, and dropout before the last layer and random crops
+  (measured as harmful here), can also be set on its own with
   ``--crop-padding``, ``--weight-decay``, ``--schedule``, ``--label-smoothing`` and
   ``--dropout``, which override the recipe (that is how the ablation was run).
 """
@@ -59,11 +61,12 @@ class Recipe:
     crop_padding: int = 0
 
 
+# "improved" keeps what the leave-one-out runs on the full training set (docs/results/cifar.rst)
+# measured as helping. Dropout and random crops were tried and measured as harmful at this epoch
+# budget, so they are off here; --dropout and --crop-padding still turn them on.
 RECIPES = {
     "report": Recipe(),
-    "improved": Recipe(
-        schedule="cosine", weight_decay=1e-4, label_smoothing=0.1, dropout=0.5, crop_padding=0
-    ),
+    "improved": Recipe(schedule="cosine", weight_decay=1e-4, label_smoothing=0.1),
 }
 
 

@@ -25,8 +25,8 @@ clipping open, and a constant lr of 0.01 fails here for every model (the RNN div
 and GRU wobble, the CNN dies). The ``tuned`` recipe (the default) changes the fewest things
 that the ablation on the docs' results page (docs/results/mnist.rst) measured as needed:
 
-* every model: a one-cycle schedule (a linear rise over the first 30% of the steps, then a
-  cosine decay to zero) instead of a constant lr;
+* every model: a one-cycle schedule (a linear rise from 4% of the peak over the first 30% of the
+  steps, then a cosine decay to zero) instead of a constant lr;
 * its peak: the report's 0.01 for the CNN, 0.005 for the LSTM and the GRU, 0.002 for the RNN;
 * the RNN only: orthogonal recurrent weights (``RowClassifier(orthogonal_init=True)``).
 

@@ -172,7 +172,7 @@ def history_without_time(out: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(
     "recipe",
-    [["--recipe", "report"], ["--recipe", "improved", "--crop-padding", "2"]],
+    [["--recipe", "report"], ["--recipe", "improved", "--crop-padding", "2", "--dropout", "0.5"]],
     ids=["report", "dropout-and-crops"],
 )
 def test_resume_ends_with_the_same_numbers(
@@ -193,7 +193,10 @@ def test_resume_ends_with_the_same_numbers(
 
 def test_improved_recipe_with_dropout_and_crops_runs(data_dir: Path, tmp_path: Path) -> None:
     argv = ["--data-dir", str(data_dir), "--out", str(tmp_path), *QUICK, "--train-only"]
-    assert example.main([*argv, "--recipe", "improved", "--crop-padding", "2"]) == 0
+    assert (
+        example.main([*argv, "--recipe", "improved", "--crop-padding", "2", "--dropout", "0.5"])
+        == 0
+    )
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["name"] == "lenet5-cifar-dropout0.5-crop2"
     assert state["config"]["schedule"] == "cosine"
