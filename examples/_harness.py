@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import io
 import json
 import math
@@ -405,6 +406,19 @@ def check_device(device: str) -> str:
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ExampleError(f"--device {device} asked for, but CUDA is not available here")
     return device
+
+
+def check_out_and_tensorboard(out: Path, tensorboard: str | None) -> None:
+    """Refuse an ``--out`` that is a file, and ``--tensorboard`` without the package."""
+    if out.exists() and not out.is_dir():
+        raise ExampleError(f"--out {out} is a file; give a folder (it is created if missing)")
+    if tensorboard is not None:
+        try:
+            importlib.import_module("torch.utils.tensorboard")
+        except ImportError:
+            raise ExampleError(
+                "--tensorboard needs the tensorboard package: pip install 'netlens[examples]'"
+            ) from None
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:

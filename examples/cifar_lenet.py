@@ -253,15 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config_of(args, recipe)
     device = harness.check_device(args.device)
     out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise ExampleError(f"--out {out} is a file; give a folder (it is created if missing)")
-    if args.tensorboard is not None:
-        try:
-            import torch.utils.tensorboard  # noqa: F401
-        except ImportError:
-            raise ExampleError(
-                "--tensorboard needs the tensorboard package: pip install 'netlens[examples]'"
-            ) from None
+    harness.check_out_and_tensorboard(out, args.tensorboard)
     name = model_name(recipe, args.train_subset)
     checkpoint = out / "checkpoint.pt"
     if args.resume and checkpoint.exists():

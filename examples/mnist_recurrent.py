@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import io
 import math
 import shlex
@@ -270,15 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configs = {name: config_of(args, recipes[name]) for name in models}
     device = harness.check_device(args.device)
     out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise ExampleError(f"--out {out} is a file; give a folder (it is created if missing)")
-    if args.tensorboard is not None:
-        try:
-            importlib.import_module("torch.utils.tensorboard")
-        except ImportError:
-            raise ExampleError(
-                "--tensorboard needs the tensorboard package: pip install 'netlens[examples]'"
-            ) from None
+    harness.check_out_and_tensorboard(out, args.tensorboard)
     if args.resume:  # refuse a checkpoint of other settings before the data are read
         for name in models:
             checkpoint = out / name / "checkpoint.pt"
