@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import load, require
 from matplotlib.figure import Figure
 
 import netlens as nl
@@ -125,20 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     checkpoint = args.models / "lenet5_cifar_grey.pt"
-    if not checkpoint.is_file():
-        print(
-            f"error: checkpoint {checkpoint} is missing; train it first (see examples/).",
-            file=sys.stderr,
-        )
-        return 1
+    require(checkpoint)
     try:
         test_set = CIFAR10(args.cifar, train=False)
     except DatasetNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    model = LeNet5()
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    model.eval()
+    model = load(LeNet5(), checkpoint)
     OUT.mkdir(parents=True, exist_ok=True)
     data = test_set.data[: args.images]
     picks = [0, 1, 2, 3]

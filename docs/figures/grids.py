@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import load, require
 from matplotlib.figure import Figure
 
 import netlens as nl
@@ -25,12 +26,6 @@ from netlens.models import LeNet5, RowClassifier
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "_static" / "grids"
-
-
-def load(model: torch.nn.Module, path: Path) -> torch.nn.Module:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
 
 
 def save(figure: Figure, name: str, dpi: int = 80) -> None:
@@ -58,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     lenet_path = args.models / "lenet5_cifar_grey.pt"
     lstm_path = args.models / "lstm_mnist.pt"
-    for path in (lenet_path, lstm_path):
-        if not path.exists():
-            print(f"error: checkpoint {path} not found", file=sys.stderr)
-            return 1
+    require(lenet_path, lstm_path)
     try:
         cifar = CIFAR10(args.cifar, train=False)
         mnist = MNIST(args.mnist, train=False, standardize=True)

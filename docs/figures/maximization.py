@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from _common import load, require
 from matplotlib.figure import Figure
 
 import netlens as nl
@@ -28,12 +29,6 @@ OUT = HERE.parent / "_static" / "maximization"
 # MNIST pixels 0..1 standardised with the training mean and std, as the LSTM was trained.
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MNIST_RANGE = ((0 - MNIST_MEAN) / MNIST_STD, (1 - MNIST_MEAN) / MNIST_STD)
-
-
-def load(model: torch.nn.Module, path: Path) -> torch.nn.Module:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
 
 
 def save(figure: Figure, name: str) -> None:
@@ -80,10 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     lenet_path = args.models / "lenet5_cifar_grey.pt"
     lstm_path = args.models / "lstm_mnist.pt"
-    for path in (lenet_path, lstm_path):
-        if not path.exists():
-            print(f"error: checkpoint {path} not found", file=sys.stderr)
-            return 1
+    require(lenet_path, lstm_path)
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     lenet = load(LeNet5(), lenet_path)

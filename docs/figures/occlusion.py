@@ -19,11 +19,11 @@ is missing.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import load
 from matplotlib.figure import Figure
 
 import netlens as nl
@@ -32,13 +32,6 @@ from netlens.models import LeNet5, RowClassifier
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "_static" / "occlusion"
-
-
-def load(model: torch.nn.Module, path: Path) -> torch.nn.Module:
-    if not path.is_file():
-        sys.exit(f"error: checkpoint {path} is missing; train it first (see examples/).")
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model.eval()
 
 
 def save(figure: Figure, name: str) -> None:
