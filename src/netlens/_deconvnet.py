@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._errors import NetlensTypeError, NetlensValueError, NotRecordedError
-from ._layers import LayerSpec, check_model, describe, find_layer
+from ._errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
+from ._layers import LayerSpec, check_model, find_layer
 from ._model import evaluating, frozen, model_dtype_device, progress_bar
-from ._record import _first_tensor, _mutated_tensors, record
+from ._outputs import first_tensor as _first_tensor
+from ._record import _mutated_tensors, record
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -14,7 +14,19 @@ __all__ = [
     "NetlensValueError",
     "NotRecordedError",
     "UnsupportedModelError",
+    "describe",
 ]
+
+
+def describe(value: object) -> str:
+    """Say briefly what a received value is, for error messages."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and hasattr(value, "dtype"):
+        return f"{type(value).__name__} of shape {tuple(shape)} and dtype {value.dtype}"
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type(value).__name__} {text}"
 
 
 class NetlensError(Exception):

@@ -18,8 +18,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from ._errors import NetlensTypeError, NetlensValueError
-from ._layers import describe
+from ._errors import NetlensTypeError, NetlensValueError, describe
 
 __all__ = ["ActivationGrid", "FilterGrid", "grid_shape", "image_grid", "tile_grid"]
 

@@ -9,9 +9,15 @@ from typing import TypeAlias, cast
 
 from torch import nn
 
-from ._errors import LayerNotFoundError, NetlensTypeError, NetlensValueError, UnsupportedModelError
+from ._errors import (
+    LayerNotFoundError,
+    NetlensTypeError,
+    NetlensValueError,
+    UnsupportedModelError,
+    describe,
+)
 
-__all__ = ["LayerSpec", "check_model", "describe", "find_layer", "find_layers"]
+__all__ = ["LayerSpec", "check_model", "find_layer", "find_layers"]
 
 #: What :func:`find_layers` accepts: a dotted name, a glob, a module class, a module object, or
 #: a list of these.
@@ -22,17 +28,6 @@ LayerSpec: TypeAlias = (
 _GLOB_CHARS = frozenset("*?[")
 # Below this many layers an unknown-name error lists every name; above, only close matches.
 _LIST_ALL_BELOW = 40
-
-
-def describe(value: object) -> str:
-    """Say briefly what a received value is, for error messages."""
-    shape = getattr(value, "shape", None)
-    if shape is not None and hasattr(value, "dtype"):
-        return f"{type(value).__name__} of shape {tuple(shape)} and dtype {value.dtype}"
-    text = repr(value)
-    if len(text) > 80:
-        text = text[:77] + "..."
-    return f"{type(value).__name__} {text}"
 
 
 def check_model(model: object) -> nn.Module:

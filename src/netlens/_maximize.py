@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._errors import NetlensError, NetlensTypeError, NetlensValueError
+from ._errors import NetlensError, NetlensTypeError, NetlensValueError, describe
 from ._grid import ActivationGrid, Normalize
-from ._layers import LayerSpec, check_model, describe, find_layer
+from ._layers import LayerSpec, check_model, find_layer
 from ._model import evaluating, frozen, model_dtype_device, progress_bar
 from ._record import Recorder, record
 

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-__all__ = ["evaluating", "frozen", "model_dtype_device", "progress_bar"]
+__all__ = ["batched_inputs", "evaluating", "frozen", "model_dtype_device", "progress_bar"]
 
 T = TypeVar("T")
 
@@ -69,3 +69,47 @@ def progress_bar(iterable: Iterable[T], *, enabled: bool, **kwargs: Any) -> Iter
         )
         return iterable
     return tqdm(iterable, **kwargs)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def batched_inputs(model: nn.Module, shape: tuple[int, ...]) -> Iterator[None]:
+    """Refuse, with a clear message, inputs that reach a layer without their batch dimension.
+
+    PyTorch's convolutions and recurrent layers also accept one unbatched input (``(C, H, W)``
+    for ``Conv2d``); a technique handed such an input would take its channels for the batch.
+    While the block runs, every convolution and recurrent layer checks the rank of what it
+    receives; ``shape`` is the shape of the inputs the user passed, for the message. Meant for
+    the first forward pass of a technique only (its cost is one Python call per such layer).
+    """
+    from ._errors import NetlensValueError
+    from ._hooks import Hooks
+
+    def check(name: str, expected: int, layout: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            received = args[0] if args else None
+            if not isinstance(received, torch.Tensor) or received.dim() == expected:
+                return
+            unbatched = received.dim() == expected - 1
+            raise NetlensValueError(
+                f"Expected inputs with a batch dimension, so that layer {name!r} "
+                f"({type(module).__name__}) receives {layout}, but it received shape "
+                f"{tuple(received.shape)} from inputs of shape {shape}"
+                + (
+                    ": one input without its batch dimension? Add it with inputs.unsqueeze(0)."
+                    if unbatched
+                    else "."
+                )
+            )
+
+        return hook
+
+    with Hooks() as hooks:
+        for name, module in model.named_modules():
+            if isinstance(module, nn.modules.conv._ConvNd):
+                spatial = len(module.kernel_size)
+                layout = "(N, C, " + ", ".join("DHW"[3 - spatial :]) + ")"
+                hooks.add(module.register_forward_pre_hook(check(name, spatial + 2, layout)))
+            elif isinstance(module, nn.RNNBase):
+                layout = "(N, T, F)" if module.batch_first else "(T, N, F)"
+                hooks.add(module.register_forward_pre_hook(check(name, 3, layout)))
+        yield

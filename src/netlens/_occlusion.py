@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 import torch
 from torch import nn
 
-from ._errors import NetlensTypeError, NetlensValueError
-from ._layers import LayerSpec, check_model, describe, find_layer
+from ._errors import NetlensTypeError, NetlensValueError, describe
+from ._layers import LayerSpec, check_model, find_layer
 from ._model import evaluating, model_dtype_device, progress_bar
-from ._record import Recorder, _first_tensor, record
+from ._outputs import first_tensor as _first_tensor
+from ._record import Recorder, record
 
 if TYPE_CHECKING:
     import numpy as np

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from types import TracebackType
 from typing import Any
 
@@ -13,12 +13,16 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
-from ._errors import LayerNotFoundError, NetlensTypeError, NotRecordedError
-from ._layers import LayerSpec, describe, find_layers
+from ._errors import (
+    LayerNotFoundError,
+    NetlensError,
+    NetlensValueError,
+    NotRecordedError,
+)
+from ._layers import LayerSpec
+from ._outputs import LayerView, Select, layer_views
 
-__all__ = ["Recorder", "record"]
-
-Select = Callable[[Any], torch.Tensor]
+__all__ = ["Recorder", "StopForward", "Target", "record"]
 
 _INPLACE_DUNDERS = frozenset(
     f"__i{op}__"
@@ -38,17 +42,6 @@ _INPLACE_DUNDERS = frozenset(
         "matmul",
     )
 )
-
-
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        for item in output:
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    return None
 
 
 def _inplace_flag_position(func: Callable[..., Any]) -> int | None:
@@ -129,17 +122,16 @@ class Recorder(Mapping[str, torch.Tensor]):
     def __init__(
         self,
         model: nn.Module,
-        layers: dict[str, nn.Module],
+        views: dict[str, LayerView],
         *,
         detach: bool,
         device: torch.device | str | None,
-        select: Select | None,
     ) -> None:
         self._model = model
-        self._layers = layers
+        self._views = views
+        self._layers = {name: view.module for name, view in views.items()}
         self._detach = detach
         self._device = torch.device(device) if device is not None else None
-        self._select = select
         self._calls: dict[str, list[torch.Tensor]] = {}
         # storage pointer -> (name, call index) of recorded tensors that alias the model's own
         # tensors, for copy-on-write.
@@ -215,21 +207,7 @@ class Recorder(Mapping[str, torch.Tensor]):
 
     def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if self._select is not None:
-                tensor = self._select(output)
-                if not isinstance(tensor, torch.Tensor):
-                    raise NetlensTypeError(
-                        f"Expected select to return a torch.Tensor for layer {name!r}, but it "
-                        f"returned {describe(tensor)}."
-                    )
-            else:
-                found = _first_tensor(output)
-                if found is None:
-                    raise NetlensTypeError(
-                        f"Expected layer {name!r} to return a tensor or a tuple holding one, but "
-                        f"it returned {describe(output)}; pass select= to pick a tensor from it."
-                    )
-                tensor = found
+            tensor = self._views[name].tensor(output)
             if self._detach:
                 tensor = tensor.detach()
             if self._device is not None:
@@ -293,6 +271,7 @@ def record(
     detach: bool = True,
     device: torch.device | str | None = None,
     select: Select | None = None,
+    channel_dim: int | None = None,
 ) -> Recorder:
     """Record the outputs of selected layers during every forward pass inside a ``with`` block.
 
@@ -310,9 +289,13 @@ def record(
         detach: Store detached tensors (default). ``False`` keeps the autograd graph, so the
             recorded tensors can be differentiated.
         device: Move each recorded tensor there (for example ``"cpu"`` to save GPU memory).
-        select: A function from a layer's output to the tensor to store. By default a tensor
-            output is stored as is and for a tuple (LSTM's ``(output, (h, c))``) the first
-            tensor is stored.
+        select: Which part of a layer's output to store, for layers that return several: an
+            index (into a tuple or list), a key (of a mapping such as a Hugging Face
+            ``ModelOutput``) or a function of the output. By default a tensor is stored as is,
+            a tuple or list gives its first tensor (LSTM's ``(output, (h, c))``: ``output``),
+            a mapping its first tensor value and a ``PackedSequence`` its padded tensor.
+        channel_dim: The channel axis of the recorded layers, for techniques that build on the
+            recording (:class:`ActivationGrid`); by default it follows from each module's kind.
 
     Returns:
         The :class:`Recorder`, a read-only mapping filled as the model runs.
@@ -335,9 +318,79 @@ def record(
         >>> len(net._forward_hooks)  # no hook is left behind
         0
     """
-    found = find_layers(model, layers)
-    if select is not None and not callable(select):
-        raise NetlensTypeError(
-            f"Expected select to be a callable or None, but got {describe(select)}."
-        )
-    return Recorder(model, found, detach=detach, device=device, select=select)
+    views = layer_views(model, layers, select=select, channel_dim=channel_dim)
+    return Recorder(model, views, detach=detach, device=device)
+
+
+# -- running a model up to one layer -----------------------------------------------------------
+
+
+class StopForward(BaseException):
+    """Raised from a hook once the target layer has run, to skip the rest of the forward pass.
+
+    A ``BaseException``, so that a model's own ``except Exception`` cannot swallow it.
+    """
+
+
+class Target:
+    """Runs the model just far enough to get one layer's output, arranged ``(N, C, *rest)``.
+
+    The recorder's hooks (and its copy-on-write mode) are in place only during each forward
+    pass. :meth:`probe` runs the whole model once first, to count the layer's calls per forward:
+    later passes stop right after the last of them.
+    """
+
+    def __init__(self, model: nn.Module, view: LayerView) -> None:
+        self.model = model
+        self.view = view
+        self.recorder = Recorder(model, {view.name: view}, detach=False, device=None)
+        self.calls = 1
+        self._seen = 0
+
+    def _stop(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._seen += 1
+        if self._seen >= self.calls:
+            raise StopForward
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The layer's output for ``inputs``, arranged ``(N, C, *rest)``."""
+        self._seen = 0
+        with self.recorder:
+            # registered after the recorder's hook, so that the output is stored first
+            handle = self.view.module.register_forward_hook(self._stop)
+            try:
+                with suppress(StopForward):
+                    self.model(inputs)
+            finally:
+                handle.remove()
+            output = self.recorder[self.view.name]
+        return self.view.arrange(output, inputs.shape[0])
+
+    def probe(self, inputs: torch.Tensor, what: str) -> torch.Tensor:
+        """Run the whole model once: count the layer's calls, check the output's shape.
+
+        ``what`` describes the inputs for messages (for example "inputs of input_shape (1, 28,
+        28)"). Returns the arranged output.
+        """
+        name = self.view.name
+        with self.recorder:
+            try:
+                with torch.no_grad():
+                    self.model(inputs)
+            except NetlensError:
+                raise
+            except Exception as error:
+                # A model may fail after the target layer (a linear layer sized for another
+                # input size); the layer's output is all that is needed.
+                if name not in self.recorder:
+                    raise NetlensValueError(
+                        f"Expected the model to run on {what}, but it raised "
+                        f"{type(error).__name__} before reaching layer {name!r}: {error}"
+                    ) from error
+        if name not in self.recorder:
+            raise NetlensValueError(
+                f"Expected layer {name!r} to run in the model's forward pass, but it did not run "
+                f"on {what}."
+            )
+        self.calls = len(self.recorder.calls(name))
+        return self.view.arrange(self.recorder[name], inputs.shape[0])

@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ._errors import NetlensTypeError, NetlensValueError, NotRecordedError
-from ._layers import LayerSpec, check_model, describe, find_layers
+from ._errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
+from ._layers import LayerSpec, check_model, find_layers
 from ._model import evaluating, model_dtype_device, progress_bar
 from ._record import record
 

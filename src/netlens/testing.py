@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "ContractModel",
     "ZooModel",
+    "contract_zoo",
     "model_unchanged",
     "model_zoo",
     "snapshot",
@@ -323,4 +325,342 @@ def model_zoo(
         shape = (batch, 1, 8, 8) if image else (batch, 8, 8)
         inputs = torch.randn(shape, generator=generator).to(dtype)
         zoo[name] = ZooModel(name, model, inputs, layer, 3)
+    return zoo
+
+
+# -- the contract zoo --------------------------------------------------------------------------
+# Models whose layers put the batch, the channels or the tensor of interest where a guess from
+# the shapes goes wrong. Each member says what a user must pass so that every technique sees the
+# same channels (API: "Layers, outputs and results: one contract").
+
+
+@dataclass(frozen=True)
+class ContractModel:
+    """A tiny seeded model with an example batch and the layer arguments a user must pass.
+
+    Attributes:
+        name: Short identifier (``"gru_time_first"``, ``"dict_block"``, ...).
+        model: The module, in eval mode.
+        inputs: An example batch (``torch.long`` token ids for ``"token_classifier"``).
+        layer: Name of a layer worth looking at.
+        channels: How many channels (units) that layer has under the contract.
+        channel_dim: What to pass as ``channel_dim=``; None when the default rule is right.
+        select: What to pass as ``select=``; None when the default rule is right.
+        num_classes: Size of the model's output.
+    """
+
+    name: str
+    model: nn.Module
+    inputs: torch.Tensor
+    layer: str
+    channels: int
+    channel_dim: int | None
+    select: int | str | None
+    num_classes: int
+
+
+class GRUClassifier(nn.Module):
+    """A GRU over ``(N, T, F)`` sequences, classifying from the last step.
+
+    With ``batch_first=False`` the model transposes its inputs to ``(T, N, F)`` and its ``rnn``
+    layer outputs ``(T, N, hidden)``: the batch axis is dim 1, which only the module's
+    ``batch_first`` flag tells (with ``T == N`` the shapes cannot). With ``batch_first=True``
+    there is no transpose; the same weights give the same logits.
+    """
+
+    def __init__(
+        self,
+        input_size: int = 5,
+        hidden_size: int = 6,
+        num_classes: int = 3,
+        *,
+        batch_first: bool = False,
+    ) -> None:
+        super().__init__()
+        self.batch_first = batch_first
+        self.rnn = nn.GRU(input_size, hidden_size, batch_first=batch_first)
+        self.fc = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Classify ``(N, T, F)`` sequences from the hidden state of their last step."""
+        if self.batch_first:
+            output, _ = self.rnn(x)
+            last = output[:, -1]
+        else:
+            output, _ = self.rnn(x.transpose(0, 1))
+            last = output[-1]
+        logits: torch.Tensor = self.fc(last)
+        return logits
+
+
+class PackedLSTMClassifier(nn.Module):
+    """An LSTM over padded ``(N, T, F)`` sequences, packed by per-sample lengths it holds.
+
+    The lengths live in the ``lengths`` buffer (one per sample of the example batch, not sorted);
+    in a batch of another size, sample ``i`` has length ``lengths[i % len(lengths)]``. The
+    ``rnn`` layer outputs ``(PackedSequence, (h, c))``; the model unpacks the sequence and
+    classifies each sample from its last valid step.
+    """
+
+    lengths: torch.Tensor
+
+    def __init__(
+        self,
+        lengths: list[int],
+        input_size: int = 4,
+        hidden_size: int = 6,
+        num_classes: int = 3,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("lengths", torch.tensor(lengths, dtype=torch.long))
+        self.rnn = nn.LSTM(input_size, hidden_size, batch_first=True)
+        self.fc = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Classify padded ``(N, T, F)`` sequences from each one's last valid step."""
+        rows = torch.arange(x.shape[0], device=self.lengths.device)
+        lengths = self.lengths[rows % self.lengths.numel()]
+        packed = nn.utils.rnn.pack_padded_sequence(
+            x, lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        output, _ = self.rnn(packed)
+        padded, _ = nn.utils.rnn.pad_packed_sequence(output, batch_first=True)
+        last = padded[rows.to(padded.device), lengths.to(padded.device) - 1]
+        logits: torch.Tensor = self.fc(last)
+        return logits
+
+
+class DictBlock(nn.Module):
+    """Conv and ReLU returning a mapping: ``{"hidden": (N, C, H, W), "gate": (N, G)}``.
+
+    ``"hidden"`` (the first value, what the default rule reads) has ``channels`` channels;
+    ``"gate"``, a sigmoid of a linear map of the pooled features, has ``gate_channels`` units and
+    is what ``select="gate"`` reads.
+    """
+
+    def __init__(self, in_channels: int = 1, channels: int = 5, gate_channels: int = 3) -> None:
+        super().__init__()
+        self.channels = channels
+        self.gate_channels = gate_channels
+        self.conv = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.gate = nn.Linear(channels, gate_channels)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return the features and the gate of a batch of images."""
+        hidden = torch.relu(self.conv(x))
+        gate = torch.sigmoid(self.gate(hidden.mean(dim=(2, 3))))
+        return {"hidden": hidden, "gate": gate}
+
+
+class DictBlockNet(nn.Module):
+    """A :class:`DictBlock` on ``(N, 1, 8, 8)`` images, then max-pool and a linear classifier.
+
+    Only the block's ``"hidden"`` value reaches the output.
+    """
+
+    def __init__(self, channels: int = 5, num_classes: int = 3) -> None:
+        super().__init__()
+        self.block = DictBlock(1, channels)
+        self.pool = nn.MaxPool2d(4)
+        self.fc = nn.Linear(channels * 2 * 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Classify a batch of 8x8 single-channel images."""
+        hidden = self.block(x)["hidden"]
+        logits: torch.Tensor = self.fc(torch.flatten(self.pool(hidden), 1))
+        return logits
+
+
+class Permute(nn.Module):
+    """Permute the dims of a tensor (no parameters), like ``torchvision.ops.Permute``."""
+
+    def __init__(self, dims: list[int]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x.permute(*dims)``."""
+        return x.permute(*self.dims)
+
+
+class ChannelsLastStage(nn.Module):
+    """A per-channel scale with a residual on channels-last ``(N, H, W, C)`` tensors.
+
+    Its kind is unknown to netlens, so the default channel axis (dim 1) would be ``H``.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x * scale + x``, the scale broadcast over the last dim."""
+        return x * self.scale + x
+
+
+class ChannelsLastNet(nn.Module):
+    """A conv stem on ``(N, 3, 8, 8)``, a permute to ``(N, 8, 8, C)`` and a channels-last stage."""
+
+    def __init__(self, channels: int = 6, num_classes: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.permute = Permute([0, 2, 3, 1])
+        self.stage = ChannelsLastStage(channels)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Classify a batch of 8x8 RGB images."""
+        x = self.stage(self.permute(self.relu(self.stem(x))))
+        logits: torch.Tensor = self.fc(x.mean(dim=(1, 2)))
+        return logits
+
+
+class Conv1D(nn.Module):
+    """A linear layer with its weight stored ``(in_features, out_features)``, as in GPT-2.
+
+    The layout and name of Hugging Face transformers' ``pytorch_utils.Conv1D``: ``nf`` output
+    features, ``nx`` input features, ``x @ weight + bias`` over the last dim of ``(..., nx)``.
+    """
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.empty(nx, nf))
+        self.bias = nn.Parameter(torch.zeros(nf))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(..., nx)`` to ``(..., nf)``."""
+        size_out = (*x.shape[:-1], self.nf)
+        flat = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)
+        return flat.view(size_out)
+
+
+class GPTProjectionNet(nn.Module):
+    """A :class:`Conv1D` projection and GELU on ``(N, T, D)``, mean over ``T``, a classifier."""
+
+    def __init__(self, dim: int = 5, hidden: int = 12, num_classes: int = 3) -> None:
+        super().__init__()
+        self.proj = Conv1D(hidden, dim)
+        self.act = nn.GELU()
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Classify ``(N, T, D)`` sequences of vectors."""
+        logits: torch.Tensor = self.fc(self.act(self.proj(x)).mean(dim=1))
+        return logits
+
+
+class TokenClassifier(nn.Module):
+    """An embedding of ``(N, T)`` int64 token ids, a linear layer and ReLU, mean over ``T``.
+
+    Token ``mask_id`` (0) is the integer baseline to occlude with; the example ids avoid it.
+    """
+
+    mask_id = 0
+
+    def __init__(
+        self, vocab: int = 20, dim: int = 6, hidden: int = 10, num_classes: int = 3
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.proj = nn.Linear(dim, hidden)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Classify ``(N, T)`` token ids."""
+        hidden = self.relu(self.proj(self.embed(ids)))
+        logits: torch.Tensor = self.fc(hidden.mean(dim=1))
+        return logits
+
+
+def contract_zoo(seed: int = 0) -> dict[str, ContractModel]:
+    """Build the contract's tiny models, seeded and without touching the global RNG.
+
+    Each member is a model in eval mode, an example batch, a layer and how many channels that
+    layer has under the layer contract, with the ``channel_dim=`` and ``select=`` a user must
+    pass (None where the default rule is right). Every member has 3 classes.
+
+    - ``"gru_time_first"``: ``(4, 4, 5)`` inputs transposed to ``(T, N, F)`` for an
+      ``nn.GRU(batch_first=False)``; layer ``"rnn"`` outputs ``(T, N, 6)`` (``T == N``), 6 units.
+    - ``"gru_batch_first"``: the same weights with ``batch_first=True`` and no transpose, the
+      reference every technique must agree with on the same inputs.
+    - ``"lstm_packed"``: padded ``(3, 5, 4)`` inputs with lengths ``[4, 5, 3]`` (zero padding),
+      packed for an ``nn.LSTM(batch_first=True)``; layer ``"rnn"`` outputs a
+      ``PackedSequence``, 6 units.
+    - ``"dict_block"``: ``(2, 1, 8, 8)`` images; layer ``"block"`` returns
+      ``{"hidden": (N, 5, 8, 8), "gate": (N, 3)}``, 5 channels (``select="gate"``: 3, see
+      ``model.block.gate_channels``).
+    - ``"channels_last"``: ``(2, 3, 8, 8)`` images; layer ``"stage"`` outputs ``(N, 8, 8, 6)``
+      from a module unknown to netlens, 6 channels with ``channel_dim=-1``.
+    - ``"conv1d_gpt"``: ``(2, 8, 5)`` inputs; layer ``"proj"``, a GPT-2 style ``Conv1D``,
+      outputs ``(N, 8, 12)``, 12 units.
+    - ``"token_classifier"``: ``(2, 7)`` int64 token ids in ``[1, 20)``; layer ``"proj"`` (a
+      ``Linear`` after an ``Embedding(20, 6)``) outputs ``(N, 7, 10)``, 10 units. Token
+      ``model.mask_id`` (0) is the integer baseline for occlusion.
+
+    Args:
+        seed: Seeds the weights (``seed + i`` for the ``i``-th member) and the example batches.
+
+    Returns:
+        ``{name: ContractModel}`` in the order above.
+
+    Example:
+        >>> import torch
+        >>> from netlens.testing import contract_zoo
+        >>> zoo = contract_zoo()
+        >>> list(zoo)  # doctest: +NORMALIZE_WHITESPACE
+        ['gru_time_first', 'gru_batch_first', 'lstm_packed', 'dict_block', 'channels_last',
+         'conv1d_gpt', 'token_classifier']
+        >>> member = zoo["channels_last"]
+        >>> member.layer, member.channels, member.channel_dim, member.select
+        ('stage', 6, -1, None)
+        >>> member.model(member.inputs).shape
+        torch.Size([2, 3])
+        >>> first, reference = zoo["gru_time_first"], zoo["gru_batch_first"]
+        >>> torch.allclose(first.model(first.inputs), reference.model(first.inputs))
+        True
+    """
+    steps = 5
+    lengths = [steps - 1, steps, steps - 2]
+    time_first = _seeded(lambda: GRUClassifier(batch_first=False), seed)
+    batch_first = _seeded(lambda: GRUClassifier(batch_first=True), seed)
+    batch_first.load_state_dict(time_first.state_dict())
+    # name: (model, example input shape, layer, channels, channel_dim, select)
+    members: dict[str, tuple[nn.Module, tuple[int, ...], str, int, int | None, str | None]] = {
+        "gru_time_first": (time_first, (4, 4, 5), "rnn", 6, None, None),
+        "gru_batch_first": (batch_first, (4, 4, 5), "rnn", 6, None, None),
+        "lstm_packed": (
+            _seeded(lambda: PackedLSTMClassifier(lengths), seed + 2),
+            (len(lengths), steps, 4),
+            "rnn",
+            6,
+            None,
+            None,
+        ),
+        "dict_block": (_seeded(DictBlockNet, seed + 3), (2, 1, 8, 8), "block", 5, None, None),
+        "channels_last": (_seeded(ChannelsLastNet, seed + 4), (2, 3, 8, 8), "stage", 6, -1, None),
+        "conv1d_gpt": (_seeded(GPTProjectionNet, seed + 5), (2, 8, 5), "proj", 12, None, None),
+        "token_classifier": (_seeded(TokenClassifier, seed + 6), (2, 7), "proj", 10, None, None),
+    }
+    zoo: dict[str, ContractModel] = {}
+    for index, (name, (model, shape, layer, channels, channel_dim, select)) in enumerate(
+        members.items()
+    ):
+        generator = torch.Generator().manual_seed(seed + 200 + index)
+        if name == "gru_batch_first":
+            # The twins share their inputs, so that their results compare directly.
+            inputs = zoo["gru_time_first"].inputs.clone()
+        elif name == "token_classifier":
+            inputs = torch.randint(1, 20, shape, generator=generator)
+        else:
+            inputs = torch.randn(shape, generator=generator)
+        if name == "lstm_packed":
+            valid = torch.arange(steps)[None, :] < torch.tensor(lengths)[:, None]
+            inputs = inputs * valid[:, :, None]
+        zoo[name] = ContractModel(
+            name, model.eval(), inputs, layer, channels, channel_dim, select, 3
+        )
     return zoo

@@ -1,0 +1,226 @@
+"""Argument validation shared by every technique: one function per kind of argument.
+
+Each check returns the value in the form the caller works with (an ``int``, a list of channels,
+a tensor on the model's device) or raises: :class:`NetlensTypeError` for a value of the wrong
+type, :class:`NetlensValueError` for a wrong value. Messages say what was expected and what was
+received.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, SupportsIndex, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._errors import NetlensTypeError, NetlensValueError, describe
+
+__all__ = [
+    "InputInfo",
+    "as_int",
+    "as_real",
+    "batches",
+    "check_callable",
+    "check_channels",
+    "check_channels_fit",
+    "check_choice",
+    "check_gradients_allowed",
+    "check_index",
+    "check_int",
+    "check_real",
+    "prepare_inputs",
+]
+
+T = TypeVar("T")
+
+
+def as_int(value: object) -> int | None:
+    """``value`` as an int when it is an integer (Python, numpy, 0-d int tensor), not a bool."""
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:  # a float tensor
+        return None
+
+
+def as_real(value: object) -> float | None:
+    """``value`` as a float when it is a real number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    return float(value)
+
+
+def check_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """An int ``>= minimum`` (``minimum=1``: positive, ``0``: non-negative)."""
+    number = as_int(value)
+    if number is None:
+        raise NetlensTypeError(f"Expected {name} to be an int, but got {describe(value)}.")
+    if number < minimum:
+        raise NetlensValueError(f"Expected {name} >= {minimum}, but got {number}.")
+    return number
+
+
+def check_index(name: str, value: object) -> int:
+    """A non-negative int index."""
+    return check_int(name, value, minimum=0)
+
+
+def check_real(name: str, value: object, *, positive: bool = False) -> float:
+    """A finite number ``>= 0`` (``> 0`` when ``positive``)."""
+    number = as_real(value)
+    if number is None:
+        raise NetlensTypeError(f"Expected {name} to be a number, but got {describe(value)}.")
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        bound = "a finite number > 0" if positive else "a finite number >= 0"
+        raise NetlensValueError(f"Expected {name} to be {bound}, but got {value}.")
+    return number
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """One of the strings ``choices``."""
+    if not isinstance(value, str):
+        raise NetlensTypeError(
+            f"Expected {name} to be one of {choices}, but got {describe(value)}."
+        )
+    if value not in choices:
+        raise NetlensValueError(f"Expected {name} to be one of {choices}, but got {value!r}.")
+    return value
+
+
+def check_channels(name: str, value: object) -> tuple[list[int], bool]:
+    """Channel indices and whether they were given as a list (``False`` for a single int).
+
+    Accepts an int, a 0-d or 1-d integer tensor, or a list, tuple or range of ints. Whether they
+    fit the layer is checked where the layer's channel count is known.
+    """
+    single = as_int(value)
+    if single is not None:
+        return [check_index(name, single)], False
+    items: list[object] | None = None
+    if isinstance(value, torch.Tensor) and not value.is_floating_point() and value.dim() == 1:
+        items = list(value.tolist())
+    elif isinstance(value, (list, tuple, range)):
+        items = list(value)
+    if items is None or any(as_int(item) is None for item in items):
+        raise NetlensTypeError(
+            f"Expected {name} to be an int or a list of ints, but got {describe(value)}."
+        )
+    if not items:
+        raise NetlensValueError(f"Expected at least one {name}, but got an empty list.")
+    return [check_index(f"each of {name}", item) for item in items], True
+
+
+def check_channels_fit(name: str, channels: list[int], count: int, layer: str) -> None:
+    """Every channel index in ``[0, count)`` of ``layer``."""
+    bad = [channel for channel in channels if channel >= count]
+    if bad:
+        raise NetlensValueError(
+            f"Expected {name} in [0, {count}) for layer {layer!r}, which has {count} channels, "
+            f"but got {bad[0]}."
+        )
+
+
+def check_gradients_allowed(technique: str) -> None:
+    """Refuse to run a technique that needs gradients inside ``torch.inference_mode()``."""
+    if torch.is_inference_mode_enabled():
+        raise NetlensValueError(
+            f"Expected {technique} to run with autograd available, but torch.inference_mode() "
+            f"is on: {technique} backpropagates to the input. Call it outside the "
+            "inference mode block (torch.no_grad() around it is fine)."
+        )
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """Where a user's inputs came from, to hand results back in the same place and dtype."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    def restore(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A result back on the inputs' device, floating results in the inputs' dtype."""
+        dtype = self.dtype if self.dtype.is_floating_point and tensor.is_floating_point() else None
+        return tensor.to(device=self.device, dtype=dtype)
+
+
+def prepare_inputs(
+    inputs: object,
+    model: nn.Module,
+    *,
+    name: str = "inputs",
+    floating: bool = True,
+) -> tuple[torch.Tensor, InputInfo]:
+    """Check a batch of inputs and move it to the model's device (and floating dtype).
+
+    Args:
+        inputs: What the user passed.
+        model: The model; its first floating parameter or buffer gives device and dtype.
+        name: The argument's name, for messages.
+        floating: Require floating-point inputs (techniques that need gradients).
+
+    Returns:
+        The inputs, detached, on the model's device (floating inputs in the model's floating
+        dtype, so that its layers accept them) and how to hand results back.
+    """
+    if not isinstance(inputs, torch.Tensor):
+        raise NetlensTypeError(f"Expected {name} to be a torch.Tensor, but got {describe(inputs)}.")
+    if floating and not inputs.is_floating_point():
+        raise NetlensTypeError(
+            f"Expected floating-point {name}, because this technique follows gradients to the "
+            f"input, but got dtype {inputs.dtype}: convert them (for images .float(), scaled as "
+            "in training). Integer inputs such as token ids have no gradient."
+        )
+    if inputs.dim() == 0 or inputs.shape[0] == 0:
+        raise NetlensValueError(
+            f"Expected {name} to be a batch (N, ...) of at least one input, but got shape "
+            f"{tuple(inputs.shape)}."
+        )
+    info = InputInfo(inputs.device, inputs.dtype)
+    dtype, device = _model_dtype_device(model)
+    target_dtype = dtype if (dtype is not None and inputs.is_floating_point()) else inputs.dtype
+    moved = inputs.detach().to(device=device or inputs.device, dtype=target_dtype)
+    return moved, info
+
+
+def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype | None, torch.device | None]:
+    from ._model import model_dtype_device
+
+    return model_dtype_device(model)
+
+
+def batches(data: object, *, name: str = "data") -> Iterator[torch.Tensor]:
+    """The input tensors of a data set: a tensor (one batch) or an iterable of batches.
+
+    Each batch is a tensor or an ``(inputs, targets, ...)`` tuple or list whose first item is
+    the inputs.
+    """
+    if isinstance(data, torch.Tensor):
+        yield data
+        return
+    if not isinstance(data, Iterable):
+        raise NetlensTypeError(
+            f"Expected {name} to be a tensor of inputs or an iterable of batches (a DataLoader), "
+            f"but got {describe(data)}."
+        )
+    for item in data:
+        if isinstance(item, (tuple, list)) and item:
+            item = item[0]
+        if not isinstance(item, torch.Tensor):
+            raise NetlensTypeError(
+                f"Expected each item of {name} to be a tensor or a tuple (inputs, targets, ...) "
+                f"whose first item is a tensor, but got {describe(item)}."
+            )
+        yield item
+
+
+def check_callable(name: str, value: object) -> Callable[..., Any]:
+    """A callable."""
+    if not callable(value):
+        raise NetlensTypeError(f"Expected {name} to be callable, but got {describe(value)}.")
+    return value
