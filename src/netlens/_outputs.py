@@ -162,19 +162,41 @@ def _permutation(module: nn.Module) -> tuple[int, ...] | None:
 def _through(dim: int, permutations: list[tuple[int, ...]]) -> int:
     """Where dim ``dim`` of a tensor ends up after the permutations, applied in order."""
     for dims in permutations:
-        rank = len(dims)
-        dim = dims.index(dim % rank) - rank
+        dim = dims.index(dim % len(dims))
     return dim
 
 
-def _last_kind(module: nn.Module, after: list[tuple[int, ...]]) -> int | None:
+def _width(module: nn.Module) -> int | None:
+    """How many channels the output of a module of definite kind has, where it says."""
+    if isinstance(module, nn.RNNBase):
+        size = module.proj_size or module.hidden_size
+        return int(size * (2 if module.bidirectional else 1))
+    for attribute in ("out_features", "out_channels", "num_features", "embedding_dim"):
+        value = getattr(module, attribute, None)
+        if isinstance(value, int):
+            return value
+    if isinstance(module, nn.LayerNorm):
+        return int(module.normalized_shape[-1])
+    if isinstance(module, nn.GroupNorm):
+        return int(module.num_channels)
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[1])
+    return None
+
+
+# (channel dim, width of the module the kind came from); the width is None when unknown.
+_Kind: TypeAlias = tuple[int, int | None]
+
+
+def _last_kind(module: nn.Module, after: list[tuple[int, ...]]) -> _Kind | None:
     """The channel dim of a container's output: that of its last module of a definite kind.
 
     ``after`` collects the permute modules met on the way back, in forward order.
     """
     own = _kind(module)
     if own is not None:
-        return _through(own, after)
+        return _through(own, after), _width(module)
     permutation = _permutation(module)
     if permutation is not None:
         after.insert(0, permutation)
@@ -186,20 +208,15 @@ def _last_kind(module: nn.Module, after: list[tuple[int, ...]]) -> int | None:
     return None
 
 
-def default_channel_dim(model: nn.Module, name: str) -> int:
-    """The channel dim of layer ``name`` by its kind (see the module docstring).
-
-    A module of a definite kind gives it (convolution family: 1; Linear, Conv1D, LayerNorm,
-    Embedding, attention, recurrent: -1). A container takes the kind of its last module of a
-    definite kind, mapped through parameter-free permute modules after it. A kind-neutral module
-    (an activation, dropout, a block of unknown kind) inherits the kind of the module registered
-    before it in its parent, and so on up the parents. With nothing to go by: 1.
-    """
+def _inherited_kind(model: nn.Module, name: str) -> _Kind | None:
+    """The kind of layer ``name`` when it has none of its own (see default_channel_dim)."""
     module = model.get_submodule(name) if name else model
-    after: list[tuple[int, ...]] = []
-    found = _last_kind(module, after)
-    if found is not None:
-        return found
+    permutation = _permutation(module)
+    after: list[tuple[int, ...]] = [] if permutation is None else [permutation]
+    for child in reversed(list(module.children())):
+        found = _last_kind(child, after)
+        if found is not None:
+            return found
     parts = name.split(".") if name else []
     while parts:
         parent = model.get_submodule(".".join(parts[:-1])) if len(parts) > 1 else model
@@ -210,7 +227,25 @@ def default_channel_dim(model: nn.Module, name: str) -> int:
             if found is not None:
                 return found
         parts = parts[:-1]
-    return _through(1, after) if after else 1
+    return (_through(1, after), None) if after else None
+
+
+def default_channel_dim(model: nn.Module, name: str) -> int:
+    """The channel dim of layer ``name`` by its kind, before seeing its output.
+
+    A module of a definite kind gives it (convolution family: 1; Linear, Conv1D, LayerNorm,
+    Embedding, attention, recurrent: -1). A container takes the kind of its last module of a
+    definite kind, mapped through parameter-free permute modules after it. A kind-neutral module
+    (an activation, dropout, a block of unknown kind) inherits the kind of the module registered
+    before it in its parent, and so on up the parents. With nothing to go by: 1.
+    :meth:`LayerView.dims` also checks an inherited kind against the output.
+    """
+    module = model.get_submodule(name) if name else model
+    own = _kind(module)
+    if own is not None:
+        return own
+    inherited = _inherited_kind(model, name)
+    return 1 if inherited is None else inherited[0]
 
 
 def _batch_dim(module: nn.Module, select: Select | None) -> int:
@@ -229,6 +264,11 @@ class LayerView:
         select: What the user passed as ``select=`` (None: the default rule).
         channel_dim: The channel axis as the user gave it or the module's kind implies.
         batch_dim: The batch axis of the selected output.
+        inherited_width: For a channel axis inherited from another module (a block's last
+            module, the module before an activation), that module's channel count: an output
+            whose size on that axis differs is not explained by the inherited kind, and is read
+            with its channels on dim 1 instead. None when the axis is the module's own or the
+            user's.
     """
 
     name: str
@@ -236,6 +276,7 @@ class LayerView:
     select: Select | None
     channel_dim: int
     batch_dim: int
+    inherited_width: int | None = None
 
     def tensor(self, output: Any) -> torch.Tensor:
         """The tensor of a raw output that the technique looks at."""
@@ -298,12 +339,19 @@ class LayerView:
                 f"channels, ...), but it output {describe(tensor)}."
             )
         batch = self.batch_dim
-        if not -rank <= self.channel_dim < rank:
+        dim = self.channel_dim
+        if self.inherited_width is not None and (
+            not -rank <= dim < rank or tensor.shape[dim] != self.inherited_width
+        ):
+            # The inherited kind does not explain this output (a block that returns something
+            # else than its last module's output): no kind to go by, channels on dim 1.
+            dim = 1 if batch != 1 else 2 % rank
+        if not -rank <= dim < rank:
             raise NetlensValueError(
                 f"Expected channel_dim in [{-rank}, {rank}) for the {rank}-d output of layer "
                 f"{self.name!r} (shape {tuple(tensor.shape)}), but got {self.channel_dim}."
             )
-        channel = self.channel_dim % rank
+        channel = dim % rank
         if channel == batch:
             raise NetlensValueError(
                 f"Expected the channel axis of layer {self.name!r} to differ from its batch axis "
@@ -343,8 +391,16 @@ class LayerView:
 def _view(
     model: nn.Module, name: str, module: nn.Module, select: Select | None, channel_dim: int | None
 ) -> LayerView:
-    dim = default_channel_dim(model, name) if channel_dim is None else channel_dim
-    return LayerView(name, module, select, dim, _batch_dim(module, select))
+    batch_dim = _batch_dim(module, select)
+    if channel_dim is not None:
+        return LayerView(name, module, select, channel_dim, batch_dim)
+    own = _kind(module)
+    if own is not None:
+        return LayerView(name, module, select, own, batch_dim)
+    inherited = _inherited_kind(model, name)
+    if inherited is None:
+        return LayerView(name, module, select, 1, batch_dim)
+    return LayerView(name, module, select, inherited[0], batch_dim, inherited[1])
 
 
 def layer_view(
