@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,8 @@ import netlens as nl
 from netlens.models import LeNet5
 from netlens.testing import (
     FunctionalReluNet,
-    ResidualNet,
+    GRUClassifier,
+    PackedLSTMClassifier,
     TinyConvNet,
     ZooModel,
     model_unchanged,
@@ -164,7 +167,10 @@ def test_a_list_of_channels_is_one_pass_and_equals_one_call_per_channel() -> Non
         _close(together.images[:, column], alone.images)
         _close(together.activations[:, column], alone.activations)
         assert torch.equal(together.positions[:, column], alone.positions)  # type: ignore[arg-type]
-    assert alone.channels.dim() == 0 and alone.images.shape == x.shape
+    # An int channel: a 1-D channels tensor, no channel dim in the data.
+    assert alone.channels.tolist() == [9] and alone.images.shape == x.shape
+    assert alone.activations.shape == (3,) and alone.positions is not None
+    assert alone.positions.shape == (3, 2)
 
 
 class _NoBatchedBackward(torch.autograd.Function):
@@ -377,11 +383,8 @@ def test_model_unchanged_over_the_zoo(zoo_model: ZooModel) -> None:
             projection = nl.deconvnet(model, inputs, layer, [0, 1])
         with model_unchanged(model):
             nl.deconvnet(model, inputs, layer, 0, position="all", rule="guided")
-        with model_unchanged(model):
-            top = nl.top_activations(model, [inputs, inputs], layer, channels=[0, 1], k=2)
     assert projection.images.shape == (inputs.shape[0], 2, *inputs.shape[1:])
     assert torch.isfinite(projection.images).all()
-    assert top.patches.shape[:2] == (2, 2)
 
 
 def test_model_unchanged_over_the_zoo_when_raising(zoo_model: ZooModel) -> None:
@@ -392,8 +395,6 @@ def test_model_unchanged_over_the_zoo_when_raising(zoo_model: ZooModel) -> None:
             nl.deconvnet(model, inputs, layer, 10_000)
         with model_unchanged(model), pytest.raises(nl.NetlensValueError, match="position"):
             nl.deconvnet(model, inputs, layer, 0, position=(99, 99, 99))
-        with model_unchanged(model), pytest.raises(nl.NetlensValueError, match="channels"):
-            nl.top_activations(model, [inputs], layer, channels=[10_000], k=1)
 
 
 def test_model_unchanged_when_the_model_itself_raises() -> None:
@@ -436,10 +437,29 @@ def test_runs_inside_no_grad_and_inside_a_record_block() -> None:
     assert (rec["conv1"] < 0).any()
 
 
-def test_follows_the_models_dtype() -> None:
+def test_runs_in_the_models_dtype_and_returns_the_inputs_dtype() -> None:
     model = TinyConvNet().double().eval()
-    projection = nl.deconvnet(model, torch.randn(2, 1, 8, 8), "conv2", 0)
-    assert projection.images.dtype == torch.float64
+    x = torch.randn(2, 1, 8, 8)
+    projection = nl.deconvnet(model, x, "conv2", 0)
+    assert projection.images.dtype == projection.activations.dtype == torch.float32
+    # Computed in float64 (the model's dtype), then handed back as float32.
+    expected = nl.deconvnet(model, x.double(), "conv2", 0)
+    assert expected.images.dtype == torch.float64
+    assert torch.equal(projection.images, expected.images.float())
+
+
+def test_float64_inputs_on_a_float32_model_give_float64_results() -> None:
+    torch.manual_seed(13)
+    model = TinyConvNet().eval()
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    with model_unchanged(model):
+        projection = nl.deconvnet(model, x, "conv2", [1, 4], position="all")
+    assert projection.images.dtype == projection.activations.dtype == torch.float64
+    assert projection.images.device == x.device
+    single = nl.deconvnet(model, x.float(), "conv2", [1, 4], position="all")
+    assert single.images.dtype == torch.float32
+    torch.testing.assert_close(projection.images, single.images.double())
+    assert next(model.parameters()).dtype == torch.float32
 
 
 # -- bad input -------------------------------------------------------------------------------------
@@ -461,9 +481,11 @@ class _WithExtras(TinyConvNet):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"channel": 6}, nl.NetlensValueError, r"channel indices in \[0, 6\).*got 6"),
+        ({"channel": 6}, nl.NetlensValueError, r"channel in \[0, 6\).*6 channels.*got 6"),
         ({"channel": [0, 60]}, nl.NetlensValueError, r"got 60"),
-        ({"channel": -1}, nl.NetlensValueError, "channel to be >= 0"),
+        ({"channel": -1}, nl.NetlensValueError, "channel >= 0"),
+        ({"channel": [0, -1]}, nl.NetlensValueError, "each of channel >= 0"),
+        ({"channel": "3"}, nl.NetlensTypeError, "channel to be an int or a list"),
         ({"channel": 1.5}, nl.NetlensTypeError, "channel to be an int"),
         ({"channel": True}, nl.NetlensTypeError, "channel to be an int"),
         ({"channel": []}, nl.NetlensValueError, "at least one channel"),
@@ -471,10 +493,18 @@ class _WithExtras(TinyConvNet):
         ({"position": (1,)}, nl.NetlensValueError, "position to index the 2-d map"),
         ({"position": (-1, 0)}, nl.NetlensValueError, ">= 0"),
         ({"position": "middle"}, nl.NetlensValueError, "position to be one of"),
+        ({"position": (0.5, 1)}, nl.NetlensTypeError, "each index of position to be an int"),
         ({"position": 3}, nl.NetlensTypeError, "position to be"),
         ({"scale": "ones"}, nl.NetlensValueError, "scale to be one of"),
         ({"rule": "lrp"}, nl.NetlensValueError, "rule to be one of"),
+        ({"rule": 1}, nl.NetlensTypeError, "rule to be one of"),
+        ({"select": 1.5}, nl.NetlensTypeError, "select to be"),
+        ({"select": 1}, nl.NetlensTypeError, "tuple or list for select=1"),
+        ({"channel_dim": "last"}, nl.NetlensTypeError, "channel_dim to be"),
+        ({"channel_dim": 4}, nl.NetlensValueError, r"channel_dim in \[-4, 4\)"),
+        ({"channel_dim": 0}, nl.NetlensValueError, "differ from its batch axis"),
         ({"inputs": torch.ones(2, 1, 8, 8, dtype=torch.long)}, nl.NetlensTypeError, "floating"),
+        ({"inputs": torch.ones(2, 1, 8, 8, dtype=torch.uint8)}, nl.NetlensTypeError, "floating"),
         ({"inputs": torch.ones(0, 1, 8, 8)}, nl.NetlensValueError, "at least one input"),
         ({"inputs": [[1.0]]}, nl.NetlensTypeError, "torch.Tensor"),
         ({"layer": "conv3"}, nl.LayerNotFoundError, "conv2"),
@@ -496,27 +526,6 @@ def test_bad_input_raises_and_leaves_the_model_unchanged(
     arguments.update(kwargs)
     with model_unchanged(model), pytest.raises(error, match=match):
         nl.deconvnet(model, **arguments)  # type: ignore[arg-type]
-
-
-def test_bad_input_to_top_activations() -> None:
-    model = TinyConvNet().eval()
-    data = torch.randn(5, 1, 8, 8)
-    with model_unchanged(model):
-        with pytest.raises(nl.NetlensValueError, match="at least k=9 inputs"):
-            nl.top_activations(model, data, "conv2")
-        with pytest.raises(nl.NetlensValueError, match="k >= 1"):
-            nl.top_activations(model, data, "conv2", k=0)
-        with pytest.raises(nl.NetlensTypeError, match="iterable of batches"):
-            nl.top_activations(model, 3, "conv2", k=1)  # type: ignore[arg-type]
-        with pytest.raises(nl.NetlensTypeError, match="floating"):
-            nl.top_activations(model, [data.long()], "conv2", k=1)
-        with pytest.raises(nl.NetlensValueError, match=r"channels in \[0, 6\)"):
-            nl.top_activations(model, data, "conv2", channels=[6], k=1)
-        with pytest.raises(nl.NetlensValueError, match="channels to be >= 0"):
-            nl.top_activations(model, data, "conv2", channels=[-2], k=1)
-    convolutional = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
-    with model_unchanged(convolutional), pytest.raises(nl.NetlensValueError, match="every batch"):
-        nl.top_activations(convolutional, [data, torch.randn(3, 1, 6, 6)], "0", k=1)
 
 
 # -- nonlinearities the deconvnet does not cover ----------------------------------------
@@ -567,134 +576,215 @@ def test_no_warning_without_nonlinearity_on_the_path_or_for_the_gradient() -> No
         nl.deconvnet(LeNet5().eval(), torch.randn(2, 1, 28, 28), "fc2", 0)
 
 
-def test_top_activations_warns_once_too() -> None:
-    model = _Squashed("module").eval()
-    with pytest.warns(UserWarning, match="Tanh") as caught:
-        nl.top_activations(model, [torch.randn(4, 1, 8, 8)] * 3, "conv2", k=2)
-    assert len(caught) == 1
+# -- the layer contract: which tensor, which batch axis, which channel axis ------------------------
 
 
-# -- top activations ----------------------------------------------------------------------
-
-
-def _brute_force_top(
-    model: nn.Module, data: torch.Tensor, layer: str, channels: list[int], k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    with nl.record(model, layer) as rec, torch.no_grad():
-        model(data)
-    maps = rec[layer][:, channels].flatten(2)  # (N, C, positions)
-    best, where = maps.max(dim=2)
-    values, indices, positions = [], [], []
-    for c in range(len(channels)):
-        order = sorted(range(data.shape[0]), key=lambda n: (-float(best[n, c]), n))[:k]
-        values.append(best[order, c])
-        indices.append(torch.tensor(order))
-        positions.append(where[order, c])
-    return torch.stack(values), torch.stack(indices), torch.stack(positions)
-
-
-def test_top_activations_equals_a_brute_force_search_and_its_projections() -> None:
-    model = _lenet(10, size=20)
-    data = torch.randn(45, 1, 20, 20, dtype=torch.float64)
-    loader = [(data[i : i + 7], torch.zeros(7)) for i in range(0, 45, 7)]  # uneven batches
-    top = nl.top_activations(model, loader, "conv2", channels=[3, 40, 7], k=5)
-    values, indices, flat = _brute_force_top(model, data, "conv2", [3, 40, 7], 5)
-    _close(top.activations, values)
-    assert torch.equal(top.indices, indices)
-    assert torch.equal(top.positions[..., 0] * 10 + top.positions[..., 1], flat)
-    assert top.patches.shape == top.projections.shape == (3, 5, 1, 14, 14)
-    for c, channel in enumerate([3, 40, 7]):
-        for rank in range(5):
-            n = int(indices[c, rank])
-            i, j = top.positions[c, rank].tolist()
-            # conv2's receptive field in LeNet5: rows 2i-6 .. 2i+7 (5x5 conv, pool 2, 5x5 conv).
-            rows = (max(0, 2 * i - 6), min(20, 2 * i + 8))
-            columns = (max(0, 2 * j - 6), min(20, 2 * j + 8))
-            assert top.boxes[c, rank].tolist() == [[0, 1], list(rows), list(columns)]
-            image = data[n : n + 1]
-            # Clipped at the top/left: the patch is padded before the image content.
-            top_pad = 14 - (rows[1] - rows[0]) if rows[0] == 0 else 0
-            left_pad = 14 - (columns[1] - columns[0]) if columns[0] == 0 else 0
-            window = (slice(None), slice(rows[0], rows[1]), slice(columns[0], columns[1]))
-            inside = (
-                slice(None),
-                slice(top_pad, top_pad + rows[1] - rows[0]),
-                slice(left_pad, left_pad + columns[1] - columns[0]),
-            )
-            _close(top.patches[c, rank][inside], image[0][window])
-            if rank in (0, 4):  # the slow reference for the projections, on a few
-                projection = nl.deconvnet(model, image, "conv2", channel, position=(i, j)).images
-                _close(top.projections[c, rank][inside], projection[0][window])
-                # The projection lies inside the receptive field.
-                outside = projection[0].clone()
-                outside[window] = 0
-                assert outside.abs().max() == 0
-
-
-def test_receptive_fields_follow_pooling_strides_and_residual_paths() -> None:
-    torch.manual_seed(11)
-    functional = FunctionalReluNet().eval()  # F.max_pool2d, torch.relu
-    top = nl.top_activations(functional, torch.randn(12, 1, 8, 8), "conv2", k=3)
-    for (i, j), box in zip(
-        top.positions.reshape(-1, 2).tolist(), top.boxes.reshape(-1, 3, 2).tolist(), strict=True
-    ):
-        # 3x3 conv (pad 1), 2x2 pool, 3x3 conv (pad 1): rows 2i-3 .. 2i+4
-        assert box[1:] == [
-            [max(0, 2 * i - 3), min(8, 2 * i + 5)],
-            [max(0, 2 * j - 3), min(8, 2 * j + 5)],
-        ]
-    # The largest receptive field inside the 8x8 input is 7x7 (every one is clipped).
-    assert top.patches.shape[-2:] == (7, 7)
-    residual = ResidualNet()  # in training mode, with BatchNorm: projected in eval mode
-    with model_unchanged(residual):
-        top = nl.top_activations(residual, torch.randn(10, 1, 8, 8), "conv_b", k=3)
-    for (i, j), box in zip(
-        top.positions.reshape(-1, 2).tolist(), top.boxes.reshape(-1, 3, 2).tolist(), strict=True
-    ):
-        # three 3x3 convs (pad 1) on the long path; the skip path's field lies inside
-        assert box[1:] == [[max(0, i - 3), min(8, i + 4)], [max(0, j - 3), min(8, j + 4)]]
-    strided = nn.Sequential(
-        nn.Conv2d(1, 2, 3, stride=2), nn.ReLU(inplace=True), nn.Conv2d(2, 2, 3, stride=2)
-    ).eval()
-    top = nl.top_activations(strided, torch.randn(6, 1, 11, 11), "2", k=2)
-    for (i, j), box in zip(
-        top.positions.reshape(-1, 2).tolist(), top.boxes.reshape(-1, 3, 2).tolist(), strict=True
-    ):
-        assert box[1:] == [[4 * i, 4 * i + 7], [4 * j, 4 * j + 7]]  # 3 + (3 - 1) * 2 = 7
-
-
-class _FixedFilter(nn.Module):
-    """A conv with a plain float32 tensor as weight (no parameter, no buffer)."""
+class _TokenBlock(nn.Module):
+    """BERT-style: token features (N, T, 32) through nn.Linear(32, 64), GELU, a pooled head."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.weight = torch.randn(2, 1, 3, 3)
-        self.conv = nn.Conv2d(2, 2, 3)
+        self.intermediate = nn.Linear(32, 64)
+        self.act = nn.GELU()
+        self.head = nn.Linear(64, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.relu(F.conv2d(x, self.weight)))
+        return self.head(self.act(self.intermediate(x)).mean(dim=1))
 
 
-def test_receptive_fields_of_a_model_that_keeps_its_own_dtype() -> None:
-    top = nl.top_activations(_FixedFilter().eval(), torch.randn(6, 1, 9, 9), "conv", k=2)
-    for (i, j), box in zip(
-        top.positions.reshape(-1, 2).tolist(), top.boxes.reshape(-1, 3, 2).tolist(), strict=True
-    ):
-        assert box[1:] == [[i, i + 5], [j, j + 5]]
+def test_a_linear_layer_on_tokens_has_its_units_on_the_last_dim() -> None:
+    torch.manual_seed(14)
+    model = _TokenBlock().double().eval()
+    x = torch.randn(2, 8, 32, dtype=torch.float64)
+    with model_unchanged(model):
+        projection = nl.deconvnet(model, x, "intermediate", 20)  # unit 20 of 64, 8 tokens
+    hidden = model.intermediate(x).detach()  # (N, T, 64)
+    weight = model.intermediate.weight.detach()
+    assert projection.positions is not None and projection.positions.shape == (2, 1)
+    expected = torch.zeros_like(x)
+    for n in range(2):
+        t = int(hidden[n, :, 20].argmax())  # the position indexes the token axis
+        assert projection.positions[n].tolist() == [t]
+        assert projection.activations[n] == hidden[n, t, 20]
+        expected[n, t] = hidden[n, t, 20] * weight[20]
+    _close(projection.images, expected)
+    at = nl.deconvnet(model, x, "intermediate", [20, 63], position=(5,), scale="unit")
+    expected = torch.zeros(2, 2, 8, 32, dtype=torch.float64)
+    expected[:, 0, 5], expected[:, 1, 5] = weight[20], weight[63]
+    _close(at.images, expected)
+    every = nl.deconvnet(model, x, "intermediate", 20, position="all")
+    assert every.activations.shape == (2, 8) and every.positions is None
+    _close(every.images, hidden[..., 20:21] * weight[20])
+    with model_unchanged(model), pytest.raises(nl.NetlensValueError, match=r"in \[0, 64\)"):
+        nl.deconvnet(model, x, "intermediate", 64)
 
 
-def test_running_top_memory_does_not_grow_with_the_data() -> None:
-    from netlens._deconvnet import _RunningTop
+def _gru_twins() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(15)
+    time_first = GRUClassifier(batch_first=False).double().eval()
+    batch_first = GRUClassifier(batch_first=True).double().eval()
+    batch_first.load_state_dict(time_first.state_dict())
+    return time_first, batch_first
 
+
+@pytest.mark.parametrize("position", ["max", "all", (2,)], ids=["max", "all", "index"])
+def test_a_time_first_gru_with_as_many_steps_as_inputs_equals_its_batch_first_twin(
+    position: str | tuple[int],
+) -> None:
+    time_first, batch_first = _gru_twins()
+    x = torch.randn(4, 4, 5, dtype=torch.float64)  # T == N: the shapes cannot tell the batch
+    results = []
+    for model in (time_first, batch_first):
+        with model_unchanged(model), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the GRU has no deconvnet rule
+            results.append(nl.deconvnet(model, x, "rnn", [1, 4], position=position))
+    first, reference = results
+    # Every input and channel is projected, not only input 0.
+    assert (first.images.abs().flatten(2).sum(dim=2) > 0).all()
+    _close(first.images, reference.images)
+    _close(first.activations, reference.activations)
+    if position != "all":
+        assert first.positions is not None and reference.positions is not None
+        assert torch.equal(first.positions, reference.positions)
+    # The batch-first twin against autograd on (N, T, H).
+    leaf = x.clone().requires_grad_(True)
+    output, _ = batch_first.rnn(leaf)
+    for column, channel in enumerate([1, 4]):
+        seed = torch.zeros_like(output)
+        for n in range(4):
+            if position == "all":
+                seed[n, :, channel] = output[n, :, channel]
+            else:
+                t = int(output[n, :, channel].argmax()) if position == "max" else position[0]
+                seed[n, t, channel] = output[n, t, channel]
+        (grad,) = torch.autograd.grad(output, leaf, seed.detach(), retain_graph=True)
+        _close(reference.images[:, column], grad)
+
+
+class _DictFeatures(nn.Module):
+    """Conv and ReLU returning ``{"features": (N, 4, 6, 6), "pooled": (N, 4)}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.relu(self.conv(x))
+        return {"features": features, "pooled": features.mean(dim=(2, 3))}
+
+
+class _DictNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = _DictFeatures()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(x)["pooled"])
+
+
+def test_a_layer_returning_a_dict_gives_its_first_tensor_and_select_picks_another() -> None:
+    torch.manual_seed(16)
+    model = _DictNet().double().eval()
+    x = torch.randn(3, 1, 6, 6, dtype=torch.float64)
+    with model_unchanged(model):
+        features = nl.deconvnet(model, x, "block", [0, 2])
+    _close(features.images, nl.deconvnet(model, x, "block.relu", [0, 2]).images)
+    assert features.activations.shape == (3, 2) and features.images.abs().max() > 0
+    with model_unchanged(model):
+        pooled = nl.deconvnet(model, x, "block", 2, select="pooled", rule="gradient")
+    assert pooled.positions is not None and pooled.positions.shape == (3, 0)
+    leaf = x.clone().requires_grad_(True)
+    value = model.block(leaf)["pooled"][:, 2]
+    (grad,) = torch.autograd.grad(value, leaf, value.detach())
+    _close(pooled.images, grad)
+    by_callable = nl.deconvnet(
+        model, x, "block", 2, select=lambda out: out["pooled"], rule="gradient"
+    )
+    _close(by_callable.images, pooled.images)
+    with model_unchanged(model), pytest.raises(nl.NetlensValueError, match=r"in \[0, 4\)"):
+        nl.deconvnet(model, x, "block", 4, select="pooled")
+    with model_unchanged(model), pytest.raises(nl.NetlensValueError, match="select='gate'"):
+        nl.deconvnet(model, x, "block", 0, select="gate")
+
+
+def test_a_packed_sequence_is_projected_from_its_padded_tensor() -> None:
+    torch.manual_seed(17)
+    lengths = [4, 5, 3]
+    model = PackedLSTMClassifier(lengths).double().eval()
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    with model_unchanged(model), pytest.warns(UserWarning, match=r"'rnn' \(LSTM\)"):
+        projection = nl.deconvnet(model, x, "rnn", 2, position=(2,), scale="unit")
+    leaf = x.clone().requires_grad_(True)
+    found: list[nn.utils.rnn.PackedSequence] = []
+    handle = model.rnn.register_forward_hook(lambda _m, _a, out: found.append(out[0]))
+    try:
+        model(leaf)
+    finally:
+        handle.remove()
+    padded, _ = nn.utils.rnn.pad_packed_sequence(found[0], batch_first=True)
+    seed = torch.zeros_like(padded)
+    seed[:, 2, 2] = 1
+    (grad,) = torch.autograd.grad(padded, leaf, seed)
+    _close(projection.images, grad)
+    assert (projection.images.abs().flatten(1).sum(dim=1) > 0).all()
+    for row, length in enumerate(lengths):  # steps past a sequence's end are padding
+        assert projection.images[row, length:].abs().sum() == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        last = nl.deconvnet(model, x, "rnn", 2, position=(4,), scale="unit")
+    # Step 4 exists only in the second sequence; a padding step depends on no input.
+    assert last.images[1].abs().max() > 0
+    assert last.images[0].abs().max() == last.images[2].abs().max() == 0
+
+
+class _ToChannelsLast(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+def test_channel_dim_reads_a_channels_last_layer() -> None:
+    torch.manual_seed(18)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), _ToChannelsLast(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
+    )
+    model = model.double().eval()
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    with model_unchanged(model):
+        last = nl.deconvnet(model, x, "1", [3, 1], channel_dim=-1)
+    first = nl.deconvnet(model, x, "0", [3, 1])
+    _close(last.images, first.images)
+    _close(last.activations, first.activations)
+    assert last.positions is not None and first.positions is not None
+    assert torch.equal(last.positions, first.positions)
+    with model_unchanged(model), pytest.raises(nl.NetlensValueError, match=r"in \[0, 4\)"):
+        nl.deconvnet(model, x, "1", 4, channel_dim=-1)
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [torch.randn(1, 8, 8), torch.randn(8, 8)],
+    ids=["one image", "one channel"],
+)
+def test_inputs_without_their_batch_dimension_are_refused(inputs: torch.Tensor) -> None:
     model = TinyConvNet().eval()
-    top = _RunningTop("conv2", 4, [0, 5])
-    with nl.record(model, "conv2") as rec, torch.no_grad():
-        for _ in range(10):
-            x = torch.randn(16, 1, 8, 8)
-            model(x)
-            top.update(x, rec["conv2"])
-    assert top.images.shape == (2, 4, 1, 8, 8) and top.values.shape == (2, 4)
-    assert top.seen == 160
+    with model_unchanged(model), pytest.raises(nl.NetlensValueError, match="batch dimension"):
+        nl.deconvnet(model, inputs, "conv2", 0)
+
+
+def test_a_sequence_without_its_batch_dimension_is_refused() -> None:
+    model, _ = _gru_twins()
+    with model_unchanged(model), pytest.raises(nl.NetlensValueError, match=r"\(4, 5\)"):
+        nl.deconvnet(model, torch.randn(4, 5, dtype=torch.float64), "rnn", 0)
+
+
+def test_inference_mode_is_refused_with_an_error_naming_it() -> None:
+    model = TinyConvNet().eval()
+    with model_unchanged(model):
+        with torch.inference_mode(), pytest.raises(nl.NetlensValueError, match="inference mode"):
+            nl.deconvnet(model, torch.randn(2, 1, 8, 8), "conv2", 0)
+        # torch.no_grad() is fine (test_runs_inside_no_grad_and_inside_a_record_block).
 
 
 # -- pictures --------------------------------------------------------------------------------
@@ -711,8 +801,39 @@ def test_plots_draw_on_a_new_figure_or_a_given_axes() -> None:
     given = Figure().add_subplot()
     fig2, ax2 = nl.deconvnet(model, x, "conv2", 1).plot(ax=given)
     assert ax2 is given and fig2 is given.figure
-    top = nl.top_activations(model, x.repeat(5, 1, 1, 1), "conv2", channels=[0, 1, 2], k=9)
-    fig3, ax3 = top.plot()
-    assert isinstance(fig3, Figure) and len(ax3.texts) == 3
     assert "Projection(" in repr(nl.deconvnet(model, x, "conv2", 1))
-    assert "TopActivations(" in repr(top)
+
+
+def test_projection_is_a_frozen_plottable_result(tmp_path: Path) -> None:
+    model = TinyConvNet().eval()
+    projection = nl.deconvnet(model, torch.randn(2, 1, 8, 8), "conv2", 3, position="all")
+    params = projection.__dataclass_params__  # type: ignore[attr-defined]
+    assert params.frozen and not params.eq
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        projection.rule = "guided"  # type: ignore[misc]
+    assert projection.channels.tolist() == [3] and not projection.listed
+    assert projection.activations.shape == (2, 4, 4)
+    _, ax = projection.plot()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["ch 3"]
+    assert len(ax.get_yticklabels()) == 2
+    for suffix in ("png", "svg", "pdf"):
+        projection.save(tmp_path / f"projection.{suffix}")
+        assert (tmp_path / f"projection.{suffix}").stat().st_size > 0
+    assert projection._repr_png_().startswith(b"\x89PNG")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_model_on_the_gpu_gives_results_on_the_inputs_device() -> None:
+    torch.manual_seed(24)
+    model = TinyConvNet().eval()
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    on_cpu = nl.deconvnet(model, x, "conv2", [0, 2])
+    top_on_cpu = nl.top_activations(model, x, "conv2", channels=1, k=2)
+    model.cuda()
+    with model_unchanged(model):
+        projection = nl.deconvnet(model, x, "conv2", [0, 2])
+        top = nl.top_activations(model, x, "conv2", channels=1, k=2)
+    assert projection.images.device == top.patches.device == top.indices.device == x.device
+    assert projection.images.dtype == top.projections.dtype == torch.float64
+    torch.testing.assert_close(projection.images, on_cpu.images, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(top.projections, top_on_cpu.projections, rtol=1e-4, atol=1e-5)

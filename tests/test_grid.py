@@ -12,7 +12,7 @@ from torch import nn
 import netlens as nl
 from netlens._grid import grid_shape, image_grid, tile_grid
 from netlens._model import evaluating
-from netlens.testing import ZooModel, model_unchanged
+from netlens.testing import ZooModel, contract_zoo, model_unchanged
 
 
 def seeded(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -221,11 +221,16 @@ def test_bad_sources_and_options() -> None:
         nl.FilterGrid(nn.Linear(2, 2), weight="weight_hh")
     with pytest.raises(nl.NetlensTypeError, match="module with a weight"):
         nl.FilterGrid([[1.0]])  # type: ignore[arg-type]
-    for bad in ("per-filter", (1.0, 0.0), (0.0,), None):
+    for bad in ("per-filter", (1.0, 0.0), (0.0,), (0.0, "1")):
         with pytest.raises(nl.NetlensValueError, match="normalize"):
             nl.FilterGrid(nn.Conv2d(1, 2, 3), normalize=bad)  # type: ignore[arg-type]
+    for wrong_type in (None, [0.0, 1.0]):
+        with pytest.raises(nl.NetlensTypeError, match="normalize"):
+            nl.FilterGrid(nn.Conv2d(1, 2, 3), normalize=wrong_type)  # type: ignore[arg-type]
     with pytest.raises(nl.NetlensValueError, match="in_channels"):
         nl.FilterGrid(nn.Conv2d(2, 2, 3), in_channels="sum")  # type: ignore[arg-type]
+    with pytest.raises(nl.NetlensTypeError, match="in_channels"):
+        nl.FilterGrid(nn.Conv2d(2, 2, 3), in_channels=1)  # type: ignore[arg-type]
     with pytest.raises(nl.NetlensValueError, match="3 input channels"):
         nl.FilterGrid(nn.Conv2d(2, 2, 3), in_channels="rgb")
     with pytest.raises(nl.NetlensValueError, match="ncols"):
@@ -234,6 +239,12 @@ def test_bad_sources_and_options() -> None:
         nl.FilterGrid(nn.Conv2d(1, 2, 3), titles=["a"])
     with pytest.raises(nl.NetlensValueError, match="scale"):
         nl.FilterGrid(nn.Conv2d(1, 2, 3)).to_array(scale=0)
+    with pytest.raises(nl.NetlensTypeError, match="scale"):
+        nl.FilterGrid(nn.Conv2d(1, 2, 3)).to_array(scale=1.5)  # type: ignore[arg-type]
+    with pytest.raises(nl.NetlensTypeError, match="ncols"):
+        nl.FilterGrid(nn.Conv2d(1, 2, 3), ncols="2")  # type: ignore[arg-type]
+    with pytest.raises(nl.NetlensValueError, match="border"):
+        nl.FilterGrid(nn.Conv2d(1, 2, 3)).to_array(border=-1)
 
 
 def test_constant_and_non_finite_tiles_do_not_break() -> None:
@@ -286,6 +297,44 @@ def test_linear_activations_heatmap_and_bad_shapes() -> None:
         nl.ActivationGrid(np.zeros((3, 4, 4)))  # type: ignore[arg-type]
 
 
+def test_channels_last_maps_with_channel_dim() -> None:
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randn(2, 4, 6, 6, generator=generator, dtype=torch.float64)
+    last = first.permute(0, 2, 3, 1).contiguous()  # (N, H, W, C)
+    reference = nl.ActivationGrid(first)
+    grid = nl.ActivationGrid(last, channel_dim=-1)
+    assert grid.shape == reference.shape == (2, 4)
+    torch.testing.assert_close(grid.tiles, reference.tiles, rtol=0, atol=0)
+    assert (grid.to_array() == reference.to_array()).all()
+    # one input (H, W, C), and a heatmap whose units are on dim 0
+    one = nl.ActivationGrid(last[0], channel_dim=2)
+    torch.testing.assert_close(one.tiles, nl.ActivationGrid(first[0]).tiles, rtol=0, atol=0)
+    units = torch.randn(3, 5, generator=generator)
+    torch.testing.assert_close(
+        nl.ActivationGrid(units.T, channel_dim=0).tiles, nl.ActivationGrid(units).tiles
+    )
+    # channels-last RGB pictures are pictures
+    assert nl.ActivationGrid(torch.rand(5, 8, 8, 3), channel_dim=-1).tiles.shape == (5, 8, 8, 3)
+    # the default is unchanged: dim 1 of a 4-D tensor
+    assert nl.ActivationGrid(last).shape == (2, 6)
+    with pytest.raises(nl.NetlensValueError, match=r"channel_dim in \[-4, 4\)"):
+        nl.ActivationGrid(last, channel_dim=4)
+    with pytest.raises(nl.NetlensTypeError, match="channel_dim"):
+        nl.ActivationGrid(last, channel_dim="last")  # type: ignore[arg-type]
+    with pytest.raises(nl.NetlensTypeError, match="rgb"):
+        nl.ActivationGrid(last, rgb="yes")  # type: ignore[arg-type]
+
+
+def test_recorded_channels_last_stage() -> None:
+    member = contract_zoo()["channels_last"]
+    with torch.no_grad(), nl.record(member.model, member.layer) as recorder:
+        member.model(member.inputs)
+    maps = recorder[member.layer]  # (N, 8, 8, 6)
+    grid = nl.ActivationGrid(maps, channel_dim=member.channel_dim)
+    assert grid.shape == (member.inputs.shape[0], member.channels)
+    torch.testing.assert_close(grid.tiles[1 * member.channels + 5], maps[1, :, :, 5].double())
+
+
 def test_recorded_activations_of_the_zoo(zoo_model: ZooModel) -> None:
     model = zoo_model.model
     with model_unchanged(model), evaluating(model), torch.no_grad():
@@ -336,6 +385,25 @@ def test_save_rejects_other_extensions(tmp_path: Path) -> None:
     with pytest.raises(nl.NetlensValueError, match=r"\.png, \.svg or \.pdf"):
         nl.FilterGrid(nn.Conv2d(1, 4, 5)).save(tmp_path / "filters.jpg")
     assert not (tmp_path / "filters.jpg").exists()
+
+
+def test_activation_grid_saves_and_shows_itself_in_notebooks(tmp_path: Path) -> None:
+    grid = nl.ActivationGrid(torch.rand(2, 4, 6, 6))
+    grid.save(tmp_path / "maps.svg")
+    assert (tmp_path / "maps.svg").read_bytes().startswith(b"<?xml")
+    png = grid._repr_png_()
+    assert png.startswith(b"\x89PNG")
+    assert nl.FilterGrid(nn.Conv2d(1, 4, 5))._repr_png_().startswith(b"\x89PNG")
+    with pytest.raises(nl.NetlensTypeError, match="Axes"):
+        grid.plot(ax=[1])  # type: ignore[arg-type]
+
+
+def test_no_figure_is_made_outside_the_render_module() -> None:
+    import inspect
+
+    from netlens import _grid
+
+    assert "Figure(" not in inspect.getsource(_grid)
 
 
 def test_to_array_and_plot_leave_matplotlib_state_alone() -> None:

@@ -11,8 +11,9 @@ from torch import nn
 
 import netlens as nl
 from netlens._maximize import _INIT_STD, _channel_seed, _gaussian_blur
+from netlens._outputs import layer_view
 from netlens.models import LeNet5, RowClassifier
-from netlens.testing import ZooModel, model_unchanged
+from netlens.testing import ContractModel, ZooModel, contract_zoo, model_unchanged
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,7 +53,7 @@ def test_conv1_centre_unit_reaches_the_box_optimum(lenet: nn.Module) -> None:
     )
     weight, bias = lenet.conv1.weight.detach(), lenet.conv1.bias.detach()
     optimum = weight.abs().flatten(1).sum(1) + bias
-    assert result.channels == tuple(range(32))
+    assert torch.equal(result.channels, torch.arange(32))
     assert result.activations.shape == (32,)
     assert bool((result.activations >= 0.99 * optimum).all()), result.activations / optimum
     assert bool((result.activations <= optimum + 1e-5).all())
@@ -154,10 +155,10 @@ def test_a_batch_of_channels_equals_each_channel_alone(lenet: nn.Module, transfo
     batch = nl.maximize_activation(lenet, "conv2", [4, 17, 40], **kwargs)
     for index, channel in enumerate([4, 17, 40]):
         alone = nl.maximize_activation(lenet, "conv2", channel, **kwargs)
-        assert alone.channels == (channel,)
-        torch.testing.assert_close(alone.images[0], batch.images[index], rtol=1e-4, atol=1e-4)
+        assert torch.equal(alone.channels, torch.tensor([channel]))
+        torch.testing.assert_close(alone.images, batch.images[index], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(
-            alone.activations[0], batch.activations[index], rtol=1e-4, atol=1e-4
+            alone.activations, batch.activations[index], rtol=1e-4, atol=1e-4
         )
 
 
@@ -358,22 +359,28 @@ def test_objective_callable_and_relu_target(lenet: nn.Module) -> None:
 
 BAD: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
     "channel too high": ({"channels": 32}, nl.NetlensValueError, r"channels in \[0, 32\)"),
-    "channel negative": ({"channels": [0, -1]}, nl.NetlensValueError, "channels in"),
-    "channels empty": ({"channels": []}, nl.NetlensValueError, "at least one channel"),
+    "channel negative": ({"channels": [0, -1]}, nl.NetlensValueError, "channels >= 0"),
+    "channels empty": ({"channels": []}, nl.NetlensValueError, "at least one channels"),
+    "channels of floats": ({"channels": [0, 1.0]}, nl.NetlensTypeError, "channels"),
     "channels float": ({"channels": 1.5}, nl.NetlensTypeError, "channels"),
     "rank too low": ({"input_shape": (28, 28)}, nl.NetlensValueError, "input_shape"),
     "rank too high": ({"input_shape": (1, 1, 28, 28)}, nl.NetlensValueError, "input_shape"),
     "shape not ints": ({"input_shape": (1, 28.0, 28)}, nl.NetlensValueError, "input_shape"),
     "shape missing": ({"input_shape": None}, nl.NetlensTypeError, "input_shape"),
-    "steps zero": ({"steps": 0}, nl.NetlensValueError, "steps > 0"),
-    "steps negative": ({"steps": -3}, nl.NetlensValueError, "steps > 0"),
+    "steps zero": ({"steps": 0}, nl.NetlensValueError, "steps >= 1"),
+    "steps negative": ({"steps": -3}, nl.NetlensValueError, "steps >= 1"),
+    "steps float": ({"steps": 2.0}, nl.NetlensTypeError, "steps"),
+    "lr a string": ({"lr": "0.1"}, nl.NetlensTypeError, "lr"),
     "lr zero": ({"lr": 0.0}, nl.NetlensValueError, "lr"),
     "lr negative": ({"lr": -0.1}, nl.NetlensValueError, "lr"),
     "lr nan": ({"lr": float("nan")}, nl.NetlensValueError, "lr"),
     "range reversed": ({"value_range": (1, -1)}, nl.NetlensValueError, "low < high"),
     "range empty": ({"value_range": (0.5, 0.5)}, nl.NetlensValueError, "low < high"),
     "range not a pair": ({"value_range": (0, 1, 2)}, nl.NetlensTypeError, "value_range"),
+    "range of strings": ({"value_range": ("0", 1)}, nl.NetlensTypeError, "value_range"),
+    "range infinite": ({"value_range": (0, float("inf"))}, nl.NetlensValueError, "finite"),
     "unknown param": ({"param": "wavelet"}, nl.NetlensValueError, "param"),
+    "param not a string": ({"param": 1}, nl.NetlensTypeError, "param"),
     "unknown transform": ({"transforms": "shear"}, nl.NetlensValueError, "shear"),
     "unknown transform in list": (
         {"transforms": ["jitter", "flip"]},
@@ -381,6 +388,7 @@ BAD: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
         "flip",
     ),
     "unknown objective": ({"objective": "max"}, nl.NetlensValueError, "objective"),
+    "objective not a string": ({"objective": 3}, nl.NetlensTypeError, "objective"),
     "objective of wrong shape": (
         {"objective": lambda maps: maps.sum()},
         nl.NetlensValueError,
@@ -406,6 +414,12 @@ BAD: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
     "seed negative": ({"seed": -1}, nl.NetlensValueError, "seed"),
     "seed float": ({"seed": 1.5}, nl.NetlensTypeError, "seed"),
     "blur sigma zero": ({"blur_sigma": 0.0}, nl.NetlensValueError, "blur_sigma"),
+    "blur every negative": ({"blur_every": -1}, nl.NetlensValueError, "blur_every"),
+    "select not an index": ({"select": 1.5}, nl.NetlensTypeError, "select"),
+    "select on a tensor": ({"select": 1}, nl.NetlensTypeError, "select=1"),
+    "channel_dim out of range": ({"channel_dim": 4}, nl.NetlensValueError, "channel_dim"),
+    "channel_dim is the batch": ({"channel_dim": 0}, nl.NetlensValueError, "batch axis"),
+    "channel_dim a string": ({"channel_dim": "1"}, nl.NetlensTypeError, "channel_dim"),
     "several layers": ({"layer": "conv*"}, nl.NetlensValueError, "exactly one layer"),
     "unknown layer": ({"layer": "conv3"}, nl.LayerNotFoundError, "conv3"),
 }
@@ -430,6 +444,28 @@ def test_transforms_need_an_image_or_a_sequence() -> None:
     assert result.images.shape == (4, 6)
 
 
+def test_an_input_shape_of_the_wrong_rank_names_input_shape_and_what_the_layer_got() -> None:
+    lstm = _seeded(lambda: RowClassifier("lstm", input_size=8, hidden_size=4, num_classes=3))
+    # (2, 8) would pass an LSTM as one unbatched sequence of 2 steps: refused by its rank
+    with model_unchanged(lstm), pytest.raises(nl.NetlensValueError) as caught:
+        nl.maximize_activation(lstm, "rnn", input_shape=(8,), steps=2)
+    message = str(caught.value)
+    assert message.startswith("Expected input_shape")
+    assert "(8,)" in message and "(N, T, F)" in message and "(2, 8)" in message
+    assert "unsqueeze" not in message  # there are no user inputs to unsqueeze
+    with pytest.raises(nl.NetlensValueError, match=r"input_shape.*\(N, C, H, W\)"):
+        nl.maximize_activation(_seeded(LeNet5), "conv2", input_shape=(28, 28), steps=2)
+
+
+def test_a_bad_select_is_reported_as_such_not_as_input_shape() -> None:
+    member = contract_zoo()["dict_block"]
+    with pytest.raises(nl.NetlensValueError) as caught:
+        nl.maximize_activation(
+            member.model, "block", input_shape=(1, 8, 8), steps=2, select="missing"
+        )
+    assert str(caught.value).startswith("Expected select='missing'")
+
+
 def test_not_a_model() -> None:
     with pytest.raises(nl.NetlensTypeError):
         nl.maximize_activation("net", "conv1", input_shape=(1, 28, 28))  # type: ignore[arg-type]
@@ -438,21 +474,26 @@ def test_not_a_model() -> None:
 # -- result and pictures --------------------------------------------------------------------------
 
 
-def test_plot_grid_and_curves_without_pyplot(lenet: nn.Module) -> None:
+def test_plot_draws_the_grid_on_one_axes_without_pyplot(lenet: nn.Module) -> None:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     result = nl.maximize_activation(
         lenet, "conv1", [0, 1, 2, 3, 4], input_shape=(1, 28, 28), steps=3, seed=0
     )
     figure, ax = result.plot()
-    assert isinstance(figure, Figure)
+    assert isinstance(figure, Figure) and isinstance(ax, Axes)
+    assert figure.axes == [ax]
     assert [text.get_text() for text in ax.texts] == ["0", "1", "2", "3", "4"]
-    figure, axes = result.plot(curves=True)
-    assert len(axes) == 2 and len(axes[1].lines) == 5
     given = Figure().add_subplot()
-    assert result.plot(given)[1] is given
-    with pytest.raises(nl.NetlensValueError, match="curves"):
-        result.plot(given, curves=True)
+    figure, ax = result.plot(given)
+    assert ax is given and figure is given.figure
+    with pytest.raises(TypeError):
+        result.plot(curves=True)  # type: ignore[call-arg]
+    # an int channel: one picture, titled by its channel
+    one = nl.maximize_activation(lenet, "conv1", 7, input_shape=(1, 28, 28), steps=2, seed=0)
+    _, ax = one.plot()
+    assert [text.get_text() for text in ax.texts] == ["7"]
     sequences = nl.maximize_activation(
         _seeded(lambda: RowClassifier("gru", input_size=6, hidden_size=4, num_classes=3)),
         "fc",
@@ -460,16 +501,256 @@ def test_plot_grid_and_curves_without_pyplot(lenet: nn.Module) -> None:
         steps=2,
     )
     figure, ax = sequences.plot()
-    assert isinstance(figure, Figure)
+    assert isinstance(figure, Figure) and figure.axes == [ax]
+    vectors = nl.maximize_activation(nn.Sequential(nn.Linear(6, 4)), "0", 2, input_shape=(6,))
+    assert isinstance(vectors.plot()[0], Figure)
     # Other test modules (Captum) import pyplot, so check its state rather than its absence.
     pyplot = sys.modules.get("matplotlib.pyplot")
     assert pyplot is None or pyplot.get_fignums() == []
 
 
-def test_result_is_frozen_and_progress_runs(lenet: nn.Module) -> None:
-    result = nl.maximize_activation(
-        lenet, "fc2", [3], input_shape=(1, 28, 28), steps=2, progress=True
+def test_plot_curves_one_line_per_channel(lenet: nn.Module) -> None:
+    from matplotlib.figure import Figure
+
+    result = nl.maximize_activation(lenet, "conv1", [0, 3, 5], input_shape=(1, 28, 28), steps=4)
+    figure, ax = result.plot_curves()
+    assert figure.axes == [ax]
+    assert len(ax.lines) == 3
+    for line, column in zip(ax.lines, result.history.T, strict=True):
+        assert list(line.get_xdata()) == [1, 2, 3, 4]
+        torch.testing.assert_close(
+            torch.as_tensor(line.get_ydata()), column.double(), rtol=0, atol=0
+        )
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == ["0", "3", "5"]
+    given = Figure().add_subplot()
+    assert result.plot_curves(given) == (given.figure, given)
+    one = nl.maximize_activation(lenet, "conv1", 3, input_shape=(1, 28, 28), steps=4)
+    _, ax = one.plot_curves()
+    assert len(ax.lines) == 1
+    torch.testing.assert_close(
+        torch.as_tensor(ax.lines[0].get_ydata()), one.history.double(), rtol=0, atol=0
     )
+
+
+@pytest.mark.parametrize("suffix", ["png", "svg", "pdf"])
+def test_save_and_notebook_display(lenet: nn.Module, tmp_path: Any, suffix: str) -> None:
+    result = nl.maximize_activation(lenet, "conv1", [0, 1], input_shape=(1, 28, 28), steps=2)
+    path = tmp_path / f"maximization.{suffix}"
+    result.save(path)
+    assert path.stat().st_size > 0
+    magic = {"png": b"\x89PNG", "svg": b"<?xml", "pdf": b"%PDF"}[suffix]
+    assert path.read_bytes().startswith(magic)
+    assert result._repr_png_().startswith(b"\x89PNG")
+    with pytest.raises(nl.NetlensValueError, match=r"\.png"):
+        result.save(tmp_path / "maximization.jpg")
+
+
+def test_result_is_frozen_compares_by_identity_and_progress_runs(lenet: nn.Module) -> None:
+    result = nl.maximize_activation(
+        lenet, "fc2", [3], input_shape=(1, 28, 28), steps=2, progress=True, seed=0
+    )
+    again = nl.maximize_activation(lenet, "fc2", [3], input_shape=(1, 28, 28), steps=2, seed=0)
     with pytest.raises(AttributeError):
         result.images = torch.zeros(1)  # type: ignore[misc]
-    assert result.layer == "fc2" and result.channels == (3,)
+    assert result.layer == "fc2"
+    assert result == result and result != again  # eq=False: identity, no tensor comparison
+    assert "fc2" in repr(result) and "[3]" in repr(result)
+
+
+def test_int_channel_drops_the_channel_dim_and_a_list_keeps_it(lenet: nn.Module) -> None:
+    kwargs: dict[str, Any] = {"input_shape": (1, 28, 28), "steps": 5, "seed": 2}
+    single = nl.maximize_activation(lenet, "conv2", 6, **kwargs)
+    listed = nl.maximize_activation(lenet, "conv2", [6], **kwargs)
+    as_tensor = nl.maximize_activation(lenet, "conv2", torch.tensor(6), **kwargs)
+    everything = nl.maximize_activation(lenet, "conv1", None, **kwargs)
+    assert single.images.shape == (1, 28, 28)
+    assert single.activations.shape == ()
+    assert single.history.shape == (5,)
+    assert listed.images.shape == (1, 1, 28, 28)
+    assert listed.activations.shape == (1,)
+    assert listed.history.shape == (5, 1)
+    assert as_tensor.images.shape == (1, 28, 28)
+    assert everything.images.shape == (32, 1, 28, 28)
+    assert everything.history.shape == (5, 32)
+    for result in (single, listed, as_tensor):
+        assert result.channels.dtype == torch.long
+        assert result.channels.shape == (1,) and int(result.channels[0]) == 6
+    assert torch.equal(everything.channels, torch.arange(32))
+    assert torch.equal(single.images, listed.images[0])
+    assert torch.equal(single.history, listed.history[:, 0])
+    assert torch.equal(single.activations, listed.activations[0])
+
+
+def test_results_are_in_the_models_dtype_and_device() -> None:
+    model = _seeded(LeNet5).double()
+    result = nl.maximize_activation(model, "conv1", [0, 1], input_shape=(1, 28, 28), steps=2)
+    parameter = next(model.parameters())
+    for tensor in (result.images, result.activations, result.history):
+        assert tensor.dtype == torch.float64
+        assert tensor.device == parameter.device
+    assert result.channels.device == torch.device("cpu")
+
+
+# -- the layer contract ------------------------------------------------------------------------
+
+
+CONTRACT_NAMES = [name for name in contract_zoo() if name != "token_classifier"]
+
+
+def _contract_reference(
+    member: ContractModel, result: nl.Maximization, select: Any, channel_dim: Any
+) -> tuple[int, torch.Tensor]:
+    """The layer's channel count under the contract, and the mean objective of each image.
+
+    Recorded with ``nl.record`` and read with ``layer_view``, independently of the optimiser.
+    """
+    model = member.model
+    view = layer_view(model, member.layer, select=select, channel_dim=channel_dim)
+    with nl.record(model, member.layer, select=select) as recorded, torch.no_grad():
+        model(member.inputs)
+        count = view.channels(recorded[member.layer])
+        model(result.images)
+        output = recorded[member.layer]
+    arranged = view.arrange(output, result.images.shape[0]).double()
+    rows = torch.arange(arranged.shape[0])
+    maps = arranged[rows, result.channels]
+    return count, maps.flatten(1).mean(1) if maps.dim() > 1 else maps
+
+
+@pytest.mark.parametrize("name", CONTRACT_NAMES)
+def test_contract_zoo_channels_and_objective(name: str) -> None:
+    member = contract_zoo()[name]
+    shape = tuple(member.inputs.shape[1:])
+    with model_unchanged(member.model):
+        result = nl.maximize_activation(
+            member.model,
+            member.layer,
+            input_shape=shape,
+            steps=4,
+            seed=0,
+            select=member.select,
+            channel_dim=member.channel_dim,
+        )
+    count, expected = _contract_reference(member, result, member.select, member.channel_dim)
+    # the count every technique reports for the layer (the contract zoo's own count is
+    # checked by the contract tests, against the shared rule)
+    assert torch.equal(result.channels, torch.arange(count))
+    assert result.images.shape == (count, *shape)
+    assert result.history.shape == (4, count)
+    torch.testing.assert_close(result.activations.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_select_picks_another_part_of_a_mapping_output() -> None:
+    member = contract_zoo()["dict_block"]
+    result = nl.maximize_activation(
+        member.model, "block", [0, 2], input_shape=(1, 8, 8), steps=3, seed=0, select="gate"
+    )
+    count, expected = _contract_reference(member, result, "gate", None)
+    assert count == member.model.block.gate_channels == 3
+    torch.testing.assert_close(result.activations.double(), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(nl.NetlensValueError, match="channels in \\[0, 3\\)"):
+        nl.maximize_activation(
+            member.model, "block", 4, input_shape=(1, 8, 8), steps=1, select="gate"
+        )
+
+
+def test_channel_dim_says_which_axis_of_a_channels_last_block() -> None:
+    member = contract_zoo()["channels_last"]
+    kwargs: dict[str, Any] = {"input_shape": (3, 8, 8), "steps": 3, "seed": 0}
+    for channel_dim, count in ((-1, 6), (3, 6), (1, 8), (2, 8)):  # channels, rows, columns
+        result = nl.maximize_activation(member.model, "stage", channel_dim=channel_dim, **kwargs)
+        reference_count, expected = _contract_reference(member, result, None, channel_dim)
+        assert result.channels.numel() == reference_count == count
+        torch.testing.assert_close(result.activations.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_time_first_recurrent_layer_equals_its_batch_first_twin() -> None:
+    zoo = contract_zoo()
+    kwargs: dict[str, Any] = {"input_shape": (4, 5), "steps": 6, "seed": 4}
+    time_first = nl.maximize_activation(zoo["gru_time_first"].model, "rnn", [1, 5], **kwargs)
+    batch_first = nl.maximize_activation(zoo["gru_batch_first"].model, "rnn", [1, 5], **kwargs)
+    torch.testing.assert_close(time_first.images, batch_first.images, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(time_first.history, batch_first.history, rtol=1e-5, atol=1e-6)
+
+
+def test_lstm_fed_a_packed_sequence_maximises_its_padded_output() -> None:
+    member = contract_zoo()["lstm_packed"]
+    model = member.model
+    with model_unchanged(model):
+        result = nl.maximize_activation(
+            model, "rnn", 2, input_shape=(5, 4), steps=12, lr=0.1, seed=0, transforms=None
+        )
+    assert result.images.shape == (5, 4)
+    # a batch of one input: sample 0 has length lengths[0] (4), the last step is padding
+    length = int(model.lengths[0])
+    packed = nn.utils.rnn.pack_padded_sequence(
+        result.images[None], torch.tensor([length]), batch_first=True
+    )
+    with torch.no_grad():
+        output, _ = model.rnn(packed)
+    padded, _ = nn.utils.rnn.pad_packed_sequence(output, batch_first=True)
+    torch.testing.assert_close(result.activations, padded[0, :, 2].mean(), rtol=1e-5, atol=1e-6)
+    assert float(result.history[-1]) > float(result.history[0])
+
+
+def test_integer_input_models_are_refused_with_input_shape_named() -> None:
+    member = contract_zoo()["token_classifier"]
+    with model_unchanged(member.model), pytest.raises(nl.NetlensValueError, match="input_shape"):
+        nl.maximize_activation(member.model, "proj", input_shape=(7,), steps=2)
+
+
+def test_refused_under_inference_mode(lenet: nn.Module) -> None:
+    with model_unchanged(lenet), torch.inference_mode():
+        with pytest.raises(nl.NetlensValueError, match="inference_mode"):
+            nl.maximize_activation(lenet, "conv1", 0, input_shape=(1, 28, 28), steps=2)
+
+
+def test_one_channel_per_input_only_where_it_equals_the_full_layer() -> None:
+    from netlens._maximize import _SlicedTarget
+
+    bert = nn.Sequential(nn.Linear(5, 12), nn.GELU())
+    image = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+    tokens = torch.zeros(2, 8, 5)
+    pictures = torch.zeros(2, 1, 6, 6)
+
+    def applies(model: nn.Module, inputs: torch.Tensor, **view: Any) -> bool:
+        found = layer_view(model, "0", **view)
+        return _SlicedTarget.applies(found, found.tensor(model[0](inputs)), 1, False)
+
+    assert applies(bert, tokens)
+    assert applies(bert, tokens, channel_dim=2)
+    assert not applies(bert, tokens, channel_dim=1)  # the tokens as channels
+    assert not applies(bert, tokens, select=lambda output: output)
+    assert applies(image, pictures)
+    assert not applies(image, pictures, channel_dim=-1)  # the columns as channels
+    conv = layer_view(image, "0")
+    assert not _SlicedTarget.applies(conv, image[0](pictures), 2, False)  # called twice
+    assert not _SlicedTarget.applies(conv, image[0](pictures), 1, True)  # hooked
+
+
+@pytest.mark.parametrize("channel_dim", [None, 1])
+def test_a_bert_style_linear_sliced_or_not_equals_the_full_layer(channel_dim: Any) -> None:
+    # The full path is forced by a hook of the user's own on the layer.
+    model = _seeded(lambda: nn.Sequential(nn.Linear(5, 12), nn.GELU())).double()
+    kwargs: dict[str, Any] = {
+        "input_shape": (8, 5),
+        "steps": 8,
+        "seed": 1,
+        "channel_dim": channel_dim,
+    }
+    fast = nl.maximize_activation(model, "0", [0, 3, 7], **kwargs)
+    handle = model[0].register_forward_hook(lambda m, i, o: None)
+    try:
+        full = nl.maximize_activation(model, "0", [0, 3, 7], **kwargs)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(fast.images, full.images, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(fast.history, full.history, rtol=1e-9, atol=1e-9)
+    # and both are the mean of the right slice: units (last dim) or tokens (dim 1)
+    with torch.no_grad():
+        output = model[0](fast.images)
+    rows = torch.arange(3)
+    picked = output[rows, :, [0, 3, 7]] if channel_dim is None else output[rows, [0, 3, 7]]
+    torch.testing.assert_close(fast.activations, picked.mean(1), rtol=1e-9, atol=1e-9)
+    count = 8 if channel_dim == 1 else 12
+    assert nl.maximize_activation(model, "0", **kwargs).channels.numel() == count

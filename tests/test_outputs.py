@@ -175,7 +175,7 @@ def test_time_first_recurrent_batch_axis_never_from_sizes():
 def test_state_of_a_recurrent_layer_has_its_batch_on_dim_1():
     lstm = nn.LSTM(3, 5, batch_first=True)
     view = layer_view(nn.Sequential(lstm), "0", select=1)
-    _, (h, c) = lstm(torch.randn(2, 7, 3))
+    _, (h, _) = lstm(torch.randn(2, 7, 3))
     tensor = view.tensor(lstm(torch.randn(2, 7, 3)))
     assert tensor.shape == h.shape
     assert view.arrange(tensor, 2).shape == (2, 5, 1)

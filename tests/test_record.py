@@ -7,7 +7,7 @@ from torch import nn
 
 import netlens as nl
 from netlens.models import LeNet5, RowClassifier
-from netlens.testing import TinyConvNet, ZooModel, model_unchanged, model_zoo
+from netlens.testing import TinyConvNet, ZooModel, contract_zoo, model_unchanged, model_zoo
 
 
 def _no_hooks(model: nn.Module) -> bool:
@@ -182,9 +182,32 @@ def test_default_detaches_and_no_grad_works() -> None:
 
 def test_device_argument_moves_tensors() -> None:
     net = TinyConvNet().eval()
-    with nl.record(net, "conv1", device="cpu") as rec:
+    with nl.record(net, ["conv1", "fc"], device="meta") as rec:
         net(torch.randn(1, 1, 8, 8))
-    assert rec["conv1"].device.type == "cpu"
+    assert rec["conv1"].device.type == "meta" and rec["conv1"].shape == (1, 4, 8, 8)
+    assert rec["fc"].device == torch.device("meta")
+    with nl.record(net, "conv1", device=torch.device("meta")) as rec:
+        net(torch.randn(1, 1, 8, 8))
+    assert rec["conv1"].is_meta
+
+
+def test_device_of_the_model_keeps_the_copy_on_write() -> None:
+    # device="cpu" on a CPU model moves nothing: the recorded tensor is the model's own, and
+    # still needs protecting from the in-place ReLU after it
+    net = TinyConvNet(inplace=True).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with nl.record(net, "conv1", device="cpu") as rec:
+        net(x)
+    torch.testing.assert_close(rec["conv1"], net.conv1(x), rtol=0, atol=0)
+
+
+def test_bad_device() -> None:
+    net = TinyConvNet().eval()
+    with model_unchanged(net):
+        with pytest.raises(nl.NetlensValueError, match="name a device"):
+            nl.record(net, "conv1", device="gpu:x")
+        with pytest.raises(nl.NetlensTypeError, match="device to be None, a str"):
+            nl.record(net, "conv1", device=0)  # type: ignore[arg-type]
 
 
 def test_float64_model() -> None:
@@ -236,29 +259,73 @@ def test_reading_a_layer_that_never_ran() -> None:
         rec["conv2"]
 
 
-def test_select_returning_a_non_tensor_is_a_clear_error() -> None:
+def test_select_picking_no_tensor_is_a_clear_error() -> None:
     net = TinyConvNet().eval()
     with model_unchanged(net):
-        with pytest.raises(nl.NetlensTypeError, match=r"select to return a torch\.Tensor"):
+        with pytest.raises(nl.NetlensTypeError, match=r"select=.* to pick a tensor .* 'conv1'"):
             with nl.record(net, "conv1", select=lambda out: out.shape):
                 net(torch.randn(1, 1, 8, 8))
-        with pytest.raises(nl.NetlensTypeError, match="callable"):
-            nl.record(net, "conv1", select=3)  # type: ignore[arg-type]
+        # an index needs a tuple or list: the conv returns a tensor
+        with pytest.raises(nl.NetlensTypeError, match=r"'conv1' to return a tuple or list"):
+            with nl.record(net, "conv1", select=3):
+                net(torch.randn(1, 1, 8, 8))
+        expected = r"an index \(int\), a key \(str\) or a callable"
+        with pytest.raises(nl.NetlensTypeError, match=expected):
+            nl.record(net, "conv1", select=1.5)  # type: ignore[arg-type]
+    assert _no_hooks(net)
+
+
+def test_select_by_index_key_and_callable() -> None:
+    net = RowClassifier("lstm", input_size=5, hidden_size=4).eval()
+    x = torch.randn(2, 7, 5)
+    _, (h, c) = net.rnn(x)
+    with nl.record(net, "rnn", select=1) as rec:  # (h, c): its first tensor
+        net(x)
+    torch.testing.assert_close(rec["rnn"], h)
+    with nl.record(net, "rnn", select=lambda out: out[1][1]) as rec:
+        net(x)
+    torch.testing.assert_close(rec["rnn"], c)
+    with pytest.raises(nl.NetlensValueError, match=r"select=2 to pick a part"):
+        with nl.record(net, "rnn", select=2):
+            net(x)
+
+    member = contract_zoo()["dict_block"]
+    block = member.model.block
+    images = member.inputs
+    with nl.record(member.model, "block") as rec:  # a mapping: its first tensor value
+        member.model(images)
+    torch.testing.assert_close(rec["block"], block(images)["hidden"])
+    with nl.record(member.model, "block", select="gate") as rec:
+        member.model(images)
+    torch.testing.assert_close(rec["block"], block(images)["gate"])
+    with pytest.raises(nl.NetlensValueError, match=r"select='nope'.*'hidden', 'gate'"):
+        with nl.record(member.model, "block", select="nope"):
+            member.model(images)
+    assert _no_hooks(member.model)
 
 
 def test_layer_returning_no_tensor_asks_for_select() -> None:
-    class Dicty(nn.Module):
-        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"x": x}
+    class Wrapped(nn.Module):
+        def forward(self, x: torch.Tensor) -> dict[str, object]:
+            return {"note": "no tensor first", "box": [x]}
+
+    class Note(nn.Module):
+        def forward(self, x: torch.Tensor) -> str:
+            return "not a tensor"
 
     net = nn.Sequential()
-    net.add_module("d", Dicty())
-    with pytest.raises(nl.NetlensTypeError, match="select="):
-        with nl.record(net, "d"):
-            net(torch.zeros(1))
-    with nl.record(net, "d", select=lambda out: out["x"]) as rec:
+    net.add_module("w", Wrapped())
+    other = nn.Sequential()
+    other.add_module("n", Note())
+    with pytest.raises(nl.NetlensTypeError, match=r"'n' to return a tensor.*pass select="):
+        with nl.record(other, "n"):
+            other(torch.zeros(1))
+    with nl.record(net, "w") as rec:  # the first tensor, however deep
         net(torch.ones(1))
-    assert rec["d"].item() == 1.0
+    assert rec["w"].item() == 1.0
+    with nl.record(net, "w", select=lambda out: out["box"][0] * 2) as rec:
+        net(torch.ones(1))
+    assert rec["w"].item() == 2.0
 
 
 def test_model_unchanged_over_the_zoo_normal_and_raising(zoo_model: ZooModel) -> None:
@@ -284,3 +351,206 @@ def test_nested_recorders() -> None:
     torch.testing.assert_close(outer["conv1"], inner["conv1"])
     torch.testing.assert_close(outer["conv1"], net.conv1(x))
     assert _no_hooks(net)
+    assert _mode_stack() == []
+
+
+# -- one owner, one block at a time ----------------------------------------------------------
+
+
+def _mode_stack() -> list[object]:
+    return list(torch.overrides._get_current_function_mode_stack())
+
+
+def test_entering_an_active_recorder_again_is_an_error_and_leaks_nothing() -> None:
+    net = TinyConvNet(inplace=True).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with model_unchanged(net):
+        rec = nl.record(net, ["conv1", "relu1"])
+        with pytest.raises(nl.NetlensValueError, match="already inside its with block"):
+            with rec:
+                net(x)
+                with rec:
+                    pass
+        assert _no_hooks(net) and _mode_stack() == []
+        # after its block a recorder can be entered again, and it still works
+        with rec:
+            net(x)
+        torch.testing.assert_close(rec["conv1"], net.conv1(x), rtol=0, atol=0)
+    assert _no_hooks(net) and _mode_stack() == []
+
+
+def test_each_thread_sees_only_its_own_forward_passes() -> None:
+    import sys
+    import threading
+
+    passes = 500
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(inplace=True)).eval()
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(passes, 2, 3, generator=generator) for _ in range(2)]
+    with torch.no_grad():
+        expected = [[net[0](x) for x in batch] for batch in inputs]  # before any hook
+    wrong = [0, 0]
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def work(thread: int) -> None:
+        try:
+            with nl.record(net, ["0", "1"]) as rec, torch.no_grad():
+                start.wait()
+                for index in range(passes):
+                    net(inputs[thread][index])
+                    if not torch.equal(rec["0"], expected[thread][index]):
+                        wrong[thread] += 1
+                    if not torch.equal(rec["1"], expected[thread][index].clamp(min=0)):
+                        wrong[thread] += 1
+        except BaseException as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert wrong == [0, 0]
+    assert _no_hooks(net)
+
+
+def test_passes_of_other_threads_are_not_recorded() -> None:
+    import threading
+
+    net = TinyConvNet().eval()
+    with nl.record(net, "conv1") as rec:
+        thread = threading.Thread(target=lambda: net(torch.randn(1, 1, 8, 8)))
+        thread.start()
+        thread.join()
+        assert "conv1" not in rec
+        net(torch.randn(3, 1, 8, 8))
+    assert rec["conv1"].shape[0] == 3
+
+
+# -- the copy-on-write mode is on only during a pass ---------------------------------------------
+
+
+class _Watched(nn.Module):
+    """conv, in-place ReLU, linear; notes the height of the mode stack before each layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(2 * 4 * 4, 3)
+        self.heights: dict[str, int] = {}
+        for name in ("conv", "relu", "fc"):
+            module = getattr(self, name)
+            module.register_forward_pre_hook(
+                lambda m, a, name=name: self.heights.__setitem__(name, len(_mode_stack()))
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu(self.conv(x)).flatten(1))
+
+
+def test_mode_is_pushed_at_the_first_recorded_tensor_and_popped_after_the_pass() -> None:
+    net = _Watched().eval()
+    x = torch.randn(2, 1, 6, 6)
+    with nl.record(net, "fc") as rec:
+        net(x)
+        assert net.heights == {"conv": 0, "relu": 0, "fc": 0}  # nothing recorded before fc
+        assert _mode_stack() == []  # between passes
+    with nl.record(net, "conv") as rec:
+        net(x)
+        assert net.heights == {"conv": 0, "relu": 1, "fc": 1}
+        assert _mode_stack() == []
+    torch.testing.assert_close(rec["conv"], net.conv(x), rtol=0, atol=0)
+
+
+def test_mode_is_popped_when_the_model_raises() -> None:
+    net = TinyConvNet(inplace=True).eval()
+    with model_unchanged(net), nl.record(net, "conv1") as rec:
+        with pytest.raises(RuntimeError):
+            net(torch.randn(1, 1, 12, 12))  # fc does not fit: raises after conv1 ran
+        assert rec["conv1"].shape == (1, 4, 12, 12)
+        assert _mode_stack() == []
+    assert _mode_stack() == []
+
+
+class _Stop(BaseException):
+    pass
+
+
+def test_a_pass_cut_short_by_a_base_exception_is_closed_by_the_next() -> None:
+    # forward hooks with always_call=True do not run for a BaseException (KeyboardInterrupt,
+    # the StopForward of netlens' own techniques): the next pass, or the block's end, cleans up
+    net = TinyConvNet(inplace=True).eval()
+    x = torch.randn(2, 1, 8, 8)
+
+    def stop(module: nn.Module, args: object, output: object) -> None:
+        raise _Stop
+
+    with model_unchanged(net), nl.record(net, ["conv1", "relu1"]) as rec:
+        handle = net.relu1.register_forward_hook(stop)
+        with pytest.raises(_Stop):
+            net(x)
+        handle.remove()
+        assert len(_mode_stack()) == 1  # left by the cut pass
+        net(x)
+        assert _mode_stack() == []
+        assert len(rec.calls("conv1")) == 1
+        torch.testing.assert_close(rec["conv1"], net.conv1(x), rtol=0, atol=0)
+        handle = net.relu1.register_forward_hook(stop)
+        with pytest.raises(_Stop):
+            net(x)
+        handle.remove()
+    assert _mode_stack() == []  # the block's end took the mode of the cut pass off
+
+
+class _Doubling(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        return func(*args, **(kwargs or {}))
+
+
+class _OwnMode(nn.Module):
+    """A model whose forward runs its layers inside a torch function mode of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.relu = nn.ReLU(inplace=True)
+        self.mode = _Doubling()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.mode:
+            y = self.relu(self.conv(x))
+        stack = _mode_stack()
+        assert self.mode not in stack  # its with block popped its own mode
+        return y.add_(1)
+
+
+def test_modes_entered_by_the_model_itself_stay_balanced() -> None:
+    net = _OwnMode().eval()
+    x = torch.randn(2, 1, 6, 6)
+    with nl.record(net, "conv") as rec:
+        net(x)
+        assert _mode_stack() == []
+    torch.testing.assert_close(rec["conv"], net.conv(x), rtol=0, atol=0)
+    with _Doubling() as outer, nl.record(net, "conv") as rec:
+        net(x)
+        assert _mode_stack() == [outer]
+    torch.testing.assert_close(rec["conv"], net.conv(x), rtol=0, atol=0)
+
+
+def test_recording_works_under_inference_mode() -> None:
+    net = TinyConvNet(inplace=True).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with model_unchanged(net), torch.inference_mode(), nl.record(net, nn.Conv2d) as rec:
+        net(x)
+        expected = net.conv1(x)
+    torch.testing.assert_close(rec["conv1"], expected, rtol=0, atol=0)
+    assert bool((rec["conv1"] < 0).any())
+    assert _mode_stack() == []

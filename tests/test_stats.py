@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import netlens as nl
-from netlens.testing import ZooModel, model_unchanged
+from netlens.testing import ZooModel, contract_zoo, model_unchanged
 
 # -- the slow, obvious reference ----------------------------------------------------------------
 
@@ -78,7 +78,7 @@ def test_streaming_matches_two_pass_reference(
     shape: tuple[int, ...], dim: int, dtype: torch.dtype
 ) -> None:
     tensors = batches_of(shape, [4, 4, 4] if dim == 0 else [3, 1, 8, 5], dtype)
-    stats = nl.ActivationStats(dim=dim)
+    stats = nl.ActivationStats(channel_dim=dim)
     for tensor in tensors:
         stats.update(tensor)
     assert_matches(
@@ -197,11 +197,11 @@ def test_memory_does_not_grow() -> None:
 
 
 def test_bad_inputs() -> None:
-    stats = nl.ActivationStats(dim=2)
-    with pytest.raises(nl.NetlensValueError, match="at least 3 dims"):
+    stats = nl.ActivationStats(channel_dim=2)
+    with pytest.raises(nl.NetlensValueError, match="channel_dim 2, so with at least 3 dims"):
         stats.update(torch.ones(4, 5))
     with pytest.raises(nl.NetlensValueError, match="at least 3 dims"):
-        nl.ActivationStats(dim=-3).update(torch.ones(4, 5))
+        nl.ActivationStats(channel_dim=-3).update(torch.ones(4, 5))
     with pytest.raises(nl.NetlensValueError, match="before compute"):
         stats.compute()
     with pytest.raises(nl.NetlensValueError, match="before compute"):
@@ -210,8 +210,10 @@ def test_bad_inputs() -> None:
         stats.update([1.0, 2.0])  # type: ignore[arg-type]
     with pytest.raises(nl.NetlensTypeError, match="real tensor"):
         nl.ActivationStats().update(torch.ones(2, 2, dtype=torch.complex64))
-    with pytest.raises(nl.NetlensTypeError, match="dim to be an int"):
-        nl.ActivationStats(dim=1.0)  # type: ignore[arg-type]
+    with pytest.raises(nl.NetlensTypeError, match="channel_dim to be an int"):
+        nl.ActivationStats(channel_dim=1.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        nl.ActivationStats(dim=1)  # type: ignore[call-arg]  # the old name is gone
     three = nl.ActivationStats().update(torch.ones(2, 3))
     with pytest.raises(nl.NetlensValueError, match="Expected 3 channels"):
         three.update(torch.ones(2, 4))
@@ -340,10 +342,27 @@ def test_plot_marks_dead_channels() -> None:
     assert small_stats().plot(ax=axes) == (other, axes)
 
 
-def test_result_is_frozen() -> None:
+def test_result_is_frozen_compared_by_identity_with_channels() -> None:
     stats = small_stats()
     with pytest.raises(AttributeError):
         stats.mean = torch.zeros(3)  # type: ignore[misc]
+    assert stats == stats and stats != small_stats()  # eq=False: no tensor comparison
+    assert stats.channels.tolist() == [0, 1, 2] and stats.channels.dtype == torch.int64
+    assert stats.channels.dim() == 1
+
+
+@pytest.mark.parametrize(
+    ("suffix", "magic"), [("png", b"\x89PNG"), ("svg", b"<?xml"), ("pdf", b"%PDF")]
+)
+def test_save_and_notebook_display(tmp_path: Path, suffix: str, magic: bytes) -> None:
+    path = tmp_path / f"stats.{suffix}"
+    small_stats().save(path)
+    assert path.read_bytes().startswith(magic)
+    assert small_stats()._repr_png_().startswith(b"\x89PNG")
+    with pytest.raises(nl.NetlensValueError, match=r"\.png, \.svg or \.pdf"):
+        small_stats().save(tmp_path / "stats.jpg")
+    with pytest.raises(nl.NetlensTypeError, match="Axes"):
+        small_stats().plot(ax="not axes")
 
 
 # -- activation_stats ---------------------------------------------------------------------------
@@ -421,16 +440,21 @@ def test_data_forms_and_all_layers_in_one_pass() -> None:
     assert bool((expected["relu2"].zero_fraction > 0).all())
 
 
-def test_shared_module_counts_every_call_and_dim_override() -> None:
+def test_shared_module_counts_every_call_and_channel_dim_override() -> None:
     from netlens.testing import model_zoo
 
     zoo = model_zoo()["shared"]
     found = nl.activation_stats(zoo.model, [zoo.inputs], "block.0")["block.0"]
     assert int(found.count[0]) == 2 * zoo.inputs.shape[0] * 8 * 8
-    by_width = nl.activation_stats(zoo.model, [zoo.inputs], "block.0", dim={"block.0": 3})
+    by_width = nl.activation_stats(zoo.model, [zoo.inputs], "block.0", channel_dim={"block.0": 3})
     assert by_width["block.0"].num_channels == 8
-    with pytest.raises(nl.NetlensValueError, match="dim's keys"):
-        nl.activation_stats(zoo.model, [zoo.inputs], "block.0", dim={"stem": 1})
+    assert int(by_width["block.0"].count[0]) == 2 * zoo.inputs.shape[0] * 4 * 8  # x C x H
+    for_all = nl.activation_stats(zoo.model, [zoo.inputs], ["stem", "block.0"], channel_dim=-1)
+    assert [found.num_channels for found in for_all.values()] == [8, 8]
+    with pytest.raises(nl.NetlensValueError, match="channel_dim's keys"):
+        nl.activation_stats(zoo.model, [zoo.inputs], "block.0", channel_dim={"stem": 1})
+    with pytest.raises(nl.NetlensTypeError, match="channel_dim to be None or an int"):
+        nl.activation_stats(zoo.model, [zoo.inputs], "block.0", channel_dim={"block.0": "w"})
 
 
 class _WithUnusedLayer(nn.Module):
@@ -513,3 +537,133 @@ def test_huge_values_do_not_overflow() -> None:
         result.std, torch.tensor([1e25, 1.0], dtype=torch.float64), rtol=1e-6, atol=0
     )
     assert result.nan_count.tolist() == [0, 0] and result.inf_count.tolist() == [0, 0]
+
+
+# -- the layer contract ---------------------------------------------------------------------------
+
+
+def _layer_outputs(model: nn.Module, layer: str, data: list[torch.Tensor]) -> list[object]:
+    """Every raw output of ``layer`` over ``data``, with a plain hook (the reference)."""
+    found: list[object] = []
+    module = model.get_submodule(layer)
+    handle = module.register_forward_hook(lambda _m, _a, output: found.append(output))
+    try:
+        with torch.no_grad():
+            for batch in data:
+                model(batch)
+    finally:
+        handle.remove()
+    return found
+
+
+@pytest.mark.parametrize("name", list(contract_zoo()))
+def test_contract_zoo_channels_and_values(name: str) -> None:
+    member = contract_zoo()[name]
+    model, layer = member.model, member.layer
+    data = [member.inputs, member.inputs.flip(0)]
+    with model_unchanged(model):
+        found = nl.activation_stats(
+            model, data, layer, select=member.select, channel_dim=member.channel_dim
+        )[layer]
+    assert found.num_channels == member.channels
+    assert found.channels.tolist() == list(range(member.channels))
+    outputs = []
+    for output in _layer_outputs(model, layer, data):
+        if isinstance(output, dict):
+            output = output["hidden"]
+        elif isinstance(output, tuple):
+            output = output[0]
+        if isinstance(output, nn.utils.rnn.PackedSequence):
+            output = nn.utils.rnn.pad_packed_sequence(output, batch_first=True)[0]
+        outputs.append(output)
+    assert_matches(
+        found, reference(outputs, -1 if output.shape[-1] == member.channels else 1), 1e-6
+    )
+
+
+def test_time_first_and_batch_first_twins_agree() -> None:
+    zoo = contract_zoo()
+    time_first, batch_first = zoo["gru_time_first"], zoo["gru_batch_first"]
+    generator = torch.Generator().manual_seed(2)
+    data = [time_first.inputs, torch.randn(3, 4, 5, generator=generator)]  # T == N, then not
+    a = nl.activation_stats(time_first.model, data, "rnn")["rnn"]
+    b = nl.activation_stats(batch_first.model, data, "rnn")["rnn"]
+    assert a.count.tolist() == b.count.tolist() == [4 * 4 + 3 * 4] * 6
+    for field in ("mean", "std", "min", "max", "zero_fraction"):
+        torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-6, atol=1e-7)
+    # the hidden state (select=1), (layers, N, H) in both: batch axis 1
+    h = nl.activation_stats(time_first.model, data, "rnn", select=1)["rnn"]
+    assert h.num_channels == 6 and h.count.tolist() == [4 + 3] * 6
+
+
+def test_bert_style_linear_has_the_features_as_channels() -> None:
+    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.LayerNorm(16))
+    tokens = torch.randn(2, 5, 8, dtype=torch.float64)
+    found = nl.activation_stats(model.double(), [tokens], ["0", "1", "2"])
+    assert [stats.num_channels for stats in found.values()] == [16, 16, 16]
+    assert int(found["0"].count[0]) == 2 * 5
+    assert_matches(found["0"], reference([model[0](tokens).detach()], -1), rtol=1e-12)
+
+
+def test_dict_block_and_select() -> None:
+    member = contract_zoo()["dict_block"]
+    model, block = member.model, member.model.block
+    with torch.no_grad():
+        output = block(member.inputs)
+    hidden = nl.activation_stats(model, member.inputs, "block")["block"]
+    assert_matches(hidden, reference([output["hidden"]], 1), rtol=1e-6)
+    gate = nl.activation_stats(model, member.inputs, "block", select="gate")["block"]
+    assert gate.num_channels == block.gate_channels
+    assert_matches(gate, reference([output["gate"]], 1), rtol=1e-6)
+    picked = nl.activation_stats(model, member.inputs, "block", select=lambda out: out["gate"])
+    torch.testing.assert_close(picked["block"].mean, gate.mean, rtol=0, atol=0)
+    with pytest.raises(nl.NetlensValueError, match=r"select='nope'"):
+        nl.activation_stats(model, member.inputs, "block", select="nope")
+
+
+def test_works_under_inference_mode() -> None:
+    from netlens.models import LeNet5
+
+    torch.manual_seed(0)
+    model = LeNet5().eval()
+    data = [torch.randn(4, 1, 28, 28) for _ in range(2)]
+    expected = nl.activation_stats(model, data, ["conv1", "fc1"])
+    with model_unchanged(model), torch.inference_mode():
+        found = nl.activation_stats(model, data, ["conv1", "fc1"])
+    for name in expected:
+        torch.testing.assert_close(found[name].mean, expected[name].mean, rtol=0, atol=0)
+        torch.testing.assert_close(found[name].std, expected[name].std, rtol=0, atol=0)
+    # an accumulator fed inside inference mode keeps working outside it, and the other way
+    stats = nl.ActivationStats()
+    with torch.inference_mode():
+        stats.update(torch.randn(300, 3, 1000))
+    stats.update(torch.randn(300, 3, 1000))
+    with torch.inference_mode():
+        stats.update(torch.randn(300, 3, 1000))
+    assert stats.compute().count.tolist() == [900_000] * 3
+
+
+def test_inputs_without_their_batch_dimension_are_refused() -> None:
+    from netlens.models import LeNet5
+
+    model = LeNet5().eval()
+    with model_unchanged(model), pytest.raises(nl.NetlensValueError, match=r"batch dimension"):
+        nl.activation_stats(model, [torch.randn(1, 28, 28)], "conv1")
+
+
+def test_channel_dim_out_of_range_or_on_the_batch_axis() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 3, 3))
+    data = [torch.randn(2, 1, 5, 5)]
+    with pytest.raises(nl.NetlensValueError, match=r"channel_dim in \[-4, 4\)"):
+        nl.activation_stats(model, data, "0", channel_dim=4)
+    with pytest.raises(nl.NetlensValueError, match="differ from its batch axis"):
+        nl.activation_stats(model, data, "0", channel_dim=0)
+    with pytest.raises(nl.NetlensTypeError, match="select to be None"):
+        nl.activation_stats(model, data, "0", select=2.5)  # type: ignore[arg-type]
+
+
+def test_integer_token_inputs() -> None:
+    member = contract_zoo()["token_classifier"]
+    found = nl.activation_stats(member.model, member.inputs, ["embed", "proj"])
+    assert found["embed"].num_channels == 6 and found["proj"].num_channels == 10
+    assert int(found["proj"].count[0]) == member.inputs.numel()

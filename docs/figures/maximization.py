@@ -54,16 +54,15 @@ def class_figure(
         probabilities = model(result.images).softmax(-1)
     figure = Figure(figsize=(12, 2.1), layout="constrained")
     axes = figure.subplots(1, len(result.channels))
-    for ax, image, channel in zip(axes, result.images, result.channels, strict=True):
+    channels = result.channels.tolist()
+    for ax, image, channel in zip(axes, result.images, channels, strict=True):
         picture = image[0] if image.dim() == 3 else image
         ax.imshow(picture.numpy(), cmap="gray", interpolation="nearest")
         ax.set_title(f"{names[channel]}\np={probabilities[channel, channel]:.2f}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     figure.suptitle(title, fontsize=9)
-    summary = ", ".join(
-        f"{names[c]} {probabilities[i, c]:.3f}" for i, c in enumerate(result.channels)
-    )
+    summary = ", ".join(f"{names[c]} {probabilities[i, c]:.3f}" for i, c in enumerate(channels))
     print(f"  softmax of the own class: {summary}")
     return figure
 
@@ -119,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         class_figure(logits, lenet, CIFAR10_CLASSES, "LeNet5 (grey CIFAR-10): class logits"),
         "lenet_classes.png",
     )
-    figure, _ = logits.plot(curves=True)
+    figure = Figure(figsize=(11, 5), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    logits.plot(left)
+    logits.plot_curves(right)
     save(figure, "lenet_classes_curves.png")
 
     digits = run(

@@ -72,7 +72,7 @@ def lenet(models: Path, cifar: Path) -> None:
         model, inputs, window=(6, 6), stride=2, target=labels[picked], layer="relu2"
     )
     print(f"LeNet5: {len(picked)} images, window 6 stride 2: {time.perf_counter() - start:.2f} s")
-    channels = result.channel.tolist() if result.channel is not None else []
+    channels = result.channels.tolist()
     for row, index in enumerate(picked):
         lowest = float(result.probability[row].min())
         print(
@@ -80,7 +80,7 @@ def lenet(models: Path, cifar: Path) -> None:
             f"{float(result.base_score[row]):.3f} unoccluded, {lowest:.3f} at the worst position; "
             f"relu2 channel {channels[row]}"
         )
-    figure, _ = result.plot(class_names=test_set.classes)
+    figure, _ = result.plot_panels(class_names=test_set.classes)
     figure.set_size_inches(13.5, 7.2)
     save(figure, "lenet_panels.png")
 
@@ -93,7 +93,7 @@ def lenet(models: Path, cifar: Path) -> None:
     axes[0].set_title(test_set.classes[int(labels[picked[0]])], fontsize="small")
     for ax, size in zip(axes[1:], (4, 6, 10), strict=True):
         result = nl.occlusion(model, single, window=size, stride=2, target=labels[picked[:1]])
-        result.overlay(ax, sample=0)
+        result.plot(ax, sample=0)
         ax.set_title(f"window {size}, stride 2", fontsize="small")
     save(figure, "lenet_windows.png")
 
@@ -117,7 +117,7 @@ def lstm(models: Path, mnist: Path) -> None:
             f" unoccluded, {float(result.probability[row].min()):.3f} with rows {worst}-"
             f"{worst + 2} erased"
         )
-    figure, _ = result.plot(class_names=test_set.classes)
+    figure, _ = result.plot_panels(class_names=test_set.classes)
     figure.set_size_inches(13.5, 7.2)
     save(figure, "lstm_rows.png")
 

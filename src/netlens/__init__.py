@@ -5,7 +5,7 @@ projections (Zeiler & Fergus 2014), occlusion sensitivity and activation maximis
 ``nn.Module``.
 """
 
-from ._deconvnet import Projection, TopActivations, deconvnet, top_activations
+from ._deconvnet import Projection, deconvnet
 from ._errors import (
     LayerNotFoundError,
     NetlensError,
@@ -20,6 +20,7 @@ from ._maximize import Maximization, maximize_activation
 from ._occlusion import OcclusionMap, occlusion
 from ._record import Recorder, record
 from ._stats import ActivationStats, ChannelStats, activation_stats
+from ._top import TopActivations, top_activations
 from ._version import __version__
 
 __all__ = [

@@ -8,17 +8,23 @@ figure, so ``to_array()`` of grey or RGB tiles works without it (handy for Tenso
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from ._checks import as_real, check_choice, check_int
 from ._errors import NetlensTypeError, NetlensValueError, describe
+from ._outputs import check_channel_dim
+from ._render import Plottable, figure_axes
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["ActivationGrid", "FilterGrid", "grid_shape", "image_grid", "tile_grid"]
 
@@ -34,7 +40,6 @@ _TARGET_TILE_PIXELS = 32
 # ...unless the whole grid would grow beyond this many pixels on its longer side.
 _MAX_GRID_PIXELS = 4096
 _BACKGROUND = 255
-_SAVE_FORMATS = ("png", "svg", "pdf")
 
 
 def grid_shape(
@@ -72,13 +77,7 @@ def grid_shape(
 
 
 def _check_ncols(ncols: object) -> int:
-    if isinstance(ncols, bool) or not isinstance(ncols, int):
-        raise NetlensTypeError(
-            f"Expected ncols to be a positive int or None, but got {describe(ncols)}."
-        )
-    if ncols < 1:
-        raise NetlensValueError(f"Expected ncols to be a positive int or None, but got {ncols}.")
-    return ncols
+    return check_int("ncols", ncols)
 
 
 def _auto_scale(tile_height: int, tile_width: int, nrows: int, ncols: int) -> int:
@@ -160,19 +159,18 @@ def image_grid(
 
 
 def _check_normalize(normalize: object) -> Normalize:
+    expected = "'filter', 'global', 'symmetric' or a (low, high) tuple with low < high"
     if isinstance(normalize, str) and normalize in _NORMALIZE_NAMES:
         return normalize  # type: ignore[return-value]
-    if (
-        isinstance(normalize, tuple)
-        and len(normalize) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in normalize)
-        and normalize[0] < normalize[1]
-    ):
-        return (float(normalize[0]), float(normalize[1]))
-    raise NetlensValueError(
-        "Expected normalize to be 'filter', 'global', 'symmetric' or a (low, high) tuple with "
-        f"low < high, but got {normalize!r}."
-    )
+    if not isinstance(normalize, (str, tuple)):
+        raise NetlensTypeError(
+            f"Expected normalize to be {expected}, but got {describe(normalize)}."
+        )
+    bounds = [as_real(value) for value in normalize] if isinstance(normalize, tuple) else []
+    low, high = bounds if len(bounds) == 2 else (None, None)
+    if low is not None and high is not None and low < high:
+        return (low, high)
+    raise NetlensValueError(f"Expected normalize to be {expected}, but got {normalize!r}.")
 
 
 def _as_array(tensor: torch.Tensor) -> NDArray[np.float64]:
@@ -218,8 +216,11 @@ def _normalized(
     return np.clip(scaled, 0.0, 1.0), value_range
 
 
-class _Grid:
-    """Shared composition and drawing of :class:`FilterGrid` and :class:`ActivationGrid`."""
+class _Grid(Plottable):
+    """Shared composition and drawing of :class:`FilterGrid` and :class:`ActivationGrid`.
+
+    :class:`~netlens._render.Plottable` gives ``save`` and ``_repr_png_`` from :meth:`plot`.
+    """
 
     def __init__(
         self,
@@ -285,21 +286,13 @@ class _Grid:
         Returns:
             The composed picture.
         """
-        if scale is None:
-            scale = self._default_scale()
-        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-            raise NetlensValueError(
-                f"Expected scale to be a positive int or None, but got {scale!r}."
-            )
-        if isinstance(border, bool) or not isinstance(border, int) or border < 0:
-            raise NetlensValueError(
-                f"Expected border to be a non-negative int, but got {border!r}."
-            )
+        scale = self._default_scale() if scale is None else check_int("scale", scale)
+        border = check_int("border", border, minimum=0)
         return tile_grid(
             self._rgb_tiles(), self._positions, self._nrows, self._ncols, scale=scale, border=border
         )
 
-    def plot(self, ax: Any = None) -> tuple[Any, Any]:
+    def plot(self, ax: Axes | None = None) -> tuple[Figure, Axes]:
         """Draw the grid on ``ax``, or on a new matplotlib ``Figure`` (pyplot is not used).
 
         Tiles are upscaled by repeating pixels and shown with ``interpolation="nearest"``, so
@@ -321,18 +314,12 @@ class _Grid:
         array = tile_grid(
             self._rgb_tiles(), self._positions, self._nrows, self._ncols, scale=scale, band=band
         )
-        if ax is None:
-            from matplotlib.figure import Figure
-
-            ratio = array.shape[0] / array.shape[1]
-            if self._heatmap:
-                ratio = min(max(ratio, 0.4), 1.5)
-            longest = 7.0
-            size = (longest, longest * ratio) if ratio <= 1 else (longest / ratio, longest)
-            figure = Figure(figsize=(max(size[0], 2.0), max(size[1], 2.0)), layout="constrained")
-            ax = figure.add_subplot()
-        else:
-            figure = ax.figure
+        ratio = array.shape[0] / array.shape[1]
+        if self._heatmap:
+            ratio = min(max(ratio, 0.4), 1.5)
+        longest = 7.0
+        inches = (longest, longest * ratio) if ratio <= 1 else (longest / ratio, longest)
+        figure, ax = figure_axes(ax, width=max(inches[0], 2.0), height=max(inches[1], 2.0))
         ax.imshow(array, interpolation="nearest", aspect="auto" if self._heatmap else "equal")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -376,21 +363,6 @@ class _Grid:
             )
             figure.colorbar(mappable, ax=ax, shrink=0.8)
         return figure, ax
-
-    def save(self, path: str | os.PathLike[str], *, dpi: float | None = None) -> None:
-        """Write the figure of :meth:`plot` to a PNG, SVG or PDF file, chosen by extension.
-
-        Args:
-            path: Where to write; its suffix picks the format.
-            dpi: Resolution for PNG (matplotlib's default when None).
-        """
-        suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
-        if suffix not in _SAVE_FORMATS:
-            raise NetlensValueError(
-                f"Expected a path ending in .png, .svg or .pdf, but got {os.fspath(path)!r}."
-            )
-        figure, _ = self.plot()
-        figure.savefig(path, format=suffix, dpi=dpi if dpi is not None else "figure")
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -525,11 +497,7 @@ class FilterGrid(_Grid):
         out_channels, in_count = values.shape[:2]
         if in_channels is None:
             in_channels = "rgb" if in_count == 3 else "mean"
-        if in_channels not in ("mean", "separate", "rgb"):
-            raise NetlensValueError(
-                "Expected in_channels to be 'mean', 'separate', 'rgb' or None, but got "
-                f"{in_channels!r}."
-            )
+        check_choice("in_channels", in_channels, ("mean", "separate", "rgb"))
         if in_channels == "separate" and in_count > 1:
             tiles = values.transpose(1, 0, 2, 3).reshape(-1, *values.shape[2:])
             super().__init__(
@@ -617,18 +585,26 @@ class ActivationGrid(_Grid):
     * other ``(N, C, H, W)``: one row per input, one column per channel (one input: near-square).
     * ``(N, F)``: a heatmap of the units of a linear layer, one row per input.
 
+    Activations whose channels are on another axis, such as the channels-last maps
+    ``(N, H, W, C)`` of a ConvNeXt or Swin stage, say so with ``channel_dim`` (here ``-1``), as
+    every function that takes a layer does; the grid then shows them as ``(N, C, H, W)``.
+
     Args:
-        activations: The tensor (detached and copied to the CPU for drawing).
+        activations: The tensor (detached and copied to the CPU for drawing), for example a
+            recorded output (``recorder[name]``, after any ``select``).
         normalize: As for :class:`FilterGrid`: ``"filter"`` (each tile on its own range),
             ``"global"``, ``"symmetric"`` or a fixed ``(low, high)`` range.
         cmap: Matplotlib colormap for single-channel tiles (grey by default).
         ncols: Number of columns; near-square by default.
         titles: Draw the channel (or picture) index above each tile, or these strings.
         rgb: Whether ``(N, 3, H, W)`` are RGB pictures (default) or three feature maps each.
+        channel_dim: The channel axis of ``activations`` (negative counts from the end); by
+            default 1 for 4-D and 2-D tensors, 0 for one input's ``(C, H, W)``.
 
     Raises:
-        NetlensTypeError: For a non-tensor.
-        NetlensValueError: For a tensor that is not 2-, 3- or 4-D, or an unknown option.
+        NetlensTypeError: For a non-tensor, or an option of the wrong type.
+        NetlensValueError: For a tensor that is not 2-, 3- or 4-D, a ``channel_dim`` outside
+            it, or an unknown option.
 
     Example:
         >>> import torch
@@ -636,6 +612,8 @@ class ActivationGrid(_Grid):
         >>> grid = nl.ActivationGrid(torch.rand(16, 7, 7))
         >>> grid.shape, grid.to_array(scale=1).shape
         ((4, 4), (31, 31, 3))
+        >>> nl.ActivationGrid(torch.rand(2, 7, 7, 16), channel_dim=-1).shape  # channels last
+        (2, 16)
     """
 
     def __init__(
@@ -647,12 +625,15 @@ class ActivationGrid(_Grid):
         ncols: int | None = None,
         titles: bool | Sequence[str] = True,
         rgb: bool | None = None,
+        channel_dim: int | None = None,
     ) -> None:
         if not isinstance(activations, torch.Tensor):
             raise NetlensTypeError(
                 f"Expected a torch.Tensor of activations, but got {describe(activations)}."
             )
-        values = _as_array(activations)
+        if rgb is not None and not isinstance(rgb, bool):
+            raise NetlensTypeError(f"Expected rgb to be None or a bool, but got {describe(rgb)}.")
+        values = _as_array(_channels_in_place(activations, check_channel_dim(channel_dim)))
         if values.ndim == 2:
             super().__init__(
                 values[None],
@@ -704,3 +685,16 @@ class ActivationGrid(_Grid):
             positions=[divmod(i, columns) for i in range(count)],
             titles=_titles(titles, count, [str(i) for i in range(count)]),
         )
+
+
+def _channels_in_place(activations: torch.Tensor, channel_dim: int | None) -> torch.Tensor:
+    """``activations`` with the channel axis where the grid expects it (1, or 0 for 3-D)."""
+    rank = activations.dim()
+    if channel_dim is None or rank not in (2, 3, 4):
+        return activations
+    if not -rank <= channel_dim < rank:
+        raise NetlensValueError(
+            f"Expected channel_dim in [{-rank}, {rank}) for activations of shape "
+            f"{tuple(activations.shape)}, but got {channel_dim}."
+        )
+    return activations.movedim(channel_dim, 0 if rank == 3 else 1)

@@ -2,33 +2,48 @@
 
 Every requested channel gets its own input and all of them are optimised together as one batch
 (Olah, Mordvintsev & Schubert 2017, "Feature Visualization", for the parametrisations and the
-transforms). Two things make it fast: the forward pass stops as soon as the target layer has run
-(later layers cannot change the objective), and for a plain ``nn.Conv2d`` or ``nn.Linear``
-target only the one output channel each input is optimised for is computed.
+transforms). The layer's output is read through the layer contract (:mod:`netlens._outputs`):
+its channels are those every other technique sees. Two things make it fast: the forward pass
+stops as soon as the target layer has run (later layers cannot change the objective), and for a
+plain ``nn.Conv2d`` or ``nn.Linear`` target whose channels are its own output features only the
+one output channel each input is optimised for is computed.
 """
 
 from __future__ import annotations
 
 import math
-import operator
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, SupportsIndex, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._errors import NetlensError, NetlensTypeError, NetlensValueError, describe
+from ._checks import (
+    as_int,
+    as_real,
+    check_channels,
+    check_channels_fit,
+    check_choice,
+    check_gradients_allowed,
+    check_int,
+    check_real,
+)
+from ._errors import NetlensTypeError, NetlensValueError, describe
 from ._grid import ActivationGrid, Normalize
-from ._layers import LayerSpec, check_model, find_layer
-from ._model import evaluating, frozen, model_dtype_device, progress_bar
-from ._record import Recorder, record
+from ._hooks import Hooks
+from ._layers import LayerSpec, check_model
+from ._model import batched_inputs, evaluating, frozen, model_dtype_device, progress_bar
+from ._outputs import LayerView, Select, layer_view
+from ._record import StopForward, Target
+from ._render import Plottable, figure_axes
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["Maximization", "maximize_activation"]
@@ -45,84 +60,117 @@ _INIT_STD = 0.01
 # Random scale range and largest rotation (degrees) of the default transforms.
 _SCALE_RANGE = (0.9, 1.1)
 _MAX_DEGREES = 10.0
+# The batch of zero inputs the first, full forward pass runs on (2, so that a batch axis cannot
+# be mistaken for a size-1 dim).
+_PROBE_BATCH = 2
+# The longer side of a new figure of the synthesised inputs, in inches.
+_LONGEST_SIDE = 7.0
 
 
-@dataclass(frozen=True)
-class Maximization:
+@dataclass(frozen=True, eq=False)
+class Maximization(Plottable):
     """The inputs that maximise each requested channel, with the objective along the way.
 
+    Activation maximisation has no inputs of the user's: every tensor here is in the model's
+    dtype and on the model's device (``channels`` excepted: int64 on the CPU).
+
+    For ``channels=`` an int, the channel dimension is dropped; for a list or None (all channels)
+    it is kept, ``K`` being the number of channels.
+
     Attributes:
-        images: The synthesised inputs, ``(n, *input_shape)``, one per requested channel, in the
-            model's dtype and on its device (inside ``value_range`` when one was given).
-        activations: The objective each channel reaches on its final input, ``(n,)``, computed
-            without transforms.
-        history: The objective at every step, ``(steps, n)`` (on the transformed inputs that
-            the step optimised).
-        channels: The channel (or unit) each input was optimised for.
+        images: The synthesised inputs, ``(K, *input_shape)`` (``input_shape`` for an int
+            channel), inside ``value_range`` when one was given.
+        activations: The objective each channel reaches on its final input, computed without
+            transforms: ``(K,)`` (0-d for an int channel).
+        history: The objective at every step, on the transformed inputs that the step optimised:
+            ``(steps, K)`` (``(steps,)`` for an int channel).
+        channels: The channel (or unit) each input was optimised for, a 1-D int64 tensor (one
+            entry for an int channel).
         layer: The name of the target layer.
     """
 
     images: torch.Tensor
     activations: torch.Tensor
     history: torch.Tensor
-    channels: tuple[int, ...]
+    channels: torch.Tensor
     layer: str
+
+    def __repr__(self) -> str:
+        return (
+            f"Maximization(layer={self.layer!r}, channels={self.channels.tolist()}, "
+            f"images={tuple(self.images.shape)}, steps={self.history.shape[0]})"
+        )
+
+    @property
+    def _single(self) -> bool:
+        """Whether the result is of one int channel (its channel dimension dropped)."""
+        return self.activations.dim() == 0
 
     def plot(
         self,
         ax: Any = None,
         *,
-        curves: bool = False,
         ncols: int | None = None,
         normalize: Normalize = "filter",
-    ) -> tuple[Figure, Any]:
-        """Show the inputs as a grid titled by channel, optionally beside the objective curves.
+    ) -> tuple[Figure, Axes]:
+        """Show the inputs as a grid of pictures titled by channel, on one ``Axes``.
 
         Images with 1 or 3 channels are drawn grey or RGB, ``(T, F)`` sequences as grey
-        pictures (time downwards), other channel counts as their mean over channels.
+        pictures (time downwards), vectors as strips, other channel counts as their mean over
+        channels. The objective per step is :meth:`plot_curves`.
 
         Args:
-            ax: A matplotlib ``Axes`` to draw the grid on; by default a new ``Figure``.
-            curves: Also draw the objective per step of every channel, on a second ``Axes``
-                (a new figure is made; not allowed together with ``ax``).
+            ax: A matplotlib ``Axes`` to draw on; by default a new ``Figure``.
             ncols: Tiles per row (near-square by default).
             normalize: As for :class:`ActivationGrid`: ``"filter"`` (each picture on its own
                 range, the default), ``"global"``, ``"symmetric"`` or a fixed ``(low, high)``.
 
         Returns:
-            ``(figure, axes)``: the grid's ``Axes``, or an array ``[grid, curves]`` of two
-            ``Axes`` with ``curves=True``.
-
-        Raises:
-            NetlensValueError: ``curves=True`` together with ``ax``.
+            ``(figure, axes)``.
         """
+        images = self.images.detach().cpu()
+        tiles = _as_tiles(images[None] if self._single else images)
         grid = ActivationGrid(
-            _as_tiles(self.images.detach().cpu()),
+            tiles,
             normalize=normalize,
             ncols=ncols,
-            titles=[str(channel) for channel in self.channels],
+            titles=[str(channel) for channel in self.channels.tolist()],
         )
-        if not curves:
-            return grid.plot(ax)
-        if ax is not None:
-            raise NetlensValueError(
-                "Expected ax=None with curves=True (the curves need a second Axes), but got "
-                "an Axes."
-            )
-        from matplotlib.figure import Figure
+        figure, axes = figure_axes(ax, width=_LONGEST_SIDE, height=_LONGEST_SIDE)
+        grid.plot(axes)
+        if ax is None:
+            # A new figure takes the shape of the drawn grid (tiles and their titles).
+            left, right = axes.get_xlim()
+            bottom, top = axes.get_ylim()
+            ratio = abs(bottom - top) / abs(right - left)
+            longest = _LONGEST_SIDE
+            width, height = (longest, longest * ratio) if ratio <= 1 else (longest / ratio, longest)
+            figure.set_size_inches(max(width, 2.0), max(height, 2.0))
+        return figure, axes
 
-        figure = Figure(figsize=(11, 5), layout="constrained")
-        axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
-        grid.plot(axes[0])
-        history = self.history.detach().cpu().double().numpy()
+    def plot_curves(self, ax: Any = None) -> tuple[Figure, Axes]:
+        """Draw the objective of every channel per step, one line each, on one ``Axes``.
+
+        The curves are noisy with transforms: every step sees freshly transformed inputs.
+
+        Args:
+            ax: A matplotlib ``Axes`` to draw on; by default a new ``Figure``.
+
+        Returns:
+            ``(figure, axes)``.
+        """
+        figure, axes = figure_axes(ax, width=6.0, height=4.0)
+        history = self.history.detach().to("cpu", torch.float64).numpy()
+        if self._single:
+            history = history[:, None]
         steps = np.arange(1, history.shape[0] + 1)
-        for index, channel in enumerate(self.channels):
-            axes[1].plot(steps, history[:, index], linewidth=0.8, label=str(channel))
-        axes[1].set_xlabel("step")
-        axes[1].set_ylabel("objective")
-        axes[1].set_title(f"{self.layer}: objective per step")
+        for index, channel in enumerate(self.channels.tolist()):
+            axes.plot(steps, history[:, index], linewidth=0.8, label=str(channel))
+        axes.set_xlabel("step")
+        axes.set_ylabel("objective")
+        axes.set_title(f"{self.layer}: objective per step")
         if len(self.channels) <= 10:
-            axes[1].legend(title="channel", fontsize="small")
+            axes.legend(title="channel", fontsize="small")
         return figure, axes
 
 
@@ -304,104 +352,43 @@ class _Adam:
 # -- running the model up to the target layer --------------------------------------------------
 
 
-class _StopForward(BaseException):
-    """Raised from a hook once the target layer has run.
+def _probe(
+    target: Target, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> None:
+    """Run the whole model once on zero inputs: count the layer's calls, check ``input_shape``.
 
-    A ``BaseException``, so that a model's own ``except Exception`` cannot swallow it.
+    A failure before the target layer is a matter of ``input_shape`` (an input the model does
+    not take, or one without its batch dimension reaching a convolution or recurrent layer); a
+    failure at or after it (``select=``, ``channel_dim=``) is reported as it is.
     """
-
-
-class _Target:
-    """Runs the model just far enough to get the target layer's output for every input.
-
-    The output is arranged channels-first, ``(n, C, *map)``: recurrent layers and ``nn.Linear``
-    have their units on the last dim, every other layer on dim 1. The recorder's hooks (and its
-    copy-on-write mode) are in place only during each forward pass, not while Adam steps.
-    """
-
-    def __init__(self, model: nn.Module, name: str, module: nn.Module, recorder: Recorder) -> None:
-        self.model = model
-        self.name = name
-        self.module = module
-        self.recorder = recorder
-        self.calls = 1
-        self._seen = 0
-
-    def _stop(self, module: nn.Module, args: Any, output: Any) -> None:
-        self._seen += 1
-        if self._seen >= self.calls:
-            raise _StopForward
-
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        self._seen = 0
-        with self.recorder:
-            # registered after the recorder's hook, so that the output is stored first
-            handle = self.module.register_forward_hook(self._stop)
-            try:
-                with suppress(_StopForward):
-                    self.model(inputs)
-            finally:
-                handle.remove()
-            output = self.recorder[self.name]
-        return _channels_first(self.module, output)
-
-    def probe(self, inputs: torch.Tensor, input_shape: tuple[int, ...]) -> torch.Tensor:
-        """Run the whole model once: count the target's calls and check the shapes fit."""
-        with self.recorder:
-            try:
-                with torch.no_grad():
-                    self.model(inputs)
-            except NetlensError:
-                raise
-            except Exception as error:
-                # A model may fail after the target layer (a linear layer sized for another
-                # input size); the layer's output is all we need.
-                if self.name not in self.recorder:
-                    raise NetlensValueError(
-                        "Expected input_shape to be the shape of one input of the model without "
-                        f"the batch dimension, but got {input_shape}: the model raised "
-                        f"{type(error).__name__} before reaching layer {self.name!r}: {error}"
-                    ) from error
-        if self.name not in self.recorder:
-            raise NetlensValueError(
-                f"Expected layer {self.name!r} to run in the model's forward pass, but it did not "
-                "run on a batch of inputs of the given input_shape."
+    inputs = torch.zeros((_PROBE_BATCH, *shape), dtype=dtype, device=device)
+    reached: list[bool] = []
+    try:
+        with (
+            batched_inputs(target.model, tuple(inputs.shape), unbatched_hint=None),
+            Hooks() as hooks,
+        ):
+            # added after batched_inputs' checks, so that it records only inputs they let pass
+            hooks.add(
+                target.view.module.register_forward_pre_hook(lambda m, a: reached.append(True))
             )
-        self.calls = len(self.recorder.calls(self.name))
-        output = self.recorder[self.name]
-        if output.dim() < 2:
-            raise NetlensValueError(
-                f"Expected layer {self.name!r} to return a batch of outputs with at least 2 "
-                f"dims (batch, channels, ...), but it returned {describe(output)}."
-            )
-        arranged = _channels_first(self.module, output)
-        if arranged.shape[0] != inputs.shape[0]:
-            raise NetlensValueError(
-                f"Expected input_shape to be the shape of one input without the batch "
-                f"dimension, but got {input_shape}: a batch of {inputs.shape[0]} such inputs "
-                f"gave layer {self.name!r} an output {tuple(output.shape)} whose batch size is "
-                f"{arranged.shape[0]} (is the rank of input_shape right for the model?)."
-            )
-        return arranged
-
-
-def _channels_first(module: nn.Module, output: torch.Tensor) -> torch.Tensor:
-    if isinstance(module, nn.RNNBase):
-        if module.batch_first:
-            return output.movedim(-1, 1)  # (N, T, H) -> (N, H, T)
-        return output.permute(1, 2, 0)  # (T, N, H) -> (N, H, T)
-    if isinstance(module, nn.Linear):
-        return output.movedim(-1, 1)
-    return output
+            target.probe(inputs, f"a batch of inputs of input_shape {shape}")
+    except NetlensValueError as error:
+        if reached:
+            raise
+        raise NetlensValueError(
+            "Expected input_shape to be the shape of one input of the model without its batch "
+            f"dimension, but got {shape}: a batch of such inputs, {tuple(inputs.shape)}, does "
+            f"not fit the model. {error}"
+        ) from error
 
 
 class _SlicedTarget:
     """The target's output computed for one channel per input only.
 
     The forward pass stops at the target's input; then input ``i`` meets only the weights of
-    its own channel: a grouped convolution, or a row of the linear layer. Used for a plain
-    ``nn.Conv2d`` (zero padding, ``groups=1``) or ``nn.Linear`` called once per forward and
-    carrying no hooks of its own, where it equals the full layer.
+    its own channel: a grouped convolution, or a row of the linear layer. Used only where it
+    equals the full layer under the layer contract (:meth:`applies`).
     """
 
     def __init__(
@@ -413,31 +400,44 @@ class _SlicedTarget:
         self._captured: list[torch.Tensor] = []
 
     @staticmethod
-    def applies(module: nn.Module, calls: int, hooked: bool) -> bool:
-        """Whether computing one channel per input equals running the layer itself."""
+    def applies(view: LayerView, output: torch.Tensor, calls: int, hooked: bool) -> bool:
+        """Whether computing one channel per input equals the full layer under ``view``.
+
+        ``output`` is the layer's selected output on the probe's inputs.
+        """
+        module = view.module
         # A subclass may override forward, and a hook of the user's own on the layer could
-        # change its output: such layers run in full.
-        if calls != 1 or hooked:
+        # change its output: such layers run in full. So do layers read through select=, and
+        # those whose channel axis (by kind or channel_dim=) is not their own output feature
+        # axis (a Linear on (N, T, D) read with channel_dim=1 has the tokens as channels).
+        if calls != 1 or hooked or view.select is not None:
             return False
+        batch, channel = view.dims(output)
         if type(module) is nn.Linear:
-            return True
-        return type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+            return batch == 0 and channel == output.dim() - 1
+        return (
+            type(module) is nn.Conv2d
+            and module.groups == 1
+            and module.padding_mode == "zeros"
+            and (batch, channel) == (0, 1)
+        )
 
     @contextmanager
     def stopping(self) -> Iterator[None]:
+        """Keep the hook that captures the layer's input and stops the forward pass."""
+
         def hook(module: nn.Module, args: Any) -> None:
             self._captured.append(args[0])
-            raise _StopForward
+            raise StopForward
 
-        handle = self.module.register_forward_pre_hook(hook)
-        try:
+        with Hooks() as hooks:
+            hooks.add(self.module.register_forward_pre_hook(hook))
             yield
-        finally:
-            handle.remove()
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(n, 1, *map)``: channel ``channels[i]`` of input ``i``."""
         self._captured.clear()
-        with suppress(_StopForward):
+        with suppress(StopForward):
             self.model(inputs)
         if not self._captured:
             raise NetlensValueError(
@@ -451,7 +451,7 @@ class _SlicedTarget:
             out = (features * weight.view(shape)).sum(-1)
             if bias is not None:
                 out = out + bias.view(shape[:-1])
-            return out.unsqueeze(1)  # (n, 1, *map): channel i of input i
+            return out.unsqueeze(1)
         conv = self.module
         count = features.shape[0]
         # channels_last: on CPU a convolution with many groups ran about 3x faster in this
@@ -502,42 +502,6 @@ def _total_variation(images: torch.Tensor, spatial: int) -> torch.Tensor:
 # -- validation --------------------------------------------------------------------------------
 
 
-def _as_int(value: object) -> int | None:
-    """``value`` as an int when it is an integer (Python, numpy, one-element tensor), not a bool."""
-    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:  # a float tensor
-        return None
-
-
-def _as_real(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        return None
-    return float(value)
-
-
-def _check_positive_int(name: str, value: object, *, zero: bool = False) -> int:
-    number = _as_int(value)
-    if number is None:
-        raise NetlensTypeError(f"Expected {name} to be an int, but got {describe(value)}.")
-    if number < 0 or (number == 0 and not zero):
-        bound = ">= 0" if zero else "> 0"
-        raise NetlensValueError(f"Expected {name} {bound}, but got {number}.")
-    return number
-
-
-def _check_real(name: str, value: object, *, positive: bool) -> float:
-    number = _as_real(value)
-    if number is None:
-        raise NetlensTypeError(f"Expected {name} to be a number, but got {describe(value)}.")
-    if not math.isfinite(number) or number < 0 or (positive and number == 0):
-        bound = "a finite number > 0" if positive else "a finite number >= 0"
-        raise NetlensValueError(f"Expected {name} to be {bound}, but got {value}.")
-    return number
-
-
 def _check_input_shape(input_shape: object) -> tuple[int, ...]:
     if isinstance(input_shape, torch.Size):
         input_shape = tuple(input_shape)
@@ -546,7 +510,7 @@ def _check_input_shape(input_shape: object) -> tuple[int, ...]:
             "Expected input_shape to be a non-empty tuple of ints, the shape of one input "
             f"without the batch dimension such as (1, 28, 28), but got {describe(input_shape)}."
         )
-    sizes = [_as_int(size) for size in input_shape]
+    sizes = [as_int(size) for size in input_shape]
     if any(size is None or size <= 0 for size in sizes):
         raise NetlensValueError(
             f"Expected input_shape to hold positive ints, but got {tuple(input_shape)}."
@@ -562,21 +526,32 @@ def _check_value_range(value_range: object) -> tuple[float, float] | None:
             "Expected value_range to be None or a pair (low, high), but got "
             f"{describe(value_range)}."
         )
-    low, high = (_check_bound(bound) for bound in value_range)
+    bounds = [as_real(bound) for bound in value_range]
+    if any(bound is None for bound in bounds):
+        raise NetlensTypeError(
+            f"Expected value_range bounds to be numbers, but got {describe(value_range)}."
+        )
+    low, high = (cast(float, bound) for bound in bounds)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise NetlensValueError(
+            f"Expected value_range bounds to be finite numbers, but got {tuple(value_range)}."
+        )
     if not low < high:
         raise NetlensValueError(
-            f"Expected value_range (low, high) with low < high, but got {value_range}."
+            f"Expected value_range (low, high) with low < high, but got {tuple(value_range)}."
         )
     return low, high
 
 
-def _check_bound(bound: object) -> float:
-    number = _as_real(bound)
-    if number is None or not math.isfinite(number):
-        raise NetlensValueError(
-            f"Expected value_range bounds to be finite numbers, but got {bound!r}."
+def _check_objective(objective: object) -> Objective:
+    if callable(objective):
+        return cast(Callable[[torch.Tensor], torch.Tensor], objective)
+    if not isinstance(objective, str):
+        raise NetlensTypeError(
+            f"Expected objective to be one of {_OBJECTIVES} or a callable, but got "
+            f"{describe(objective)}."
         )
-    return number
+    return check_choice("objective", objective, _OBJECTIVES)
 
 
 def _check_transforms(transforms: object, input_shape: tuple[int, ...]) -> tuple[str, ...]:
@@ -606,27 +581,6 @@ def _check_transforms(transforms: object, input_shape: tuple[int, ...]) -> tuple
     return tuple(name for name in _TRANSFORMS if name in transforms)
 
 
-def _check_channels(channels: object) -> list[int] | None:
-    if channels is None:
-        return None
-    single = _as_int(channels)
-    if single is not None:
-        return [single]
-    items: list[object] | None = None
-    if isinstance(channels, torch.Tensor) and not channels.is_floating_point():
-        items = list(channels.flatten().tolist())
-    elif isinstance(channels, (list, tuple, range)):
-        items = list(channels)
-    numbers = [_as_int(item) for item in items or []]
-    if items is None or any(number is None for number in numbers):
-        raise NetlensTypeError(
-            f"Expected channels to be None, an int or a list of ints, but got {describe(channels)}."
-        )
-    if not numbers:
-        raise NetlensValueError("Expected at least one channel, but got an empty list.")
-    return [number for number in numbers if number is not None]
-
-
 def _channel_seed(seed: int, channel: int) -> int:
     """A well-mixed 64-bit seed per (seed, channel).
 
@@ -654,6 +608,8 @@ def maximize_activation(
     value_range: tuple[float, float] | None = None,
     seed: int | None = None,
     progress: bool = False,
+    select: Select | None = None,
+    channel_dim: int | None = None,
     blur_every: int = 0,
     blur_sigma: float = 0.5,
 ) -> Maximization:
@@ -663,8 +619,15 @@ def maximize_activation(
     parameter of channel ``channels[i]`` only. Each step runs the model in eval mode (dropout
     off, BatchNorm on its running statistics) with frozen parameters, and only as far as the
     target layer: the forward pass stops right after it, and for a plain ``nn.Conv2d`` or
-    ``nn.Linear`` only each input's own channel is computed. The model is left exactly as it
-    was, also when this raises.
+    ``nn.Linear`` whose channels are its own output features only each input's own channel is
+    computed. The model is left exactly as it was, also when this raises.
+
+    The layer's output is read by the layer contract, as in every technique: a tuple or list
+    gives its first tensor, a mapping its first tensor value, a ``PackedSequence`` its padded
+    tensor (``select=`` picks another part); the channel axis follows from the module's kind
+    (dim 1 for the convolution family, the last dim for ``nn.Linear``, transformers-style
+    ``Conv1D``, recurrent layers, attention, ...) or from ``channel_dim=``; the batch axis of a
+    recurrent layer with ``batch_first=False`` is dim 1.
 
     ``value_range=(low, high)`` keeps the inputs strictly inside the box by a smooth
     parametrisation, ``low + (high - low) * (tanh(z) + 1) / 2`` of the unconstrained ``z``,
@@ -673,18 +636,17 @@ def maximize_activation(
     whose pixels cannot be clipped one by one.
 
     Args:
-        model: Any ``nn.Module`` taking batches ``(n, *input_shape)``.
+        model: Any ``nn.Module`` taking floating-point batches ``(n, *input_shape)``.
         layer: The target layer, as for :func:`find_layers`; must select exactly one layer.
-        channels: Channel (or unit) indices; all channels of the layer by default. Channels are
-            dim 1 of the layer's output, except for ``nn.Linear`` and recurrent layers (LSTM,
-            GRU, RNN), whose units are the last dim (a recurrent layer's map is then over time).
+        channels: A channel (or unit) index, or a list of them; all channels of the layer by
+            default. An int drops the channel dimension of the result, a list or None keeps it.
         input_shape: The shape of one input without the batch dimension: ``(C, H, W)`` for
             images (any C and size), ``(T, F)`` for sequences.
         objective: ``"mean"`` of the channel's map (default), ``"center"``: the unit at the
             centre of the map (the value itself for a linear unit), or a function from the
-            selected maps ``(n, *map)`` (row ``i``: channel ``channels[i]`` of input ``i``) to
-            one value per input ``(n,)``, for example ``lambda maps: maps[:, -1]`` for the last
-            time step of a recurrent unit.
+            selected maps ``(n, *map)`` (row ``i``: channel ``channels[i]`` of input ``i``, the
+            layer's output arranged ``(n, C, *map)``) to one value per input ``(n,)``, for
+            example ``lambda maps: maps[:, -1]`` for the last time step of a recurrent unit.
         steps: Adam steps.
         lr: Adam's learning rate.
         param: ``"pixel"`` (the input is the parameter) or ``"fourier"`` (a spectrum scaled by
@@ -702,19 +664,25 @@ def maximize_activation(
         seed: Makes the run repeatable; the global random state is never touched. Each channel
             draws from its own generator, so a channel's input is the same alone or in a batch.
         progress: Show a progress bar (needs tqdm).
+        select: Which part of the layer's output to maximise, for layers that return several:
+            an index (into a tuple or list), a key (of a mapping) or a function of the output.
+        channel_dim: The channel axis of the layer's output, where the module's kind does not
+            tell it (``-1`` for channels-last stages).
         blur_every: Blur the inputs every this many steps (0: never), a regulariser against
             high frequencies. With ``value_range`` the blur applies before the squash.
         blur_sigma: Standard deviation in pixels of that Gaussian blur.
 
     Returns:
-        A :class:`Maximization` with the inputs, the objective reached and its history.
+        A :class:`Maximization` with the inputs, the objective reached and its history, in the
+        model's dtype and on its device (there are no user inputs to follow).
 
     Raises:
         LayerNotFoundError: See :func:`find_layers`.
         NetlensValueError: A layer spec selecting several layers, a channel out of range, an
             ``input_shape`` that does not fit the model, ``steps`` or ``lr`` not positive, a
             ``value_range`` with ``low >= high``, an unknown ``param``, transform or objective
-            name, or an objective function that does not return one value per channel.
+            name, an objective function that does not return one value per channel, or a call
+            inside ``torch.inference_mode()`` (which allows no gradients).
         NetlensTypeError: Arguments of the wrong type.
 
     Example:
@@ -725,38 +693,36 @@ def maximize_activation(
         ...     net, "conv1", [0, 1, 2], input_shape=(1, 28, 28), steps=8,
         ...     value_range=(-1, 1), seed=0,
         ... )
-        >>> result.images.shape, result.history.shape
-        (torch.Size([3, 1, 28, 28]), torch.Size([8, 3]))
+        >>> result.images.shape, result.history.shape, result.channels
+        (torch.Size([3, 1, 28, 28]), torch.Size([8, 3]), tensor([0, 1, 2]))
         >>> bool((result.images.abs() < 1).all())
         True
+        >>> one = nl.maximize_activation(net, "conv1", 4, input_shape=(1, 28, 28), steps=2)
+        >>> one.images.shape, one.activations.shape, one.history.shape  # no channel dim
+        (torch.Size([1, 28, 28]), torch.Size([]), torch.Size([2]))
     """
     check_model(model)
-    name, module = find_layer(model, layer)
-    requested = _check_channels(channels)
+    view = layer_view(model, layer, select=select, channel_dim=channel_dim)
+    requested, listed = (None, True) if channels is None else check_channels("channels", channels)
     shape = _check_input_shape(input_shape)
-    steps = _check_positive_int("steps", steps)
-    lr = _check_real("lr", lr, positive=True)
-    l2 = _check_real("l2", l2, positive=False)
-    tv = _check_real("tv", tv, positive=False)
+    steps = check_int("steps", steps)
+    lr = check_real("lr", lr, positive=True)
+    l2 = check_real("l2", l2)
+    tv = check_real("tv", tv)
     bounds = _check_value_range(value_range)
-    if param not in _PARAMS:
-        raise NetlensValueError(f"Expected param to be one of {list(_PARAMS)}, but got {param!r}.")
+    param = check_choice("param", param, _PARAMS)
     names = _check_transforms(transforms, shape)
-    if not callable(objective) and objective not in _OBJECTIVES:
-        raise NetlensValueError(
-            f"Expected objective to be one of {list(_OBJECTIVES)} or a callable, but got "
-            f"{describe(objective)}."
-        )
-    if seed is None:
-        seed = secrets.randbits(63)
-    seed = _check_positive_int("seed", seed, zero=True)
-    blur_every = _check_positive_int("blur_every", blur_every, zero=True)
-    blur_sigma = _check_real("blur_sigma", blur_sigma, positive=True)
+    objective = _check_objective(objective)
+    seed = check_int("seed", secrets.randbits(63) if seed is None else seed, minimum=0)
+    blur_every = check_int("blur_every", blur_every, minimum=0)
+    blur_sigma = check_real("blur_sigma", blur_sigma, positive=True)
+    check_gradients_allowed("maximize_activation")
 
     dtype, device = model_dtype_device(model)
     dtype = dtype or torch.get_default_dtype()
     device = device or torch.device("cpu")
     spatial = _spatial_dims(len(shape))
+    module = view.module
     hooked = bool(module._forward_hooks or module._forward_pre_hooks)
 
     with ExitStack() as stack:
@@ -767,23 +733,19 @@ def maximize_activation(
             # cuDNN computes an RNN's backward only in training mode; the native kernels do
             # it in eval mode too, so dropout stays off and results are those of eval mode.
             stack.enter_context(torch.backends.cudnn.flags(enabled=False))
-        target = _Target(model, name, module, record(model, name, detach=False))
-        probed = target.probe(torch.zeros((2, *shape), dtype=dtype, device=device), shape)
-        width = probed.shape[1]
+        target = Target(model, view)
+        _probe(target, shape, dtype, device)
+        output = target.recorder[view.name]
+        width = view.channels(output)
         chosen = list(range(width)) if requested is None else requested
-        for channel in chosen:
-            if not 0 <= channel < width:
-                raise NetlensValueError(
-                    f"Expected channels in [0, {width}) for layer {name!r} with {width} "
-                    f"channels, but got {channel}."
-                )
+        check_channels_fit("channels", chosen, width, view.name)
         index = torch.tensor(chosen, device=device)
-        runner: _Target | _SlicedTarget = target
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and _SlicedTarget.applies(
-            module, target.calls, hooked
-        ):
-            runner = _SlicedTarget(model, module, index)
+        runner: Target | _SlicedTarget = target
+        sliced = _SlicedTarget.applies(view, output, target.calls, hooked)
+        if sliced:
+            runner = _SlicedTarget(model, cast("nn.Conv2d | nn.Linear", module), index)
             stack.enter_context(runner.stopping())
+        target.recorder.clear()  # the probe's tensors are not needed any more
 
         generators = [torch.Generator().manual_seed(_channel_seed(seed, c)) for c in chosen]
         raw_shape = shape if param == "pixel" else _spectrum_shape(shape)
@@ -802,12 +764,12 @@ def maximize_activation(
             return low + (high - low) * (torch.tanh(raw) + 1) / 2
 
         def objective_of(inputs: torch.Tensor) -> torch.Tensor:
-            maps = _select(runner(inputs), index, isinstance(runner, _SlicedTarget))
+            maps = _select(runner(inputs), index, sliced)
             return _objective_values(objective, maps)
 
         optimizer = _Adam(parametrization.raw, lr)
         history: list[torch.Tensor] = []
-        for step in progress_bar(range(steps), enabled=progress, desc=f"maximize {name}"):
+        for step in progress_bar(range(steps), enabled=progress, desc=f"maximize {view.name}"):
             current = images()
             inputs = current
             if names:
@@ -832,12 +794,14 @@ def maximize_activation(
             if blur_every and (step + 1) % blur_every == 0 and step + 1 < steps:
                 parametrization.blur_(blur_sigma, spatial)
         with torch.no_grad():
-            final = images()
-            reached = objective_of(final)
+            final = images().detach()
+            reached = objective_of(final).detach()
+        target.recorder.clear()
+    trace = torch.stack(history)
     return Maximization(
-        images=final.detach(),
-        activations=reached.detach(),
-        history=torch.stack(history),
-        channels=tuple(chosen),
-        layer=name,
+        images=final if listed else final[0],
+        activations=reached if listed else reached[0],
+        history=trace if listed else trace[:, 0],
+        channels=torch.tensor(chosen, dtype=torch.long),
+        layer=view.name,
     )

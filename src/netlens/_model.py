@@ -71,17 +71,25 @@ def progress_bar(iterable: Iterable[T], *, enabled: bool, **kwargs: Any) -> Iter
     return tqdm(iterable, **kwargs)  # type: ignore[no-any-return]
 
 
+_UNBATCHED_HINT = "one input without its batch dimension? Add it with inputs.unsqueeze(0)."
+
+
 @contextmanager
-def batched_inputs(model: nn.Module, shape: tuple[int, ...]) -> Iterator[None]:
+def batched_inputs(
+    model: nn.Module, shape: tuple[int, ...], *, unbatched_hint: str | None = _UNBATCHED_HINT
+) -> Iterator[None]:
     """Refuse, with a clear message, inputs that reach a layer without their batch dimension.
 
     PyTorch's convolutions and recurrent layers also accept one unbatched input (``(C, H, W)``
     for ``Conv2d``); a technique handed such an input would take its channels for the batch.
     While the block runs, every convolution and recurrent layer checks the rank of what it
-    receives; ``shape`` is the shape of the inputs the user passed, for the message. Meant for
+    receives, and every embedding refuses floating-point inputs (token ids must be integers);
+    ``shape`` is the shape of the inputs the user passed, for the message. Meant for
     the first forward pass of a technique only (its cost is one Python call per such layer).
+    ``unbatched_hint`` ends the message when the rank is one short (None: no hint), for
+    techniques whose inputs the user does not pass as a tensor.
     """
-    from ._errors import NetlensValueError
+    from ._errors import NetlensTypeError, NetlensValueError
     from ._hooks import Hooks
 
     def check(name: str, expected: int, layout: str) -> Any:
@@ -94,18 +102,30 @@ def batched_inputs(model: nn.Module, shape: tuple[int, ...]) -> Iterator[None]:
                 f"Expected inputs with a batch dimension, so that layer {name!r} "
                 f"({type(module).__name__}) receives {layout}, but it received shape "
                 f"{tuple(received.shape)} from inputs of shape {shape}"
-                + (
-                    ": one input without its batch dimension? Add it with inputs.unsqueeze(0)."
-                    if unbatched
-                    else "."
-                )
+                + (f": {unbatched_hint}" if unbatched and unbatched_hint else ".")
             )
+
+        return hook
+
+    def check_ids(name: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            received = args[0] if args else None
+            if isinstance(received, torch.Tensor) and received.is_floating_point():
+                raise NetlensTypeError(
+                    f"Expected integer token ids to reach layer {name!r} "
+                    f"({type(module).__name__}), but it received floating-point values of shape "
+                    f"{tuple(received.shape)}: a technique that follows gradients to the input "
+                    "cannot run through an embedding lookup. Apply it to the part of the model "
+                    "after the embedding, on embedded inputs."
+                )
 
         return hook
 
     with Hooks() as hooks:
         for name, module in model.named_modules():
-            if isinstance(module, nn.modules.conv._ConvNd):
+            if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+                hooks.add(module.register_forward_pre_hook(check_ids(name)))
+            elif isinstance(module, nn.modules.conv._ConvNd):
                 spatial = len(module.kernel_size)
                 layout = "(N, C, " + ", ".join("DHW"[3 - spatial :]) + ")"
                 hooks.add(module.register_forward_pre_hook(check(name, spatial + 2, layout)))

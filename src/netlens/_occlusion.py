@@ -8,38 +8,43 @@ in passes whose size is ``batch_size`` or follows a memory budget.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 import torch
 from torch import nn
 
+from ._checks import (
+    as_int,
+    as_real,
+    check_callable,
+    check_channels,
+    check_channels_fit,
+    check_choice,
+    check_int,
+    prepare_inputs,
+)
 from ._errors import NetlensTypeError, NetlensValueError, describe
-from ._layers import LayerSpec, check_model, find_layer
-from ._model import evaluating, model_dtype_device, progress_bar
-from ._outputs import first_tensor as _first_tensor
-from ._record import Recorder, record
+from ._hooks import Hooks
+from ._layers import LayerSpec, check_model
+from ._model import batched_inputs, evaluating, progress_bar
+from ._outputs import LayerView, Select, first_tensor, layer_view
+from ._render import Plottable, figure_axes, new_figure
 
 if TYPE_CHECKING:
     import numpy as np
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = [
-    "DEFAULT_ACCELERATOR_MEMORY_BUDGET",
-    "DEFAULT_MEMORY_BUDGET",
-    "OcclusionMap",
-    "occlusion",
-]
+__all__ = ["OcclusionMap", "occlusion"]
 
-#: Bytes that one forward pass of occluded copies may take on the CPU, counting the copies and
-#: the outputs of every module of the model on them, when ``batch_size`` is not given. Small on
-#: purpose: passes whose activations stay near the CPU caches run faster than bigger ones.
-DEFAULT_MEMORY_BUDGET = 48 * 2**20
-#: The same on other devices (GPUs), where bigger batches pay.
-DEFAULT_ACCELERATOR_MEMORY_BUDGET = 1024 * 2**20
+# Default memory budgets of one forward pass (see ``memory_budget`` of :func:`occlusion`). Small
+# on the CPU on purpose: passes whose activations stay near the caches run faster than bigger
+# ones; on GPUs bigger batches pay.
+_CPU_BUDGET = 48 * 2**20
+_ACCELERATOR_BUDGET = 1024 * 2**20
 
 # The first forward pass, before anything is measured, assumes that the model's activations take
 # up to this many times the bytes of its input.
@@ -48,22 +53,28 @@ _FIRST_GUESS = 256
 Scores: TypeAlias = Literal["softmax", "logits"] | Callable[[Any], torch.Tensor]
 Target: TypeAlias = Literal["pred"] | int | Sequence[int] | torch.Tensor
 Baseline: TypeAlias = float | Literal["mean"] | torch.Tensor
+MapName: TypeAlias = Literal["attribution", "probability", "feature_activation"]
+
+_MAPS = ("attribution", "probability", "feature_activation")
 
 
-@dataclass(frozen=True)
-class OcclusionMap:
+@dataclass(frozen=True, eq=False)
+class OcclusionMap(Plottable):
     """What :func:`occlusion` measured, per input and per occluder position.
 
     The grid of positions has one dim per window dim: ``grid[d] = (size[d] - window[d]) //
-    stride[d] + 1`` for the occluded dims ``size`` of the input.
+    stride[d] + 1`` for the occluded dims ``size`` of the input. Floating results are in the
+    inputs' dtype and every tensor is on the inputs' device.
 
     Attributes:
-        inputs: The inputs, ``(N, *shape)``.
+        inputs: The inputs, ``(N, *shape)``, as passed.
         probability: ``(N, *grid)``, the score of the target class with the occluder at each
             position (a probability with ``scores="softmax"``, a logit with ``"logits"``).
         predicted_class: ``(N, *grid)`` (int64), the most probable class at each position.
-        feature_activation: ``(N, *grid)``, the summed activation of ``channel`` of ``layer`` at
-            each position, or None without ``layer``.
+        feature_activation: The summed activation of the tracked channels of ``layer`` at each
+            position: ``(N, *grid)`` for one channel (an int ``channel``, or by default the
+            strongest channel of each input), ``(N, K, *grid)`` for a list of K channels; None
+            without ``layer``.
         attribution: ``(N, *shape)``, per input element the drop of the target score (unoccluded
             minus occluded) averaged over the windows that cover it; 0 where no window does.
         target: ``(N,)`` (int64), the class whose score is tracked.
@@ -71,7 +82,9 @@ class OcclusionMap:
         window: The occluder's size over the last ``len(window)`` dims.
         stride: The step between positions in each of those dims.
         layer: Name of the recorded layer, or None.
-        channel: ``(N,)`` (int64), the channel of ``layer`` whose activation is tracked, or None.
+        channels: The tracked channels (int64, 1-D): one entry for an int ``channel``, the
+            listed channels (the ``K`` dim of ``feature_activation``) for a list, and by
+            default one entry per input, the channel strongest on it; None without ``layer``.
     """
 
     inputs: torch.Tensor
@@ -84,7 +97,7 @@ class OcclusionMap:
     window: tuple[int, ...]
     stride: tuple[int, ...]
     layer: str | None
-    channel: torch.Tensor | None
+    channels: torch.Tensor | None
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -95,19 +108,74 @@ class OcclusionMap:
         self,
         ax: Any = None,
         *,
+        sample: int = 0,
+        map: MapName = "attribution",
+        channel: int | None = None,
+        alpha: float = 0.55,
+        cmap: str | None = None,
+    ) -> tuple[Figure, Axes]:
+        """Draw one map of one input over that input, in grey, on one Axes.
+
+        Args:
+            ax: Axes to draw on, or None for a new figure.
+            sample: Which input.
+            map: ``"attribution"`` (per element, diverging colours centred at zero),
+                ``"probability"`` or ``"feature_activation"`` (per occluder position, each cell
+                on its window's centre).
+            channel: For the feature activation of several channels, which one (one of
+                :attr:`channels`); the first by default.
+            alpha: Opacity of the map.
+            cmap: Colour map; ``"RdBu_r"`` for the attribution, ``"viridis"`` otherwise.
+
+        Returns:
+            The figure and the Axes.
+
+        Raises:
+            NetlensValueError: An unknown map or sample, a feature map without ``layer``, or
+                maps that cannot be drawn over two dims.
+            NetlensTypeError: A sample or map of the wrong type.
+        """
+        index = self._check_sample(sample)
+        check_choice("map", map, _MAPS)
+        self._check_drawable()
+        feature = self._feature_map(index, channel)[0] if map == "feature_activation" else None
+        fig, axis = figure_axes(ax, width=3.0, height=3.0)
+        self._draw_input(axis, index, grey=True)
+        if map == "attribution":
+            values = _plane(self.attribution[index], len(self.inputs.shape) - 1).mean(0)
+            limit = float(values.abs().max()) or 1.0
+            axis.imshow(
+                values.detach().float().cpu().numpy(),
+                cmap=cmap or "RdBu_r",
+                vmin=-limit,
+                vmax=limit,
+                alpha=alpha,
+                interpolation="nearest",
+            )
+        else:
+            values = self.probability[index] if feature is None else feature
+            self._draw_map(axis, values, cmap=cmap or "viridis", alpha=alpha)
+        axis.set_title(f"{map.replace('_', ' ')} on input {index}", fontsize="small")
+        return fig, axis
+
+    def plot_panels(
+        self,
+        axes: Any = None,
+        *,
         samples: Sequence[int] | None = None,
         class_names: Sequence[str] | None = None,
         cmap: str = "viridis",
     ) -> tuple[Figure, np.ndarray]:
-        """Draw the paper's panels, one row per input.
+        """Draw the paper's panels, one row per input, on a grid of Axes.
 
         Columns: the input; the target score for each occluder position; the most probable class
         for each position (with a legend of ``class_names``); with ``layer``, the summed
-        activation of the channel; and the attribution overlaid on the input. Maps are placed
-        at their window centres, so that they line up with the input.
+        activation of the channel (the first of several); and the attribution over the input
+        (:meth:`plot`). Maps are
+        placed at their window centres, so that they line up with the input.
 
         Args:
-            ax: None for a new figure, or as many Axes as panels (rows times columns, any
+            axes: None for a new figure, or as many Axes as panels (rows times columns, any
                 array-like shape).
             samples: Which inputs to draw; all by default.
             class_names: Names of the classes, indexed by class number, for the legend.
@@ -122,28 +190,29 @@ class OcclusionMap:
         """
         import numpy as np
         from matplotlib.colors import ListedColormap
-        from matplotlib.figure import Figure
         from matplotlib.patches import Patch
 
-        chosen = list(range(self.inputs.shape[0])) if samples is None else list(samples)
-        for sample in chosen:
-            self._check_sample(sample)
+        chosen = (
+            list(range(self.inputs.shape[0]))
+            if samples is None
+            else [self._check_sample(sample) for sample in samples]
+        )
         self._check_drawable()
         rows, cols = len(chosen), 4 if self.feature_activation is None else 5
-        if ax is None:
-            fig = Figure(figsize=(2.7 * cols, 2.5 * rows), layout="constrained")
-            axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
+        if axes is None:
+            fig = new_figure(2.7 * cols, 2.5 * rows)
+            grid = np.asarray(fig.subplots(rows, cols, squeeze=False))
         else:
-            axes = np.asarray(ax, dtype=object).reshape(-1)
-            if axes.size != rows * cols:
+            grid = np.asarray(axes, dtype=object).reshape(-1)
+            if grid.size != rows * cols:
                 raise NetlensValueError(
                     f"Expected {rows * cols} Axes ({rows} inputs times {cols} panels), but got "
-                    f"{axes.size}."
+                    f"{grid.size}."
                 )
-            axes = axes.reshape(rows, cols)
-            fig = cast("Figure", axes[0, 0].figure)
+            grid = grid.reshape(rows, cols)
+            fig = cast("Figure", grid[0, 0].figure)
         for row, sample in enumerate(chosen):
-            line = list(axes[row])
+            line = list(grid[row])
             target = int(self.target[sample])
             self._draw_input(line[0], sample)
             line[0].set_title(f"input {sample} (target {_class_name(target, class_names)})")
@@ -171,88 +240,51 @@ class OcclusionMap:
                 frameon=False,
             )
             line[2].set_title("most probable class")
-            if self.feature_activation is not None and self.channel is not None:
-                image = self._draw_map(line[3], self.feature_activation[sample], cmap=cmap)
+            if self.feature_activation is not None:
+                values, number = self._feature_map(sample, None)
+                image = self._draw_map(line[3], values, cmap=cmap)
                 fig.colorbar(image, ax=line[3], shrink=0.8)
-                line[3].set_title(f"{self.layer} channel {int(self.channel[sample])}")
-            self.overlay(line[-1], sample=sample)
+                line[3].set_title(f"{self.layer} channel {number}")
+            self.plot(line[-1], sample=sample)
             line[-1].set_title("attribution on the input")
-        return fig, axes
-
-    def overlay(
-        self,
-        ax: Axes | None = None,
-        *,
-        sample: int = 0,
-        map: Literal["attribution", "probability", "feature_activation"] = "attribution",
-        alpha: float = 0.55,
-        cmap: str | None = None,
-    ) -> tuple[Figure, Axes]:
-        """Draw one map over the input, in grey.
-
-        Args:
-            ax: Axes to draw on, or None for a new figure.
-            sample: Which input.
-            map: ``"attribution"`` (per element, diverging colours centred at zero),
-                ``"probability"`` or ``"feature_activation"`` (per occluder position).
-            alpha: Opacity of the map.
-            cmap: Colour map; ``"RdBu_r"`` for the attribution, ``"viridis"`` otherwise.
-
-        Returns:
-            The figure and the Axes.
-
-        Raises:
-            NetlensValueError: An unknown map or sample, or maps that cannot be drawn.
-        """
-        from matplotlib.figure import Figure
-
-        self._check_sample(sample)
-        self._check_drawable()
-        if ax is None:
-            fig = Figure(figsize=(3.0, 3.0), layout="constrained")
-            axis = fig.add_subplot()
-        else:
-            axis = ax
-            fig = cast("Figure", axis.figure)
-        self._draw_input(axis, sample, grey=True)
-        if map == "attribution":
-            values = _plane(self.attribution[sample], len(self.inputs.shape) - 1).mean(0)
-            limit = float(values.abs().max()) or 1.0
-            axis.imshow(
-                values.cpu().numpy(),
-                cmap=cmap or "RdBu_r",
-                vmin=-limit,
-                vmax=limit,
-                alpha=alpha,
-                interpolation="nearest",
-            )
-        elif map == "probability":
-            self._draw_map(axis, self.probability[sample], cmap=cmap or "viridis", alpha=alpha)
-        elif map == "feature_activation":
-            if self.feature_activation is None:
-                raise NetlensValueError(
-                    "Expected an occlusion map recorded with layer= to overlay the feature "
-                    "activation, but this one has none."
-                )
-            self._draw_map(
-                axis, self.feature_activation[sample], cmap=cmap or "viridis", alpha=alpha
-            )
-        else:
-            raise NetlensValueError(
-                "Expected map to be 'attribution', 'probability' or 'feature_activation', but "
-                f"got {map!r}."
-            )
-        axis.set_title(f"{map.replace('_', ' ')} on input {sample}", fontsize="small")
-        return fig, axis
+        return fig, grid
 
     # -- drawing helpers ---------------------------------------------------------------------
 
-    def _check_sample(self, sample: int) -> None:
+    def _check_sample(self, sample: object) -> int:
         count = self.inputs.shape[0]
-        if isinstance(sample, bool) or not isinstance(sample, int) or not -count <= sample < count:
-            raise NetlensValueError(
-                f"Expected a sample index in [0, {count}), but got {describe(sample)}."
+        index = as_int(sample)
+        if index is None:
+            raise NetlensTypeError(
+                f"Expected a sample index (int) in [0, {count}), but got {describe(sample)}."
             )
+        if not -count <= index < count:
+            raise NetlensValueError(f"Expected a sample index in [0, {count}), but got {index}.")
+        return index % count
+
+    def _feature_map(self, sample: int, channel: object) -> tuple[torch.Tensor, int]:
+        """One sample's feature activation over the grid, and the channel it belongs to."""
+        if self.feature_activation is None or self.channels is None:
+            raise NetlensValueError(
+                "Expected an occlusion map recorded with layer= to draw the feature activation, "
+                "but this one has none."
+            )
+        listed = [int(c) for c in self.channels.tolist()]
+        if self.feature_activation.dim() == 1 + len(self.grid):  # one channel per input
+            number = listed[sample] if len(listed) == self.inputs.shape[0] else listed[0]
+            if channel is not None and as_int(channel) != number:
+                raise NetlensValueError(
+                    f"Expected channel to be None or {number}, the channel tracked for input "
+                    f"{sample}, but got {describe(channel)}."
+                )
+            return self.feature_activation[sample], number
+        wanted = listed[0] if channel is None else as_int(channel)
+        if wanted is None or wanted not in listed:
+            raise NetlensValueError(
+                f"Expected channel to be one of the tracked channels {listed}, but got "
+                f"{describe(channel)}."
+            )
+        return self.feature_activation[sample, listed.index(wanted)], wanted
 
     def _check_drawable(self) -> None:
         # Window dims before the last two of the input must have a single position.
@@ -426,22 +458,16 @@ def _attribution(drops: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
 
 
 def _as_sizes(value: object, name: str, rank: int) -> tuple[int, ...]:
-    """An int (repeated ``rank`` times) or a sequence of ints, all positive."""
-    if isinstance(value, bool) or not isinstance(value, (int, Sequence)) or isinstance(value, str):
+    """An int (repeated ``rank`` times) or a non-empty sequence of ints, all positive."""
+    single = as_int(value)
+    if single is not None:
+        return (check_int(name, single),) * rank
+    if not isinstance(value, (list, tuple)) or not value:
         raise NetlensTypeError(
-            f"Expected {name} to be an int or a sequence of ints, but got {describe(value)}."
+            f"Expected {name} to be an int or a non-empty sequence of ints, but got "
+            f"{describe(value)}."
         )
-    if isinstance(value, int):
-        sizes: tuple[Any, ...] = (value,) * rank
-    else:
-        sizes = tuple(value)
-    if not sizes or any(isinstance(s, bool) or not isinstance(s, int) for s in sizes):
-        raise NetlensTypeError(
-            f"Expected {name} to be a non-empty sequence of ints, but got {describe(value)}."
-        )
-    if any(s <= 0 for s in sizes):
-        raise NetlensValueError(f"Expected {name} sizes to be positive, but got {sizes}.")
-    return sizes
+    return tuple(check_int(f"each size of {name}", size) for size in value)
 
 
 def _geometry(inputs: torch.Tensor, window: object, stride: object) -> _Geometry:
@@ -472,44 +498,71 @@ def _geometry(inputs: torch.Tensor, window: object, stride: object) -> _Geometry
 
 
 def _baseline(baseline: object, inputs: torch.Tensor, plane_size: int) -> torch.Tensor:
-    """The baseline as ``(N or 1, lead or 1, plane or 1)``, in the inputs' dtype and device."""
+    """The baseline as ``(N or 1, lead or 1, plane or 1)``, in the inputs' dtype and device.
+
+    Integer inputs (token ids) take an integer baseline only (a [MASK] id): a fractional value
+    has no meaning there, and rounding it silently would occlude with another token.
+    """
     count = inputs.shape[0]
+    integer = not inputs.is_floating_point()
+    wanted = (
+        "an integer (a token id) or an integer tensor"
+        if integer
+        else "a number, 'mean' or a tensor"
+    )
     if isinstance(baseline, str):
-        if baseline != "mean":
-            raise NetlensValueError(
-                f"Expected baseline to be a number, 'mean' or a tensor, but got {baseline!r}."
+        check_choice("baseline", baseline, ("mean",))
+        if integer:
+            raise NetlensTypeError(
+                f"Expected baseline to be {wanted} for integer inputs of dtype {inputs.dtype}, "
+                "but got 'mean'."
             )
         return inputs.reshape(count, -1).mean(1).reshape(count, 1, 1)
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        if not math.isfinite(baseline):
-            raise NetlensValueError(f"Expected a finite baseline, but got {baseline}.")
-        return torch.full((1, 1, 1), float(baseline), dtype=inputs.dtype, device=inputs.device)
-    if not isinstance(baseline, torch.Tensor):
+    if isinstance(baseline, torch.Tensor):
+        if (
+            baseline.is_complex()
+            or baseline.dtype == torch.bool
+            or (integer and baseline.is_floating_point())
+        ):
+            raise NetlensTypeError(
+                f"Expected baseline to be {wanted} for inputs of dtype {inputs.dtype}, but got "
+                f"{describe(baseline)}."
+            )
+        aligned = zip(reversed(baseline.shape), reversed(inputs.shape), strict=False)
+        if baseline.dim() > inputs.dim() or any(b not in (1, i) for b, i in aligned):
+            raise NetlensValueError(
+                "Expected a baseline tensor broadcastable to the inputs' shape "
+                f"{tuple(inputs.shape)}, but got shape {tuple(baseline.shape)}."
+            )
+        values = baseline.detach().to(dtype=inputs.dtype, device=inputs.device)
+        if not integer and not bool(torch.isfinite(values).all()):
+            raise NetlensValueError("Expected a finite baseline, but it holds NaN or inf values.")
+        return values.expand(inputs.shape).reshape(count, -1, plane_size)
+    number = as_int(baseline) if integer else as_real(baseline)
+    if number is None:
         raise NetlensTypeError(
-            f"Expected baseline to be a number, 'mean' or a tensor, but got {describe(baseline)}."
+            f"Expected baseline to be {wanted} for inputs of dtype {inputs.dtype}, but got "
+            f"{describe(baseline)}."
         )
-    aligned = zip(reversed(baseline.shape), reversed(inputs.shape), strict=False)
-    if baseline.dim() > inputs.dim() or any(b not in (1, i) for b, i in aligned):
-        raise NetlensValueError(
-            f"Expected a baseline tensor broadcastable to the inputs' shape {tuple(inputs.shape)}, "
-            f"but got shape {tuple(baseline.shape)}."
-        )
-    values = baseline.detach().to(dtype=inputs.dtype, device=inputs.device)
-    if not bool(torch.isfinite(values).all()):
-        raise NetlensValueError("Expected a finite baseline, but it holds NaN or inf values.")
-    return values.expand(inputs.shape).reshape(count, -1, plane_size)
+    if not math.isfinite(number):
+        raise NetlensValueError(f"Expected a finite baseline, but got {number}.")
+    return torch.full((1, 1, 1), number, dtype=inputs.dtype, device=inputs.device)
 
 
-def _scores_function(scores: object) -> Callable[[Any], torch.Tensor]:
-    if scores == "softmax":
-        return lambda output: torch.softmax(output, dim=1)
-    if scores == "logits":
-        return lambda output: output
-    if callable(scores) and not isinstance(scores, str):
-        return cast(Callable[[Any], torch.Tensor], scores)
-    raise NetlensValueError(
-        f"Expected scores to be 'softmax', 'logits' or a callable, but got {describe(scores)}."
-    )
+def _softmax(output: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(output, dim=1)
+
+
+def _identity(output: torch.Tensor) -> torch.Tensor:
+    return output
+
+
+def _scores_function(scores: object) -> tuple[Callable[[Any], torch.Tensor], bool]:
+    """The function from the model's output to scores, and whether the user gave it."""
+    if isinstance(scores, str):
+        check_choice("scores", scores, ("softmax", "logits"))
+        return (_softmax if scores == "softmax" else _identity), False
+    return cast(Callable[[Any], torch.Tensor], check_callable("scores", scores)), True
 
 
 def _checked_scores(
@@ -530,62 +583,78 @@ def _checked_scores(
 
 
 def _per_input(value: object, name: str, count: int, device: torch.device) -> torch.Tensor:
-    """An int, or one int per input (sequence or tensor), as ``(count,)`` int64."""
-    if isinstance(value, (bool, str)):
-        raise NetlensTypeError(
-            f"Expected {name} to be an int or one int per input, but got {describe(value)}."
-        )
-    if isinstance(value, int):
-        return torch.full((count,), value, dtype=torch.long, device=device)
-    if isinstance(value, torch.Tensor):
+    """A non-negative int, or one per input (sequence or tensor), as ``(count,)`` int64."""
+    single = as_int(value)
+    if single is not None:
+        values = torch.full((count,), single, dtype=torch.long, device=device)
+    elif isinstance(value, torch.Tensor):
         if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
             raise NetlensTypeError(f"Expected {name} to hold integers, but got {describe(value)}.")
         values = value.detach().to(device=device, dtype=torch.long)
-    elif isinstance(value, Sequence) and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        values = torch.tensor(list(value), dtype=torch.long, device=device)
+    elif isinstance(value, (list, tuple)) and all(as_int(v) is not None for v in value):
+        values = torch.tensor([as_int(v) for v in value], dtype=torch.long, device=device)
     else:
         raise NetlensTypeError(
             f"Expected {name} to be an int or one int per input, but got {describe(value)}."
         )
     if values.dim() == 0:
-        return values.expand(count).clone()
+        values = values.expand(count).clone()
     if values.dim() != 1 or values.shape[0] != count:
         raise NetlensValueError(
             f"Expected one {name} per input ({count}), but got shape {tuple(values.shape)}."
         )
+    if bool((values < 0).any()):
+        raise NetlensValueError(f"Expected {name} >= 0, but got {values[values < 0].tolist()}.")
     return values
 
 
-def _check_range(values: torch.Tensor, limit: int, what: str) -> None:
-    bad = (values < 0) | (values >= limit)
-    if bool(bad.any()):
-        raise NetlensValueError(f"Expected {what} in [0, {limit}), but got {values[bad].tolist()}.")
+class _Feature:
+    """The channel sums of one layer's output in the latest forward pass.
 
-
-def _channel_sums(output: torch.Tensor, module: nn.Module, rows: int, name: str) -> torch.Tensor:
-    """``(rows, channels)``: each channel of a layer's output summed over everything else.
-
-    The channel is dim 1 (conv channels, linear units), and for a recurrent layer the hidden
-    unit (last dim), summed over time steps.
+    Summed in the forward hook itself, so that a later in-place operation (a ReLU after a conv)
+    cannot change them and no output is kept alive. The layer's latest call per pass counts.
     """
-    if isinstance(module, nn.RNNBase):
-        if not module.batch_first:
-            output = output.transpose(0, 1)
-        if output.dim() == 3 and output.shape[0] == rows:
-            return output.sum(1)
-    elif output.dim() >= 2 and output.shape[0] == rows:
-        return output.reshape(rows, output.shape[1], -1).sum(2)
-    raise NetlensValueError(
-        f"Expected layer {name!r} to output (batch, channels, ...) with batch {rows}, but it "
-        f"output {describe(output)}."
-    )
+
+    def __init__(self, view: LayerView) -> None:
+        self.view = view
+        self.rows = 0
+        self.sums: torch.Tensor | None = None
+
+    def hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        arranged = self.view.arrange(self.view.tensor(output), self.rows)  # (N, C, *rest)
+        self.sums = (
+            arranged.sum(tuple(range(2, arranged.dim()))) if arranged.dim() > 2 else arranged
+        )
+
+    def take(self) -> torch.Tensor:
+        """``(rows, channels)`` of the pass just run."""
+        sums, self.sums = self.sums, None
+        if sums is None:
+            raise NetlensValueError(
+                f"Expected layer {self.view.name!r} to run in the model's forward pass, but it "
+                "did not run."
+            )
+        return sums
 
 
-def _tensor_or_empty(output: Any) -> torch.Tensor:
-    found = _first_tensor(output)
-    return found if found is not None else torch.empty(0)
+@contextmanager
+def _output_bytes(model: nn.Module, enabled: bool) -> Iterator[list[int]]:
+    """Count the bytes of every leaf module's output during the block (in ``total[0]``)."""
+    total = [0]
+    if not enabled:
+        yield total
+        return
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        tensor = first_tensor(output, module)
+        if tensor is not None:
+            total[0] += tensor.numel() * tensor.element_size()
+
+    with Hooks() as hooks:
+        for module in model.modules():
+            if next(module.children(), None) is None:
+                hooks.add(module.register_forward_hook(hook))
+        yield total
 
 
 Chunk: TypeAlias = tuple[int, int, int, int]
@@ -627,7 +696,7 @@ class _Copies:
         self.planes = planes  # (inputs, lead, plane)
         self.baseline = baseline.expand(planes.shape)
         self.geometry = geometry
-        self.buffer = planes.new_empty(0, *planes.shape)
+        self.buffer = _tracked_empty(planes, (0, *planes.shape))
         # Cells hidden in each slot row of the buffer; rows past it hold no valid copy.
         self.hidden = torch.zeros(0, 1, dtype=torch.long, device=planes.device)
         self.version = -1
@@ -644,7 +713,7 @@ class _Copies:
             every_input and slots <= self.hidden.shape[0] and self.buffer._version == self.version
         )
         if not reuse and (self.buffer.shape[0] < slots or self.buffer.shape[1] != members):
-            self.buffer = self.planes.new_empty(slots, members, *self.planes.shape[1:])
+            self.buffer = _tracked_empty(self.planes, (slots, members, *self.planes.shape[1:]))
         rows = self.buffer[:slots]
         original = self.planes[None, n_first:n_stop]
         if reuse:
@@ -658,6 +727,16 @@ class _Copies:
         rows[hide:].scatter_(3, *_cells_of(base, cells[hide:], members))
         self.version = self.buffer._version
         return rows.reshape(slots * members, *self.geometry.sample_shape)
+
+
+def _tracked_empty(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A new tensor with a version counter, also under ``torch.inference_mode()``.
+
+    Tensors made in inference mode have none, and the copies' buffer needs one to notice a model
+    that writes into its input.
+    """
+    with torch.inference_mode(False):
+        return like.new_empty(shape)
 
 
 def _cells_of(
@@ -685,9 +764,11 @@ class _Run:
         inputs: torch.Tensor,
         geometry: _Geometry,
         baseline: torch.Tensor,
-        scores: Scores,
+        scores: Callable[[Any], torch.Tensor],
+        custom_scores: bool,
         target: torch.Tensor | None,
-        channel: torch.Tensor | None,
+        channels: list[int] | None,
+        feature: _Feature | None,
     ) -> None:
         self.model = model
         self.geometry = geometry
@@ -695,25 +776,28 @@ class _Run:
         self.copies = _Copies(
             inputs.reshape(self.count, -1, geometry.plane_size), baseline, geometry
         )
-        self.scores = _scores_function(scores)
-        self.custom_scores = callable(scores) and not isinstance(scores, str)
+        self.scores = scores
+        self.custom_scores = custom_scores
         self.requested_target = target
-        self.requested_channel = channel
-        self.feature: tuple[str, nn.Module, Recorder] | None = None
+        self.requested_channels = channels
+        self.feature = feature
         # Allocated at the first forward pass, in the dtype and on the device of the scores and
         # of the activations.
         self.target = torch.zeros(0, dtype=torch.long)
         self.predicted = torch.zeros(0, dtype=torch.long)
-        self.base_score = inputs.new_zeros(0)
-        self.probability = inputs.new_zeros(0)
-        self.channel = torch.zeros(0, dtype=torch.long)
-        self.activation = inputs.new_zeros(0)
+        self.base_score = torch.zeros(0)
+        self.probability = torch.zeros(0)
+        # (N, K): the K channels tracked for each input; K = 1 for the strongest one.
+        self.channel_index = torch.zeros(0, 1, dtype=torch.long)
+        self.activation = torch.zeros(0)  # (N, K, positions)
         self.classes = -1
 
     def run(self, chunk: Chunk) -> None:
         """Evaluate one chunk and store what it says."""
         first, stop, n_first, n_stop = chunk
         slots, members = stop - first, n_stop - n_first
+        if self.feature is not None:
+            self.feature.rows = slots * members
         output = self.model(self.copies.make(chunk))
         scores = _checked_scores(self.scores, output, slots * members, self.custom_scores)
         if self.classes < 0:
@@ -726,9 +810,7 @@ class _Run:
         scores = scores.reshape(slots, members, -1)
         sums = None
         if self.feature is not None:
-            name, module, recorder = self.feature
-            sums = _channel_sums(recorder[name], module, slots * members, name)
-            sums = sums.reshape(slots, members, -1)
+            sums = self.feature.take().reshape(slots, members, -1)
         if first == 0:
             self._unoccluded(scores[0], None if sums is None else sums[0], n_first, n_stop)
             scores = scores[1:]
@@ -741,13 +823,13 @@ class _Run:
         self.probability[members_slice, occluded] = scores.gather(2, picked)[..., 0].T
         self.predicted[members_slice, occluded] = scores.argmax(2).T
         if sums is not None:
-            picked = self.channel[members_slice].expand(sums.shape[0], members)[..., None]
-            self.activation[members_slice, occluded] = sums.gather(2, picked)[..., 0].T
+            picked = self.channel_index[members_slice].expand(sums.shape[0], members, -1)
+            self.activation[members_slice, :, occluded] = sums.gather(2, picked).permute(1, 2, 0)
 
     def _allocate(self, scores: torch.Tensor) -> None:
         self.classes = scores.shape[1]
         if self.requested_target is not None:
-            _check_range(self.requested_target, self.classes, "target classes")
+            _check_classes(self.requested_target, self.classes)
         positions = self.geometry.positions
         self.target = torch.zeros(self.count, dtype=torch.long, device=scores.device)
         self.predicted = torch.zeros(self.count, positions, dtype=torch.long, device=scores.device)
@@ -763,32 +845,27 @@ class _Run:
         else:
             self.target[members] = self.requested_target[members]
         self.base_score[members] = scores.gather(1, self.target[members, None])[:, 0]
-        if sums is None:
+        if sums is None or self.feature is None:
             return
-        if self.activation.shape != (self.count, self.geometry.positions):
-            if self.requested_channel is not None:
-                _check_range(self.requested_channel, sums.shape[1], "channels of the layer")
-            self.activation = sums.new_zeros(self.count, self.geometry.positions)
-            self.channel = torch.zeros(self.count, dtype=torch.long, device=sums.device)
-        if self.requested_channel is None:
-            self.channel[members] = sums.argmax(1)
-        else:
-            self.channel[members] = self.requested_channel[members]
+        if self.activation.dim() == 1:  # the first unoccluded pass: allocate
+            requested = self.requested_channels
+            if requested is None:
+                picked = torch.zeros(self.count, 1, dtype=torch.long, device=sums.device)
+            else:
+                check_channels_fit("channel", requested, sums.shape[1], self.feature.view.name)
+                picked = torch.tensor(requested, device=sums.device).expand(self.count, -1)
+            self.channel_index = picked
+            self.activation = sums.new_zeros(self.count, picked.shape[1], self.geometry.positions)
+        if self.requested_channels is None:
+            self.channel_index[members, 0] = sums.argmax(1)
 
 
-def _memory_budget(device: torch.device) -> int:
-    return DEFAULT_MEMORY_BUDGET if device.type == "cpu" else DEFAULT_ACCELERATOR_MEMORY_BUDGET
-
-
-def _measured_rows(recorder: Recorder, copies: int, sample_bytes: int, budget: int) -> int:
-    """Copies that fit in the memory budget, from every module's outputs on ``copies`` copies."""
-    activation_bytes = sum(
-        tensor.numel() * tensor.element_size()
-        for name in recorder
-        for tensor in recorder.calls(name)
-    )
-    per_copy = 3 * sample_bytes + activation_bytes / copies
-    return max(1, int(budget // per_copy))
+def _check_classes(target: torch.Tensor, classes: int) -> None:
+    if bool((target >= classes).any()):
+        raise NetlensValueError(
+            f"Expected target classes in [0, {classes}), but got "
+            f"{target[target >= classes].tolist()}."
+        )
 
 
 def occlusion(
@@ -803,7 +880,10 @@ def occlusion(
     layer: LayerSpec | None = None,
     channel: int | Sequence[int] | torch.Tensor | None = None,
     batch_size: int | None = None,
+    memory_budget: int | None = None,
     progress: bool = False,
+    select: Select | None = None,
+    channel_dim: int | None = None,
 ) -> OcclusionMap:
     """Slide a baseline patch over each input and record how the model's output changes.
 
@@ -815,54 +895,69 @@ def occlusion(
     The window covers the last ``len(window)`` dims of each input: for images ``(N, C, H, W)`` a
     window ``(h, w)`` hides a patch across all channels at once; for 1-D signals ``(N, C, L)`` a
     window ``(k,)`` hides a segment; for row sequences ``(N, T, F)`` a window ``(k, F)`` hides k
-    rows. Positions are the full windows at ``0, s, 2s, ...`` in each dim, ``(size - window)
-    // stride + 1`` of them. At a ragged edge (when ``stride`` does not divide ``size -
-    window``) the last ``(size - window) % stride`` elements are covered by fewer windows or,
-    with a stride larger than the window, by none: their attribution is then 0. (Captum adds a
-    cut-off window there; the two agree whenever the positions tile the input exactly.)
+    rows; for token ids ``(N, T)`` a window ``(k,)`` hides k tokens. Positions are the full
+    windows at ``0, s, 2s, ...`` in each dim, ``(size - window) // stride + 1`` of them. At a
+    ragged edge (when ``stride`` does not divide ``size - window``) the last ``(size - window)
+    % stride`` elements are covered by fewer windows or, with a stride larger than the window,
+    by none: their attribution is then 0. (Captum adds a cut-off window there; the two agree
+    whenever the positions tile the input exactly.)
 
-    The model runs in eval mode (each module's ``training`` flag is restored afterwards) and
-    without gradients; the model itself is left as it was. The occluded copies are built a chunk
-    of positions at a time by scattering the baseline under every window of the chunk (no
-    Python loop over positions), in a buffer reused from pass to pass, and evaluated
-    ``batch_size`` copies per forward pass. By default a pass holds as many copies as
-    fit in a memory budget, counting the copies and the outputs of every module: 48 MiB on the
-    CPU, 1 GiB on other devices (``netlens._occlusion.DEFAULT_MEMORY_BUDGET`` and
-    ``DEFAULT_ACCELERATOR_MEMORY_BUDGET``). The first pass, which also carries the unoccluded
-    inputs, assumes activations of up to 256 times the input's size and measures the real ones
-    (with :func:`record`) to size the passes after it. Peak memory thus stays bounded however
-    many positions there are.
+    The inputs are moved to the model's device (floating ones to its floating dtype); the
+    results come back on the inputs' device, floating results in the inputs' dtype. The model
+    runs in eval mode (each module's ``training`` flag is restored afterwards) and without
+    gradients, also under ``torch.inference_mode()``; the model itself is left as it was. The
+    occluded copies are built a chunk of positions at a time by scattering the baseline under
+    every window of the chunk (no Python loop over positions), in a buffer reused from pass to
+    pass, and evaluated ``batch_size`` copies per forward pass, or by default as many as fit in
+    ``memory_budget``. The first pass, which also carries the unoccluded inputs, assumes
+    activations of up to 256 times the input's size and measures the real ones to size the
+    passes after it. Peak memory thus stays bounded however many positions there are.
 
     Args:
         model: A classifier returning ``(N, classes)``, or any model with ``scores``.
-        inputs: ``(N, ...)`` floating-point inputs, finite.
+        inputs: ``(N, ...)`` inputs with their batch dim: floating point and finite, or integer
+            (token ids) with an integer ``baseline``.
         window: The occluder's size over the last ``len(window)`` dims; an int means the same
             size over every dim after dim 1 (the channel dim of images).
         stride: Step between positions, an int or one per window dim; default ``window`` (no
             overlap).
         baseline: The occluder's value: a number, ``"mean"`` (each input's own mean) or a tensor
-            broadcastable to ``inputs``.
+            broadcastable to ``inputs``; for integer inputs an int (a [MASK] token id) or an
+            integer tensor.
         target: The class to track: ``"pred"`` (the class predicted on each unoccluded input),
             an int, or one int per input.
         scores: ``"softmax"`` (probabilities), ``"logits"`` (the output as is) or a callable
             from the model's output to ``(N, classes)`` scores.
         layer: A layer spec (see :func:`find_layers`) naming one layer whose channel activation
-            is recorded; its latest call per forward pass counts.
-        channel: The channel (dim 1 of the layer's output; the hidden unit for recurrent
-            layers), an int or one per input; default the channel with the largest summed
-            activation on each unoccluded input.
-        batch_size: Occluded copies per forward pass.
-        progress: Show a progress bar over the forward passes (needs tqdm).
+            is recorded: its output (see ``select``) summed over everything but the batch and
+            channel axes; its latest call per forward pass counts.
+        channel: The channel to track, an int, or a list of channels (see
+            :attr:`OcclusionMap.feature_activation`); by default, for each input, the channel
+            with the largest summed activation on the unoccluded input, as in the paper.
+        batch_size: Occluded copies per forward pass; default: as many as fit in
+            ``memory_budget``.
+        memory_budget: Bytes that one forward pass may take, counting the copies and the
+            outputs of every module of the model on them, when ``batch_size`` is not given.
+            Default (None): 48 MiB on the CPU (passes whose activations stay near the caches run
+            faster than bigger ones), 1 GiB on other devices.
+        progress: Show a progress bar over the forward passes after the first (needs tqdm).
+        select: Which part of the layer's output to read, when it returns several: an index, a
+            key or a callable (see :func:`record`). By default a tuple or list gives its first
+            tensor, a mapping its first tensor value, a ``PackedSequence`` its padded tensor.
+        channel_dim: The channel axis of the layer's output, when its module's kind does not
+            say it (``-1`` for channels-last stages); default by the module's kind.
 
     Returns:
         An :class:`OcclusionMap`.
 
     Raises:
-        NetlensValueError: A window larger than the input or of the wrong rank, a stride that is
-            not positive, a baseline of the wrong shape, non-finite inputs, a target class or a
-            channel out of range, a target of the wrong length, a layer spec matching several
-            layers, or model outputs that are not ``(N, classes)``.
-        NetlensTypeError: Arguments of the wrong type.
+        NetlensValueError: Inputs without their batch dim, a window larger than the input or of
+            the wrong rank, a stride, batch size or budget that is not positive, a baseline of
+            the wrong shape, non-finite inputs, a target class or a channel out of range, a
+            target of the wrong length, a layer spec matching several layers, or model outputs
+            that are not ``(N, classes)``.
+        NetlensTypeError: Arguments of the wrong type, inputs that are neither floating point
+            nor integer, or a baseline that is not an integer for integer inputs.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -873,78 +968,76 @@ def occlusion(
         torch.Size([2, 6, 6])
         >>> result.attribution.shape
         torch.Size([2, 1, 14, 14])
+        >>> text = nn.Sequential(nn.Embedding(50, 8), nn.Flatten(), nn.Linear(80, 2))
+        >>> ids = torch.randint(1, 50, (3, 10))  # token ids; 0 plays [MASK]
+        >>> nl.occlusion(text, ids, window=(1,), baseline=0).probability.shape
+        torch.Size([3, 10])
     """
     check_model(model)
-    if not isinstance(inputs, torch.Tensor):
-        raise NetlensTypeError(f"Expected inputs to be a torch.Tensor, but got {describe(inputs)}.")
-    if not inputs.is_floating_point() or inputs.dim() < 2 or inputs.shape[0] == 0:
-        raise NetlensValueError(
-            "Expected floating-point inputs of shape (N, ...) with N >= 1 and at least one dim "
-            f"to occlude, but got {describe(inputs)}."
-        )
-    if not bool(torch.isfinite(inputs).all()):
-        raise NetlensValueError("Expected finite inputs, but they hold NaN or inf values.")
-    model_dtype, model_device = model_dtype_device(model)
-    if model_device is not None and model_device != inputs.device:
-        raise NetlensValueError(
-            f"Expected inputs on the model's device {model_device}, but got {inputs.device}."
-        )
-    if model_dtype is not None and model_dtype != inputs.dtype:
+    prepared, info = prepare_inputs(inputs, model, floating=False)
+    if prepared.is_complex() or prepared.dtype == torch.bool:
         raise NetlensTypeError(
-            f"Expected inputs of the model's dtype {model_dtype}, but got {inputs.dtype}."
+            "Expected floating-point inputs, or integer inputs (token ids) with an integer "
+            f"baseline, but got dtype {prepared.dtype}."
         )
-    count = inputs.shape[0]
-    inputs = inputs.detach()
-    geometry = _geometry(inputs, window, stride)
-    baseline_planes = _baseline(baseline, inputs, geometry.plane_size)
-    _scores_function(scores)  # validates before any forward pass
-    if isinstance(target, str) and target != "pred":
+    if prepared.dim() < 2:
         raise NetlensValueError(
-            f"Expected target to be 'pred', a class index or one per input, but got {target!r}."
+            "Expected inputs of shape (N, ...) with at least one dim to occlude after the batch "
+            f"dim, but got shape {tuple(prepared.shape)}."
         )
-    requested_target = (
-        None if isinstance(target, str) else _per_input(target, "target", count, inputs.device)
+    if prepared.is_floating_point() and not bool(torch.isfinite(prepared).all()):
+        raise NetlensValueError("Expected finite inputs, but they hold NaN or inf values.")
+    count, device = prepared.shape[0], prepared.device
+    geometry = _geometry(prepared, window, stride)
+    baseline_planes = _baseline(baseline, prepared, geometry.plane_size)
+    score_function, custom_scores = _scores_function(scores)
+    requested_target = None
+    if isinstance(target, str):
+        check_choice("target", target, ("pred",))
+    else:
+        requested_target = _per_input(target, "target", count, device)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size)
+    budget = (
+        _default_budget(device)
+        if memory_budget is None
+        else check_int("memory_budget", memory_budget)
     )
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0
-    ):
-        raise NetlensValueError(
-            f"Expected a positive int batch_size, but got {describe(batch_size)}."
-        )
-    layer_name: str | None = None
-    layer_module: nn.Module | None = None
+    feature = None
     if layer is not None:
-        layer_name, layer_module = find_layer(model, layer)
-    elif channel is not None:
-        raise NetlensValueError("Expected layer= together with channel=, but got no layer.")
-    requested_channel = (
-        None if channel is None else _per_input(channel, "channel", count, inputs.device)
-    )
+        feature = _Feature(layer_view(model, layer, select=select, channel_dim=channel_dim))
+    elif channel is not None or select is not None or channel_dim is not None:
+        raise NetlensValueError(
+            "Expected layer= together with channel=, select= or channel_dim=, but got no layer."
+        )
+    channels, listed = (None, False) if channel is None else check_channels("channel", channel)
 
     run = _Run(
-        model, inputs, geometry, baseline_planes, scores, requested_target, requested_channel
+        model,
+        prepared,
+        geometry,
+        baseline_planes,
+        score_function,
+        custom_scores,
+        requested_target,
+        channels,
+        feature,
     )
     slots = geometry.positions + 1
-    sample_bytes = inputs[0].numel() * inputs.element_size()
-    with evaluating(model), torch.no_grad(), ExitStack() as stack:
-        if layer_module is not None and layer_name is not None:
-            run.feature = (
-                layer_name,
-                layer_module,
-                stack.enter_context(record(model, layer_module)),
-            )
-        budget = _memory_budget(inputs.device)
-        # Without batch_size, the first pass assumes activations up to _FIRST_GUESS times the
-        # input; when more passes follow, it measures every module's outputs to size them.
-        rows = batch_size or max(1, budget // (sample_bytes * (3 + _FIRST_GUESS)))
-        chunks = _plan(0, 0, slots, count, rows)
-        if batch_size is None and len(chunks) > 1:
-            first = chunks[0]
-            leaves = [module for module in model.modules() if not list(module.children())]
-            with record(model, leaves, select=_tensor_or_empty) as recorder:
-                run.run(first)
-                copies = (first[1] - first[0]) * (first[3] - first[2])
-                rows = _measured_rows(recorder, copies, sample_bytes, budget)
+    sample_bytes = prepared[0].numel() * prepared.element_size()
+    # Without batch_size, the first pass assumes activations up to _FIRST_GUESS times the input;
+    # when more passes follow, it measures every module's outputs to size them.
+    rows = batch_size or max(1, budget // (sample_bytes * (3 + _FIRST_GUESS)))
+    first, *chunks = _plan(0, 0, slots, count, rows)
+    measure = batch_size is None and bool(chunks)
+    with evaluating(model), torch.no_grad(), Hooks() as hooks:
+        if feature is not None:
+            hooks.add(feature.view.module.register_forward_hook(feature.hook))
+        with batched_inputs(model, tuple(inputs.shape)), _output_bytes(model, measure) as total:
+            run.run(first)
+        if measure:
+            copies = (first[1] - first[0]) * (first[3] - first[2])
+            rows = max(1, int(budget // (3 * sample_bytes + total[0] / copies)))
             resume, offset = (first[1], 0) if first[3] == count else (first[0], first[3])
             chunks = _plan(resume, offset, slots, count, rows)
         for chunk in progress_bar(
@@ -953,17 +1046,33 @@ def occlusion(
             run.run(chunk)
 
     grid = geometry.grid
+    activation = None
+    if feature is not None:
+        activation = run.activation.reshape(count, -1, *grid)
+        activation = activation if listed else activation[:, 0]
     drops = (run.base_score[:, None] - run.probability).reshape(count, *grid)
+    restore = info.restore
     return OcclusionMap(
-        inputs=inputs,
-        probability=run.probability.reshape(count, *grid),
-        predicted_class=run.predicted.reshape(count, *grid),
-        feature_activation=None if run.feature is None else run.activation.reshape(count, *grid),
-        attribution=_attribution(drops, geometry),
-        target=run.target,
-        base_score=run.base_score,
+        inputs=inputs.detach(),
+        probability=restore(run.probability.reshape(count, *grid)),
+        predicted_class=restore(run.predicted.reshape(count, *grid)),
+        feature_activation=None if activation is None else restore(activation),
+        attribution=restore(_attribution(drops, geometry)),
+        target=restore(run.target),
+        base_score=restore(run.base_score),
         window=geometry.window,
         stride=geometry.stride,
-        layer=layer_name,
-        channel=None if run.feature is None else run.channel,
+        layer=None if feature is None else feature.view.name,
+        channels=None if feature is None else restore(_tracked(run.channel_index, channels)),
     )
+
+
+def _tracked(channel_index: torch.Tensor, channels: list[int] | None) -> torch.Tensor:
+    """The ``channels`` of the result: as requested, or the strongest one of each input."""
+    if channels is None:
+        return channel_index[:, 0]
+    return torch.tensor(channels, dtype=torch.long, device=channel_index.device)
+
+
+def _default_budget(device: torch.device) -> int:
+    return _CPU_BUDGET if device.type == "cpu" else _ACCELERATOR_BUDGET

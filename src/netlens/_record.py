@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, suppress
+from contextlib import suppress
 from types import TracebackType
 from typing import Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils.hooks import RemovableHandle
 
 from ._errors import (
     LayerNotFoundError,
     NetlensError,
+    NetlensTypeError,
     NetlensValueError,
     NotRecordedError,
+    describe,
 )
+from ._hooks import Hooks
 from ._layers import LayerSpec
 from ._outputs import LayerView, Select, layer_views
 
@@ -90,7 +93,8 @@ class _CopyOnWrite(TorchFunctionMode):
 
     An ``nn.ReLU(inplace=True)`` right after a recorded conv would otherwise turn the stored conv
     output into the ReLU's output. Cloning every output always costs 20-45% at batch 256;
-    this clones only when a write into a recorded storage is about to happen.
+    this clones only when a write into a recorded storage is about to happen. The mode is on
+    the stack only during a forward pass of the model, from its first recorded tensor on.
     """
 
     def __init__(self, recorder: Recorder) -> None:
@@ -112,11 +116,46 @@ class _CopyOnWrite(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+# Torch function modes form a stack per thread, and ``with mode:`` pops whatever is on top when
+# it ends. The copy-on-write mode is pushed in the middle of a forward pass, so it goes in at the
+# height the stack had when the pass began: a mode that the model's own code entered since then
+# stays above it, and its ``with`` block still pops that mode and not this one. torch's
+# DeviceContext moves modes around the same way.
+
+
+def _stack_height() -> int:
+    return int(torch._C._len_torch_function_stack())
+
+
+def _insert_mode(mode: TorchFunctionMode, height: int) -> None:
+    """Put ``mode`` on this thread's mode stack with ``height`` modes below it (at most)."""
+    above = [torch._C._pop_torch_function_stack() for _ in range(max(0, _stack_height() - height))]
+    torch._C._push_on_torch_function_stack(mode)
+    for other in reversed(above):
+        torch._C._push_on_torch_function_stack(other)
+
+
+def _remove_mode(mode: TorchFunctionMode) -> None:
+    """Take ``mode`` off this thread's mode stack wherever it is; the others keep their order."""
+    height = _stack_height()
+    if not any(torch._C._get_function_stack_at(i) is mode for i in range(height)):
+        return
+    above = []
+    while (top := torch._C._pop_torch_function_stack()) is not mode:
+        above.append(top)
+    for other in reversed(above):
+        torch._C._push_on_torch_function_stack(other)
+
+
 class Recorder(Mapping[str, torch.Tensor]):
     """Read-only mapping ``layer name -> output of its latest call``, filled inside ``record``.
 
     Besides the mapping interface: :meth:`calls` gives every call of a layer in the latest forward
     pass of the model, :attr:`layers` the selected modules.
+
+    A recorder belongs to the thread that enters it: forward passes run by other threads (or
+    by ``nn.DataParallel``'s replicas) are not recorded. It can be entered again once its block
+    has ended, but not while it is active.
     """
 
     def __init__(
@@ -136,7 +175,12 @@ class Recorder(Mapping[str, torch.Tensor]):
         # storage pointer -> (name, call index) of recorded tensors that alias the model's own
         # tensors, for copy-on-write.
         self._storages: dict[int, list[tuple[str, int]]] = {}
-        self._stack: ExitStack | None = None
+        self._lock = threading.Lock()
+        self._owner: int | None = None  # ident of the thread inside the block
+        self._hooks: Hooks | None = None
+        self._in_pass = False
+        self._pass_height = 0  # height of the mode stack when the current pass began
+        self._mode: _CopyOnWrite | None = None
 
     @property
     def layers(self) -> dict[str, nn.Module]:
@@ -200,21 +244,44 @@ class Recorder(Mapping[str, torch.Tensor]):
         )
 
     # -- hooks -------------------------------------------------------------------------------
+    # Every hook first checks the thread: the hooks sit on modules that any thread may call.
 
     def _start_forward(self, module: nn.Module, args: Any) -> None:
+        if threading.get_ident() != self._owner:
+            return
+        # a pass left by an exception that is not an Exception (always_call hooks skip those)
+        self._release()
         self._calls.clear()
-        self._storages.clear()
+        self._in_pass = True
+        self._pass_height = _stack_height()
+
+    def _end_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        if threading.get_ident() != self._owner:
+            return
+        self._in_pass = False
+        self._release()
 
     def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        view = self._views[name]
+
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            tensor = self._views[name].tensor(output)
-            if self._detach:
-                tensor = tensor.detach()
+            if threading.get_ident() != self._owner:
+                return
+            tensor = view.tensor(output)
+            stored = tensor.detach() if self._detach else tensor
             if self._device is not None:
-                tensor = tensor.to(self._device)
+                stored = stored.to(self._device)
             calls = self._calls.setdefault(name, [])
-            calls.append(tensor)
-            self._storages.setdefault(_storage_key(tensor), []).append((name, len(calls) - 1))
+            calls.append(stored)
+            if not self._in_pass:
+                return  # a layer called on its own, outside a forward pass of the model
+            key = _storage_key(stored)
+            if self._device is not None and key != _storage_key(tensor):
+                return  # a copy: nothing the model does can change it
+            self._storages.setdefault(key, []).append((name, len(calls) - 1))
+            if self._mode is None:
+                self._mode = _CopyOnWrite(self)
+                _insert_mode(self._mode, self._pass_height)
 
         return hook
 
@@ -223,21 +290,37 @@ class Recorder(Mapping[str, torch.Tensor]):
         for name, index in entries or ():
             self._calls[name][index] = self._calls[name][index].clone()
 
+    def _release(self) -> None:
+        """Take the copy-on-write mode off the stack: the pass is over."""
+        self._storages.clear()
+        mode, self._mode = self._mode, None
+        if mode is not None:
+            _remove_mode(mode)
+
     # -- context -----------------------------------------------------------------------------
 
     def __enter__(self) -> Recorder:
-        stack = ExitStack()
-        try:
-            handles: list[RemovableHandle] = []
-            stack.callback(_remove_all, handles)
-            handles.append(self._model.register_forward_pre_hook(self._start_forward))
-            for name, module in self._layers.items():
-                handles.append(module.register_forward_hook(self._hook(name)))
-            stack.enter_context(_CopyOnWrite(self))
-        except BaseException:
-            stack.close()
-            raise
-        self._stack = stack
+        with self._lock:
+            if self._owner is not None:
+                raise NetlensValueError(
+                    "Expected a recorder that is not recording, but this one is already inside "
+                    "its with block: a recorder can be entered again once its block has ended. "
+                    "For nested blocks, make a second recorder with netlens.record(...)."
+                )
+            hooks = Hooks()
+            try:
+                hooks.add(self._model.register_forward_pre_hook(self._start_forward))
+                for name, module in self._layers.items():
+                    hooks.add(module.register_forward_hook(self._hook(name)))
+                # after the layers' hooks, so that the model's own output is recorded first;
+                # always_call: also when the forward raises, to end the pass
+                hooks.add(self._model.register_forward_hook(self._end_forward, always_call=True))
+            except BaseException:
+                hooks.remove()
+                raise
+            self._hooks = hooks
+            self._owner = threading.get_ident()
+            self._in_pass = False
         return self
 
     def __exit__(
@@ -246,15 +329,13 @@ class Recorder(Mapping[str, torch.Tensor]):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
-        self._storages.clear()
-
-
-def _remove_all(handles: list[RemovableHandle]) -> None:
-    for handle in handles:
-        handle.remove()
+        with self._lock:
+            hooks, self._hooks = self._hooks, None
+            if hooks is not None:
+                hooks.remove()
+            self._in_pass = False
+            self._release()
+            self._owner = None
 
 
 def _storage_key(tensor: torch.Tensor) -> int:
@@ -262,6 +343,21 @@ def _storage_key(tensor: torch.Tensor) -> int:
         return int(tensor.untyped_storage().data_ptr())
     except (RuntimeError, NotImplementedError):  # tensors without storage (meta, some subclasses)
         return id(tensor)
+
+
+def _check_device(device: object) -> torch.device | None:
+    if device is None or isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise NetlensTypeError(
+            f"Expected device to be None, a str or a torch.device, but got {describe(device)}."
+        )
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise NetlensValueError(
+            f"Expected device to name a device such as 'cpu' or 'cuda:0', but got {device!r}."
+        ) from error
 
 
 def record(
@@ -279,9 +375,16 @@ def record(
     Each forward pass of ``model`` starts a fresh recording; ``recorder[name]`` is the output
     of the latest call of that layer and ``recorder.calls(name)`` all calls in that pass.
 
-    A recorded tensor keeps its value even if the model later overwrites it in place (an
-    ``nn.ReLU(inplace=True)`` after a conv): the recorder clones a recorded tensor just before
-    an in-place operation would write into it, and never otherwise.
+    A recorded tensor keeps its value even if the model overwrites it in place later in the
+    pass (an ``nn.ReLU(inplace=True)`` after a conv): during each forward pass the recorder
+    clones a recorded tensor just before an in-place operation would write into it, and never
+    otherwise. Outside the model's forward passes nothing is watched: writing in place into the
+    model's output after the pass also changes the recorded output of the last layer.
+
+    A recorder sees only the forward passes of the thread that entered it, so that several
+    threads can record the same model at once, each with its own recorder. Entering a recorder
+    that is already active (``with rec:`` inside ``with rec:``) raises an error; two recorders
+    on the same model can be nested.
 
     Args:
         model: Any ``nn.Module`` (not a ``torch.compile``'d one: pass its ``_orig_mod``).
@@ -291,11 +394,15 @@ def record(
         device: Move each recorded tensor there (for example ``"cpu"`` to save GPU memory).
         select: Which part of a layer's output to store, for layers that return several: an
             index (into a tuple or list), a key (of a mapping such as a Hugging Face
-            ``ModelOutput``) or a function of the output. By default a tensor is stored as is,
-            a tuple or list gives its first tensor (LSTM's ``(output, (h, c))``: ``output``),
-            a mapping its first tensor value and a ``PackedSequence`` its padded tensor.
-        channel_dim: The channel axis of the recorded layers, for techniques that build on the
-            recording (:class:`ActivationGrid`); by default it follows from each module's kind.
+            ``ModelOutput``, or an attribute name) or a function of the output. By default a
+            tensor is stored as is, a tuple or list gives its first tensor (LSTM's
+            ``(output, (h, c))``: ``output``), a mapping its first tensor value and a
+            ``PackedSequence`` its padded tensor. What ``select`` picks goes through the same
+            rule, so ``select=1`` on an LSTM stores ``h``.
+        channel_dim: The channel axis of the recorded layers, as every function that takes a
+            layer accepts it (by default it follows from each module's kind); techniques built
+            on a recorder read it. The outputs are stored as the layers return them: pass the
+            same ``channel_dim`` to :class:`ActivationGrid` to draw channels-last maps.
 
     Returns:
         The :class:`Recorder`, a read-only mapping filled as the model runs.
@@ -303,7 +410,10 @@ def record(
     Raises:
         LayerNotFoundError: See :func:`find_layers`.
         NotRecordedError: When reading a layer that has not run inside the block.
-        NetlensTypeError: When ``select`` returns a non-tensor, or a layer returns no tensor.
+        NetlensTypeError: For a ``select`` or ``device`` of the wrong type; during the forward
+            pass, when a layer's output (or what ``select`` picks from it) holds no tensor.
+        NetlensValueError: When ``select`` names a part the output does not have, and when
+            entering a recorder that is already active.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -319,7 +429,7 @@ def record(
         0
     """
     views = layer_views(model, layers, select=select, channel_dim=channel_dim)
-    return Recorder(model, views, detach=detach, device=device)
+    return Recorder(model, views, detach=detach, device=_check_device(device))
 
 
 # -- running a model up to one layer -----------------------------------------------------------

@@ -15,16 +15,24 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sized
-from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from contextlib import nullcontext
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
 
+from ._checks import as_int, batches, prepare_inputs
 from ._errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
-from ._layers import LayerSpec, check_model, find_layers
-from ._model import evaluating, model_dtype_device, progress_bar
-from ._record import record
+from ._layers import LayerSpec
+from ._model import batched_inputs, evaluating, progress_bar
+from ._outputs import LayerView, Select, check_channel_dim, layer_views
+from ._record import Recorder
+from ._render import Plottable, figure_axes
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["ActivationStats", "ChannelStats", "activation_stats"]
 
@@ -113,6 +121,8 @@ def _batch_moments(
         or scratch.numel() < rows * per_row
         or scratch.dtype != values.dtype
         or scratch.device != values.device
+        # a buffer made under torch.inference_mode() cannot be written outside it
+        or (scratch.is_inference() and not torch.is_inference_mode_enabled())
     ):
         scratch = torch.empty(rows * per_row, dtype=values.dtype, device=values.device)
     partials = [
@@ -194,13 +204,16 @@ def _masked_moments(values: torch.Tensor) -> _Moments:
 
 
 @dataclass(frozen=True, eq=False)
-class ChannelStats:
+class ChannelStats(Plottable):
     """Per-channel statistics of a layer's activations over a data set.
 
-    All tensors have one entry per channel. ``mean``, ``std``, ``min``, ``max`` and
+    All tensors have one entry per channel, in channel order: ``channels`` is ``0, 1, ..., C - 1``
+    (statistics always cover every channel of the layer). ``mean``, ``std``, ``min``, ``max`` and
     ``zero_fraction`` are over the finite values; NaN and inf values are only counted.
 
     Attributes:
+        channels: The channel indices, a 1-D int64 tensor ``0 .. C - 1``, as in every netlens
+            result; index the other tensors with a subset of it.
         mean: Mean (float64).
         std: Standard deviation (float64), the population one (divided by ``count``) unless
             :meth:`ActivationStats.compute` was asked for another ``correction``.
@@ -214,6 +227,7 @@ class ChannelStats:
         layer: The layer's name, when known.
     """
 
+    channels: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
     min: torch.Tensor
@@ -245,7 +259,7 @@ class ChannelStats:
             header += ["NaN", "inf"]
         rows = []
         for c in range(self.num_channels):
-            row = [str(c)]
+            row = [str(int(self.channels[c]))]
             for tensor in (self.mean, self.std, self.min, self.max, self.zero_fraction):
                 row.append(f"{float(tensor[c]):.{digits}g}")
             row.append(str(int(self.count[c])))
@@ -302,14 +316,14 @@ class ChannelStats:
         for c in range(self.num_channels):
             floats = ",".join(repr(float(tensor[c])) for tensor in columns)
             counts = ",".join(str(int(t[c])) for t in (self.count, self.nan_count, self.inf_count))
-            out.write(f"{c},{floats},{counts}\n")
+            out.write(f"{int(self.channels[c])},{floats},{counts}\n")
         text = out.getvalue()
         if path is not None:
             with open(path, "w", encoding="utf-8", newline="") as file:
                 file.write(text)
         return text
 
-    def plot(self, ax: Any = None) -> tuple[Any, Any]:
+    def plot(self, ax: Axes | None = None) -> tuple[Figure, Axes]:
         """Mean per channel with ±1 std error bars and the min-max range; dead channels in red.
 
         Args:
@@ -318,15 +332,9 @@ class ChannelStats:
         Returns:
             ``(figure, axes)``.
         """
-        if ax is None:
-            from matplotlib.figure import Figure
-
-            width = min(12.0, max(4.0, 0.12 * self.num_channels + 2.0))
-            figure = Figure(figsize=(width, 3.5), layout="constrained")
-            ax = figure.add_subplot()
-        else:
-            figure = ax.figure
-        channels = torch.arange(self.num_channels).numpy()
+        width = min(12.0, max(4.0, 0.12 * self.num_channels + 2.0))
+        figure, ax = figure_axes(ax, width=width, height=3.5)
+        channels = self.channels.cpu().numpy()
         mean, std = self.mean.cpu().numpy(), self.std.cpu().numpy()
         ax.vlines(
             channels,
@@ -352,24 +360,27 @@ class ChannelStats:
 class ActivationStats:
     """Streaming per-channel statistics: count, mean, std, min, max, fraction of zeros.
 
-    ``dim`` is the channel dimension; every other dimension is reduced: ``(N, C, H, W)`` conv
-    outputs over N, H and W with ``dim=1``, ``(N, F)`` linear outputs with ``dim=1`` (or
-    ``-1``), ``(N, T, H)`` recurrent outputs over N and T with ``dim=-1``. Each tensor is first
-    reduced over the dims after ``dim`` in its own precision (float32 or float64; half precision
-    is widened to float32), then accumulated in float64; partial results combine with Chan et
-    al.'s parallel formulas, so :meth:`merge` of shards gives one pass's result and memory does
-    not grow with the number of samples. The state lives on the device of the first tensor.
+    ``channel_dim`` is the channel axis; every other axis is reduced: ``(N, C, H, W)`` conv
+    outputs over N, H and W with ``channel_dim=1``, ``(N, F)`` linear outputs with
+    ``channel_dim=1`` (or ``-1``), ``(N, T, H)`` recurrent outputs over N and T with
+    ``channel_dim=-1``. Where the batch axis is does not matter. Each tensor is first reduced
+    over the axes after the channel axis in its own precision (float32 or float64; half
+    precision is widened to float32), then accumulated in float64; partial results combine
+    with Chan et al.'s parallel formulas, so :meth:`merge` of shards gives one pass's result and
+    memory does not grow with the number of samples. The state lives on the device of the first
+    tensor. It works under ``torch.inference_mode()`` too.
 
     NaN and inf values are counted per channel and left out of the mean, std, min and max;
     :meth:`compute` warns when there were any.
 
     Args:
-        dim: The channel dimension (negative counts from the end).
+        channel_dim: The channel axis (negative counts from the end), as ``channel_dim=`` of
+            every function that takes a layer.
 
     Example:
         >>> import torch
         >>> import netlens as nl
-        >>> stats = nl.ActivationStats(dim=1)
+        >>> stats = nl.ActivationStats(channel_dim=1)
         >>> for batch in torch.arange(24.0).reshape(3, 2, 4, 1):  # three batches (2, 4, 1)
         ...     _ = stats.update(batch)
         >>> result = stats.compute()
@@ -377,10 +388,13 @@ class ActivationStats:
         (tensor([10., 11., 12., 13.], dtype=torch.float64), tensor([6, 6, 6, 6]))
     """
 
-    def __init__(self, dim: int = 1) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise NetlensTypeError(f"Expected dim to be an int, but got {describe(dim)}.")
-        self.dim = dim
+    def __init__(self, channel_dim: int = 1) -> None:
+        number = as_int(channel_dim)
+        if number is None:
+            raise NetlensTypeError(
+                f"Expected channel_dim to be an int, but got {describe(channel_dim)}."
+            )
+        self.channel_dim = number
         self._state: _Moments | None = None
         self._scratch: torch.Tensor | None = None
 
@@ -398,13 +412,16 @@ class ActivationStats:
         return int((state.n + state.nans + state.infs).max().item())
 
     def __repr__(self) -> str:
-        return f"ActivationStats(dim={self.dim}, channels={self.num_channels}, count={self.count})"
+        return (
+            f"ActivationStats(channel_dim={self.channel_dim}, channels={self.num_channels}, "
+            f"count={self.count})"
+        )
 
     def update(self, tensor: torch.Tensor) -> ActivationStats:
         """Add every value of ``tensor`` to its channel's statistics.
 
         Args:
-            tensor: Any real tensor with more than ``dim`` dimensions (detached inside).
+            tensor: Any real tensor with an axis ``channel_dim`` (detached inside).
 
         Returns:
             ``self``, so that calls chain.
@@ -417,12 +434,16 @@ class ActivationStats:
             raise NetlensTypeError(f"Expected a torch.Tensor, but got {describe(tensor)}.")
         if tensor.is_complex():
             raise NetlensTypeError(f"Expected a real tensor, but got {describe(tensor)}.")
-        if not -tensor.dim() <= self.dim < tensor.dim():
+        dim = self.channel_dim
+        if not -tensor.dim() <= dim < tensor.dim():
             raise NetlensValueError(
-                f"Expected a tensor with channel dim {self.dim}, so with at least "
-                f"{self.dim + 1 if self.dim >= 0 else -self.dim} dims, but got {describe(tensor)}."
+                f"Expected a tensor with channel_dim {dim}, so with at least "
+                f"{dim + 1 if dim >= 0 else -dim} dims, but got {describe(tensor)}."
             )
-        dim = self.dim % tensor.dim()
+        return self._add(tensor, dim % tensor.dim())
+
+    def _add(self, tensor: torch.Tensor, dim: int) -> ActivationStats:
+        """:meth:`update` with the channel axis ``dim`` (non-negative) of this tensor."""
         channels = tensor.shape[dim]
         self._check_channels(channels, "update with")
         outer = math.prod(tensor.shape[:dim])
@@ -446,7 +467,8 @@ class ActivationStats:
         """Add the statistics accumulated by ``other`` (another shard of the data) to these.
 
         Args:
-            other: Another accumulator with the same number of channels (``dim`` may differ).
+            other: Another accumulator with the same number of channels (its
+                ``channel_dim`` may differ).
 
         Returns:
             ``self``.
@@ -561,6 +583,7 @@ class ActivationStats:
                 stacklevel=2,
             )
         return ChannelStats(
+            channels=torch.arange(state.n.shape[0], device=state.n.device),
             mean=torch.where(seen, state.mean, nan),
             std=variance.sqrt(),
             min=torch.where(seen, state.minimum, nan),
@@ -583,54 +606,82 @@ def _to(moments: _Moments, device: torch.device) -> _Moments:
     return _Moments(*(tensor.to(device) for tensor in moments))
 
 
-def _default_dim(module: nn.Module) -> int:
-    # Linear and recurrent layers put their features last ((N, F), (N, T, F), (N, T, H)).
-    return -1 if isinstance(module, (nn.Linear, nn.RNNBase, nn.Bilinear)) else 1
-
-
-def _inputs_of(batch: object) -> torch.Tensor:
-    if isinstance(batch, (tuple, list)) and batch:
-        batch = batch[0]
-    if not isinstance(batch, torch.Tensor):
-        raise NetlensTypeError(
-            "Expected each item of data to be a tensor or a tuple (inputs, targets, ...) whose "
-            f"first item is a tensor, but got {describe(batch)}."
+def _views(
+    model: nn.Module,
+    layers: LayerSpec,
+    select: object,
+    channel_dim: object,
+) -> dict[str, LayerView]:
+    """The layers' views, with ``channel_dim`` for all of them or a ``{name: dim}`` mapping."""
+    if not isinstance(channel_dim, Mapping):
+        return layer_views(model, layers, select=select, channel_dim=channel_dim)
+    views = layer_views(model, layers, select=select)
+    unknown = sorted(str(key) for key in channel_dim if key not in views)
+    if unknown:
+        raise NetlensValueError(
+            f"Expected channel_dim's keys to be among the selected layers {sorted(views)}, but "
+            f"got {unknown}."
         )
-    return batch
+    for name, dim in channel_dim.items():
+        checked = check_channel_dim(dim)
+        if checked is not None:
+            views[name] = replace(views[name], channel_dim=checked)
+    return views
+
+
+def _on(stats: ChannelStats, device: torch.device, layer: str) -> ChannelStats:
+    """``stats`` of ``layer`` with every tensor on ``device``."""
+    tensors = {item.name: getattr(stats, item.name) for item in fields(stats)}
+    del tensors["layer"]
+    return ChannelStats(**{name: t.to(device) for name, t in tensors.items()}, layer=layer)
 
 
 def activation_stats(
     model: nn.Module,
-    data: Iterable[Any],
+    data: Iterable[Any] | torch.Tensor,
     layers: LayerSpec,
     *,
-    dim: int | Mapping[str, int] | None = None,
     progress: bool = False,
+    select: Select | None = None,
+    channel_dim: int | Mapping[str, int] | None = None,
 ) -> dict[str, ChannelStats]:
     """Per-channel statistics of the outputs of several layers over a data set, in one pass.
 
+    Each layer's output is read by the layer contract (see the user guide's "Layers and
+    outputs"): a tuple or list gives its first tensor, a mapping its first tensor value, a
+    ``PackedSequence`` its padded tensor, unless ``select`` picks another part; the channel axis
+    follows from the module's kind (dim 1 for the convolution family, the last dim for
+    ``nn.Linear``, recurrent, attention, LayerNorm and Embedding layers: a BERT-style linear
+    layer on ``(N, T, D)`` has D channels) unless ``channel_dim`` says it. Statistics reduce
+    over every other axis, so they are the same for a time-first recurrent layer and its
+    batch-first twin.
+
     The model runs in eval mode (every module's ``training`` flag is set to False) under
-    ``torch.no_grad()``; each module's own flag is restored on exit, also when something
-    raises. Every call of a layer counts: a module used twice per forward contributes both
-    outputs. Inputs are moved to the model's device, and floating-point inputs cast to its
-    dtype.
+    ``torch.no_grad()``, or under ``torch.inference_mode()`` when called inside it; each
+    module's own flag is restored on exit, also when something raises. Every call of a layer
+    counts: a module used twice per forward contributes both outputs. Inputs are moved to the
+    model's device (floating-point inputs cast to its dtype); the statistics, float64, come back
+    on the device of the inputs.
 
     Args:
         model: Any ``nn.Module``.
         data: An iterable of batches: tensors, or tuples and lists ``(inputs, targets, ...)``
             whose first item is the input (a ``DataLoader``). A single tensor is one batch.
         layers: Which layers, as for :func:`netlens.find_layers`.
-        dim: The channel dimension of the outputs: one int for all layers, a mapping from layer
-            name to int, or None for 1, except -1 for ``nn.Linear`` and recurrent layers
-            (features last).
         progress: Show a tqdm progress bar (when tqdm is installed).
+        select: Which part of each layer's output to use: an index, a key or a callable, as
+            for :func:`netlens.record`.
+        channel_dim: The channel axis of the outputs: one int for all layers, or a mapping
+            from layer name to int for some of them; the module's kind decides for the others.
 
     Returns:
         ``{layer name: ChannelStats}`` with population standard deviations.
 
     Raises:
-        NetlensValueError: For empty ``data``.
-        NetlensTypeError: For a batch that is not a tensor or a tuple starting with one.
+        NetlensValueError: For empty ``data``, a batch without its batch dimension, or a
+            ``channel_dim`` outside a layer's output or naming its batch axis.
+        NetlensTypeError: For a batch that is not a tensor or a tuple starting with one, or a
+            layer output without a tensor.
         NotRecordedError: For a layer that never ran.
 
     Example:
@@ -642,50 +693,37 @@ def activation_stats(
         >>> stats["relu1"].num_channels, int(stats["relu1"].count[0]), stats["fc2"].num_channels
         (32, 18816, 10)
     """
-    model = check_model(model)
-    found = find_layers(model, layers)
-    if isinstance(data, torch.Tensor):
-        data = [data]
-    dims = {name: _default_dim(module) for name, module in found.items()}
-    if isinstance(dim, Mapping):
-        unknown = sorted(set(dim) - set(found))
-        if unknown:
-            raise NetlensValueError(
-                f"Expected dim's keys to be among the selected layers {sorted(found)}, but got "
-                f"{unknown}."
-            )
-        dims.update(dim)
-    elif dim is not None:
-        dims = dict.fromkeys(found, dim)
-    accumulators = {name: ActivationStats(dims[name]) for name in found}
-    dtype, device = model_dtype_device(model)
-    total = len(data) if isinstance(data, Sized) else None
-    batches = 0
-    recorder = record(model, list(found.values()))
-    names = dict(zip(recorder.layers, found, strict=True))
+    views = _views(model, layers, select, channel_dim)
+    accumulators: dict[str, ActivationStats] = {}
+    total = len(data) if isinstance(data, Sized) and not isinstance(data, torch.Tensor) else None
+    recorder = Recorder(model, views, detach=True, device=None)
+    home: torch.device | None = None
     with evaluating(model), torch.no_grad():
-        for batch in progress_bar(data, enabled=progress, total=total, desc="activation_stats"):
-            inputs = _inputs_of(batch)
-            if device is not None:
-                inputs = inputs.to(device)
-            if dtype is not None and inputs.is_floating_point():
-                inputs = inputs.to(dtype)
+        bar = progress_bar(batches(data), enabled=progress, total=total, desc="activation_stats")
+        for batch in bar:
+            inputs, info = prepare_inputs(batch, model, name="each batch of data", floating=False)
+            # the first pass checks that inputs reach conv and recurrent layers batched
+            check = batched_inputs(model, tuple(batch.shape)) if home is None else nullcontext()
+            home = home or info.device
             # hooks only around the forward pass: the reductions then run without the
-            # recorder's copy-on-write guard looking at every tensor operation
-            with recorder:
+            # recorder's hooks or its copy-on-write mode
+            with check, recorder:
                 model(inputs)
-            for recorded, name in names.items():
-                if recorded in recorder:
-                    for output in recorder.calls(recorded):
-                        accumulators[name].update(output)
+            for name, view in views.items():
+                if name in recorder:
+                    if name not in accumulators:
+                        accumulators[name] = ActivationStats(view.channel_dim)
+                    for output in recorder.calls(name):
+                        # the batch axis does not matter: every axis but the channel is reduced
+                        _, channel = view.dims(output)
+                        accumulators[name]._add(output, channel)
             recorder.clear()  # frees the outputs before the next batch
-            batches += 1
-    if batches == 0:
+    if home is None:
         raise NetlensValueError("Expected data to yield at least one batch, but it was empty.")
-    missing = [name for name, acc in accumulators.items() if acc.num_channels is None]
+    missing = [name for name in views if name not in accumulators]
     if missing:
         raise NotRecordedError(
             f"Expected every selected layer to run during the forward passes, but {missing} "
             "never ran: check that the model's forward uses them."
         )
-    return {name: replace(acc.compute(), layer=name) for name, acc in accumulators.items()}
+    return {name: _on(accumulators[name].compute(), home, name) for name in views}

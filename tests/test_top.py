@@ -1,0 +1,383 @@
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import netlens as nl
+from netlens.models import LeNet5
+from netlens.testing import (
+    FunctionalReluNet,
+    GRUClassifier,
+    ResidualNet,
+    TinyConvNet,
+    ZooModel,
+    model_unchanged,
+)
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-9)
+
+
+def _lenet(seed: int, size: int) -> LeNet5:
+    torch.manual_seed(seed)
+    return LeNet5(image_size=size).double().eval()
+
+
+class _Squashed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 3, 3, padding=1)
+        self.act = nn.Tanh()
+        self.conv2 = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.act(self.conv1(x)))
+
+
+# -- the model is left alone, bad input ----------------------------------------------------------
+
+
+def test_model_unchanged_over_the_zoo(zoo_model: ZooModel) -> None:
+    model, inputs, layer = zoo_model.model, zoo_model.inputs, zoo_model.feature_layer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the recurrent models warn about their nonlinearity
+        with model_unchanged(model):
+            top = nl.top_activations(model, [inputs, inputs], layer, channels=[0, 1], k=2)
+        with model_unchanged(model), pytest.raises(nl.NetlensValueError, match="channels"):
+            nl.top_activations(model, [inputs], layer, channels=[10_000], k=1)
+    assert top.patches.shape[:2] == (2, 2)
+    assert torch.isfinite(top.projections).all()
+
+
+def test_bad_input_to_top_activations() -> None:
+    model = TinyConvNet().eval()
+    data = torch.randn(5, 1, 8, 8)
+    with model_unchanged(model):
+        with pytest.raises(nl.NetlensValueError, match="at least k=9 inputs"):
+            nl.top_activations(model, data, "conv2")
+        with pytest.raises(nl.NetlensValueError, match="k >= 1"):
+            nl.top_activations(model, data, "conv2", k=0)
+        with pytest.raises(nl.NetlensTypeError, match="iterable of batches"):
+            nl.top_activations(model, 3, "conv2", k=1)  # type: ignore[arg-type]
+        with pytest.raises(nl.NetlensTypeError, match="floating"):
+            nl.top_activations(model, [data.long()], "conv2", k=1)
+        with pytest.raises(nl.NetlensValueError, match=r"channels in \[0, 6\)"):
+            nl.top_activations(model, data, "conv2", channels=[6], k=1)
+        with pytest.raises(nl.NetlensValueError, match="each of channels >= 0"):
+            nl.top_activations(model, data, "conv2", channels=[-2], k=1)
+        with pytest.raises(nl.NetlensTypeError, match="channels to be an int or a list"):
+            nl.top_activations(model, data, "conv2", channels=1.0, k=1)  # type: ignore[arg-type]
+        with pytest.raises(nl.NetlensTypeError, match="k to be an int"):
+            nl.top_activations(model, data, "conv2", k=2.0)  # type: ignore[arg-type]
+        with pytest.raises(nl.NetlensTypeError, match="each item of data"):
+            nl.top_activations(model, [[1.0, 2.0]], "conv2", k=1)
+        with pytest.raises(nl.NetlensValueError, match="batch dimension"):
+            nl.top_activations(model, torch.randn(1, 8, 8), "conv2", k=1)
+        with pytest.raises(nl.NetlensValueError, match="channel_dim in"):
+            nl.top_activations(model, data, "conv2", k=1, channel_dim=5)
+        with torch.inference_mode(), pytest.raises(nl.NetlensValueError, match="inference mode"):
+            nl.top_activations(model, data, "conv2", k=1)
+    convolutional = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    with model_unchanged(convolutional), pytest.raises(nl.NetlensValueError, match="every batch"):
+        nl.top_activations(convolutional, [data, torch.randn(3, 1, 6, 6)], "0", k=1)
+
+
+def test_top_activations_warns_once_too() -> None:
+    model = _Squashed().eval()
+    with pytest.warns(UserWarning, match="Tanh") as caught:
+        nl.top_activations(model, [torch.randn(4, 1, 8, 8)] * 3, "conv2", k=2)
+    assert len(caught) == 1
+
+
+# -- against a brute-force search; receptive fields ---------------------------------------------
+
+
+def _brute_force_top(
+    model: nn.Module, data: torch.Tensor, layer: str, channels: list[int], k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with nl.record(model, layer) as rec, torch.no_grad():
+        model(data)
+    maps = rec[layer][:, channels].flatten(2)  # (N, C, positions)
+    best, where = maps.max(dim=2)
+    values, indices, positions = [], [], []
+    for c in range(len(channels)):
+        order = sorted(range(data.shape[0]), key=lambda n: (-float(best[n, c]), n))[:k]
+        values.append(best[order, c])
+        indices.append(torch.tensor(order))
+        positions.append(where[order, c])
+    return torch.stack(values), torch.stack(indices), torch.stack(positions)
+
+
+def test_top_activations_equals_a_brute_force_search_and_its_projections() -> None:
+    model = _lenet(10, size=20)
+    data = torch.randn(45, 1, 20, 20, dtype=torch.float64)
+    loader = [(data[i : i + 7], torch.zeros(7)) for i in range(0, 45, 7)]  # uneven batches
+    top = nl.top_activations(model, loader, "conv2", channels=[3, 40, 7], k=5)
+    values, indices, flat = _brute_force_top(model, data, "conv2", [3, 40, 7], 5)
+    _close(top.activations, values)
+    assert torch.equal(top.indices, indices)
+    assert torch.equal(top.positions[..., 0] * 10 + top.positions[..., 1], flat)
+    assert top.patches.shape == top.projections.shape == (3, 5, 1, 14, 14)
+    for c, channel in enumerate([3, 40, 7]):
+        for rank in range(5):
+            n = int(indices[c, rank])
+            i, j = top.positions[c, rank].tolist()
+            # conv2's receptive field in LeNet5: rows 2i-6 .. 2i+7 (5x5 conv, pool 2, 5x5 conv).
+            rows = (max(0, 2 * i - 6), min(20, 2 * i + 8))
+            columns = (max(0, 2 * j - 6), min(20, 2 * j + 8))
+            assert top.boxes[c, rank].tolist() == [[0, 1], list(rows), list(columns)]
+            image = data[n : n + 1]
+            # Clipped at the top/left: the patch is padded before the image content.
+            top_pad = 14 - (rows[1] - rows[0]) if rows[0] == 0 else 0
+            left_pad = 14 - (columns[1] - columns[0]) if columns[0] == 0 else 0
+            window = (slice(None), slice(rows[0], rows[1]), slice(columns[0], columns[1]))
+            inside = (
+                slice(None),
+                slice(top_pad, top_pad + rows[1] - rows[0]),
+                slice(left_pad, left_pad + columns[1] - columns[0]),
+            )
+            _close(top.patches[c, rank][inside], image[0][window])
+            if rank in (0, 4):  # the slow reference for the projections, on a few
+                projection = nl.deconvnet(model, image, "conv2", channel, position=(i, j)).images
+                _close(top.projections[c, rank][inside], projection[0][window])
+                # The projection lies inside the receptive field.
+                outside = projection[0].clone()
+                outside[window] = 0
+                assert outside.abs().max() == 0
+
+
+def test_receptive_fields_follow_pooling_strides_and_residual_paths() -> None:
+    torch.manual_seed(11)
+    functional = FunctionalReluNet().eval()  # F.max_pool2d, torch.relu
+    top = nl.top_activations(functional, torch.randn(12, 1, 8, 8), "conv2", k=3)
+    for (i, j), box in zip(
+        top.positions.reshape(-1, 2).tolist(), top.boxes.reshape(-1, 3, 2).tolist(), strict=True
+    ):
+        # 3x3 conv (pad 1), 2x2 pool, 3x3 conv (pad 1): rows 2i-3 .. 2i+4
+        assert box[1:] == [
+            [max(0, 2 * i - 3), min(8, 2 * i + 5)],
+            [max(0, 2 * j - 3), min(8, 2 * j + 5)],
+        ]
+    # The largest receptive field inside the 8x8 input is 7x7 (every one is clipped).
+    assert top.patches.shape[-2:] == (7, 7)
+    residual = ResidualNet()  # in training mode, with BatchNorm: projected in eval mode
+    with model_unchanged(residual):
+        top = nl.top_activations(residual, torch.randn(10, 1, 8, 8), "conv_b", k=3)
+    for (i, j), box in zip(
+        top.positions.reshape(-1, 2).tolist(), top.boxes.reshape(-1, 3, 2).tolist(), strict=True
+    ):
+        # three 3x3 convs (pad 1) on the long path; the skip path's field lies inside
+        assert box[1:] == [[max(0, i - 3), min(8, i + 4)], [max(0, j - 3), min(8, j + 4)]]
+    strided = nn.Sequential(
+        nn.Conv2d(1, 2, 3, stride=2), nn.ReLU(inplace=True), nn.Conv2d(2, 2, 3, stride=2)
+    ).eval()
+    top = nl.top_activations(strided, torch.randn(6, 1, 11, 11), "2", k=2)
+    for (i, j), box in zip(
+        top.positions.reshape(-1, 2).tolist(), top.boxes.reshape(-1, 3, 2).tolist(), strict=True
+    ):
+        assert box[1:] == [[4 * i, 4 * i + 7], [4 * j, 4 * j + 7]]  # 3 + (3 - 1) * 2 = 7
+
+
+class _FixedFilter(nn.Module):
+    """A conv with a plain float32 tensor as weight (no parameter, no buffer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.randn(2, 1, 3, 3)
+        self.conv = nn.Conv2d(2, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.relu(F.conv2d(x, self.weight)))
+
+
+def test_receptive_fields_of_a_model_that_keeps_its_own_dtype() -> None:
+    top = nl.top_activations(_FixedFilter().eval(), torch.randn(6, 1, 9, 9), "conv", k=2)
+    for (i, j), box in zip(
+        top.positions.reshape(-1, 2).tolist(), top.boxes.reshape(-1, 3, 2).tolist(), strict=True
+    ):
+        assert box[1:] == [[i, i + 5], [j, j + 5]]
+
+
+def test_running_top_memory_does_not_grow_with_the_data() -> None:
+    from netlens._top import _RunningTop
+
+    model = TinyConvNet().eval()
+    top = _RunningTop("conv2", 4, [0, 5])
+    with nl.record(model, "conv2") as rec, torch.no_grad():
+        for _ in range(10):
+            x = torch.randn(16, 1, 8, 8)
+            model(x)
+            top.update(x, rec["conv2"])
+    assert top.images.shape == (2, 4, 1, 8, 8) and top.values.shape == (2, 4)
+    assert top.seen == 160
+
+
+# -- the layer contract ----------------------------------------------------------------------------
+
+
+def test_an_int_channel_drops_the_channel_dim_and_a_list_keeps_it() -> None:
+    model = _lenet(19, size=16)
+    data = torch.randn(12, 1, 16, 16, dtype=torch.float64)
+    single = nl.top_activations(model, data, "conv2", channels=7, k=3)
+    pair = nl.top_activations(model, data, "conv2", channels=[2, 7], k=3)
+    everything = nl.top_activations(model, data, "conv2", k=3)
+    assert single.channels.tolist() == [7] and pair.channels.tolist() == [2, 7]
+    assert everything.channels.tolist() == list(range(64))
+    for field in ("activations", "indices", "positions", "boxes", "patches", "projections"):
+        one, two, every = getattr(single, field), getattr(pair, field), getattr(everything, field)
+        assert two.shape == (2, *one.shape) and every.shape == (64, *one.shape), field
+        _close(two[1].to(one.dtype), one)
+        _close(every[7].to(one.dtype), one)
+    assert single.activations.shape == (3,) and single.patches.shape[0] == 3
+
+
+def test_float64_data_on_a_float32_model_gives_float64_results_with_the_exact_inputs() -> None:
+    torch.manual_seed(20)
+    model = TinyConvNet().eval()
+    data = torch.randn(6, 1, 8, 8, dtype=torch.float64)
+    with model_unchanged(model):
+        top = nl.top_activations(model, data, "conv1", channels=[0, 3], k=2)
+    for field in ("activations", "patches", "projections"):
+        assert getattr(top, field).dtype == torch.float64, field
+    assert top.indices.dtype == top.positions.dtype == top.boxes.dtype == torch.long
+    # The patches are the inputs as given, not rounded to the model's float32.
+    for c in range(2):
+        for rank in range(2):
+            n = int(top.indices[c, rank])
+            (_, _), (r0, r1), (c0, c1) = top.boxes[c, rank].tolist()
+            patch = top.patches[c, rank, 0]
+            window = data[n, 0, r0:r1, c0:c1]
+            rows = slice(3 - (r1 - r0), 3) if r0 == 0 else slice(0, r1 - r0)
+            columns = slice(3 - (c1 - c0), 3) if c0 == 0 else slice(0, c1 - c0)
+            assert torch.equal(patch[rows, columns], window)
+    reference = nl.top_activations(model, data.float(), "conv1", channels=[0, 3], k=2)
+    assert reference.projections.dtype == torch.float32
+    torch.testing.assert_close(top.projections, reference.projections.double())
+
+
+def test_a_time_first_gru_with_as_many_steps_as_inputs_equals_its_batch_first_twin() -> None:
+    torch.manual_seed(21)
+    time_first = GRUClassifier(batch_first=False).eval()
+    batch_first = GRUClassifier(batch_first=True).eval()
+    batch_first.load_state_dict(time_first.state_dict())
+    data = [torch.randn(4, 4, 5), torch.randn(4, 4, 5)]  # T == N
+    results = []
+    for model in (time_first, batch_first):
+        with model_unchanged(model), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the GRU has no deconvnet rule
+            results.append(nl.top_activations(model, data, "rnn", channels=[0, 5], k=3))
+    first, reference = results
+    assert torch.equal(first.indices, reference.indices)
+    assert torch.equal(first.positions, reference.positions)
+    assert torch.equal(first.boxes, reference.boxes)
+    torch.testing.assert_close(first.activations, reference.activations)
+    torch.testing.assert_close(first.patches, reference.patches)
+    torch.testing.assert_close(first.projections, reference.projections)
+    assert (first.projections.abs().flatten(2).sum(dim=2) > 0).all()
+    # The brute-force top-3 of unit 5 over the 8 sequences, from the batch-first outputs.
+    with torch.no_grad():
+        best = torch.cat([batch_first.rnn(x)[0][..., 5].amax(dim=1) for x in data])
+    assert first.indices[1].tolist() == best.argsort(descending=True)[:3].tolist()
+    # A unit at step t depends on steps 0..t of its sequence and all of its features.
+    steps = first.positions.reshape(-1).tolist()
+    for t, box in zip(steps, first.boxes.reshape(-1, 2, 2).tolist(), strict=True):
+        assert box == [[0, t + 1], [0, 5]]
+
+
+class _TokenBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.intermediate = nn.Linear(32, 64)
+        self.head = nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.gelu(self.intermediate(x)).mean(dim=1))
+
+
+def test_a_linear_layer_on_tokens_has_its_units_on_the_last_dim() -> None:
+    torch.manual_seed(22)
+    model = _TokenBlock().double().eval()
+    data = torch.randn(5, 8, 32, dtype=torch.float64)
+    with model_unchanged(model):
+        top = nl.top_activations(model, data, "intermediate", channels=[20, 63], k=2)
+    hidden = model.intermediate(data).detach()  # (N, T, 64)
+    for c, unit in enumerate([20, 63]):
+        best, where = hidden[..., unit].max(dim=1)
+        order = best.argsort(descending=True)[:2]
+        assert top.indices[c].tolist() == order.tolist()
+        assert top.positions[c, :, 0].tolist() == where[order].tolist()
+        for rank, n in enumerate(order.tolist()):
+            t = int(where[n])
+            assert top.boxes[c, rank].tolist() == [[t, t + 1], [0, 32]]  # one token
+            _close(top.patches[c, rank, 0], data[n, t])
+            weight = model.intermediate.weight.detach()[unit]
+            _close(top.projections[c, rank, 0], hidden[n, t, unit] * weight)
+    assert nl.top_activations(model, data, "intermediate", k=1).channels.shape == (64,)
+
+
+class _ToChannelsLast(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+def test_channel_dim_and_select_reach_the_layer() -> None:
+    torch.manual_seed(23)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), _ToChannelsLast()).eval()
+    data = torch.randn(6, 1, 8, 8)
+    last = nl.top_activations(model, data, "1", channels=[1, 3], k=2, channel_dim=-1)
+    first = nl.top_activations(model, data, "0", channels=[1, 3], k=2)
+    for field in ("activations", "indices", "positions", "boxes", "patches", "projections"):
+        torch.testing.assert_close(getattr(last, field), getattr(first, field))
+    with pytest.raises(nl.NetlensValueError, match=r"in \[0, 4\)"):
+        nl.top_activations(model, data, "1", channels=[4], k=2, channel_dim=-1)
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            features = self.conv(x)
+            return features.mean(dim=(2, 3)), features
+
+    paired = nn.Sequential(Pair()).eval()
+    paired[0].conv.load_state_dict(model[0].state_dict())
+    picked = nl.top_activations(paired, data, "0", channels=[1, 3], k=2, select=1)
+    for field in ("activations", "indices", "positions", "boxes", "patches", "projections"):
+        torch.testing.assert_close(getattr(picked, field), getattr(first, field))
+
+
+def test_top_activations_is_a_frozen_plottable_result(tmp_path: Path) -> None:
+    model = TinyConvNet().eval()
+    top = nl.top_activations(model, torch.randn(6, 1, 8, 8), "conv2", channels=4, k=4)
+    params = top.__dataclass_params__  # type: ignore[attr-defined]
+    assert params.frozen and not params.eq
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        top.layer = "conv1"  # type: ignore[misc]
+    _, ax = top.plot()
+    assert [text.get_text() for text in ax.texts] == ["channel 4"]
+    for suffix in ("png", "svg", "pdf"):
+        top.save(tmp_path / f"top.{suffix}")
+        assert (tmp_path / f"top.{suffix}").stat().st_size > 0
+    assert top._repr_png_().startswith(b"\x89PNG")
+    assert "TopActivations(" in repr(top) and "k=4" in repr(top)
+
+
+def test_plots_draw_on_a_new_figure_or_a_given_axes() -> None:
+    from matplotlib.figure import Figure
+
+    model = _lenet(0, size=16)
+    x = torch.randn(10, 1, 16, 16, dtype=torch.float64)
+    top = nl.top_activations(model, x, "conv2", channels=[0, 1, 2], k=9)
+    fig, ax = top.plot()
+    assert isinstance(fig, Figure) and len(ax.texts) == 3 and len(ax.images) == 1
+    given = Figure().add_subplot()
+    fig2, ax2 = top.plot(ax=given, ncols=3)
+    assert ax2 is given and fig2 is given.figure
