@@ -693,9 +693,9 @@ def test_lstm_fed_a_packed_sequence_maximises_its_padded_output() -> None:
     assert float(result.history[-1]) > float(result.history[0])
 
 
-def test_integer_input_models_are_refused_with_input_shape_named() -> None:
+def test_integer_input_models_are_refused_naming_the_embedding() -> None:
     member = contract_zoo()["token_classifier"]
-    with model_unchanged(member.model), pytest.raises(nl.NetlensValueError, match="input_shape"):
+    with model_unchanged(member.model), pytest.raises(nl.NetlensTypeError, match="token ids"):
         nl.maximize_activation(member.model, "proj", input_shape=(7,), steps=2)
 
 

@@ -465,14 +465,11 @@ class Target:
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         """The layer's output for ``inputs``, arranged ``(N, C, *rest)``."""
         self._seen = 0
-        with self.recorder:
+        with self.recorder, Hooks() as hooks:
             # registered after the recorder's hook, so that the output is stored first
-            handle = self.view.module.register_forward_hook(self._stop)
-            try:
-                with suppress(StopForward):
-                    self.model(inputs)
-            finally:
-                handle.remove()
+            hooks.add(self.view.module.register_forward_hook(self._stop))
+            with suppress(StopForward):
+                self.model(inputs)
             output = self.recorder[self.view.name]
         return self.view.arrange(output, inputs.shape[0])
 
