@@ -5,24 +5,30 @@ is it. Data are whole tensors in memory (CIFAR-10 at 28x28 grey and MNIST are sm
 indexing, which is several times faster on CPU than a DataLoader of single items.
 
 Exact resume: every random choice of epoch ``e`` (shuffling, augmentation, dropout) is drawn
-from generators seeded by ``(seed, e)``, so a run stopped after epoch ``k`` and resumed from its
-checkpoint ends with the same numbers as an uninterrupted run on the same machine.
+from generators seeded by ``(seed, e)``, so a run stopped after epoch ``k`` (or killed at any
+point) and resumed from its checkpoint ends with the same numbers as an uninterrupted run on the
+same machine. A checkpoint records everything that changes what an epoch means (the training
+config, the script's setup such as ``--quick`` and the recipe, and the data: sizes and a digest
+of the labels); ``--resume`` refuses a checkpoint that differs in any of them, or that is
+damaged, with one line and exit code 2. Every file is written through a hidden partial file that
+is synced to disk before it is renamed into place, with the mode a plain ``open()`` gives; the
+partial files of a killed run are removed by the next one.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import importlib
 import io
 import json
 import math
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from netlens.datasets import _atomic_file, _create_partial, _remove_stale_partials
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -92,16 +100,14 @@ class History:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+    """Write a hidden partial file in the same folder, sync it to disk, then rename it.
+
+    Never a half-written or (after a power cut) empty file under ``path``; the file gets the
+    mode any plain write gets (0666 less the umask).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with _atomic_file(path) as file:
+        file.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -130,13 +136,42 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return "\n".join(lines) + "\n"
 
 
-def prepare_out_dir(path: Path) -> Path:
+def check_writable(folder: Path, what: str) -> None:
+    """Create and delete a file in ``folder``: the one sure test that outputs can go there."""
+    try:
+        probe, path = _create_partial(folder / "write-test")
+    except OSError as error:
+        raise ExampleError(
+            f"cannot write into {what} {folder}: {error.strerror or error}; give a writable folder"
+        ) from None
+    probe.close()
+    path.unlink(missing_ok=True)
+
+
+def prepare_out_dir(
+    path: Path, subfolders: Sequence[str] = (), tensorboard: str | None = None
+) -> Path:
+    """Create ``path`` and its ``subfolders``, check that each is writable, remove stale parts.
+
+    Called before training, so that a read-only output folder is reported before the first
+    epoch; the partial files that a killed run left behind (a checkpoint being written, a figure)
+    are removed.
+    """
     if path.exists() and not path.is_dir():
         raise ExampleError(f"--out {path} is a file; give a folder (it is created if missing)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ExampleError(f"cannot create --out folder {path}: {error.strerror}") from None
+    folders = [("--out folder", path)]
+    folders += [("output folder", path / name) for name in subfolders]
+    if tensorboard is not None:
+        folders.append(("--tensorboard folder", Path(tensorboard)))
+    for what, folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise ExampleError(f"{what} {folder} is a file; move it away or choose another --out")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ExampleError(f"cannot create {what} {folder}: {error.strerror}") from None
+        check_writable(folder, what)
+        _remove_stale_partials(folder)
     return path
 
 
@@ -222,15 +257,19 @@ def train(
     progress: bool = True,
     tensorboard: str | None = None,
     stop_after: int | None = None,
+    setup: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> History:
     """Train ``model`` with Adam and cross-entropy; write an atomic checkpoint every epoch.
 
-    ``resume`` continues from ``checkpoint`` (which must come from the same model and config);
+    ``resume`` continues from ``checkpoint``, which must come from the same model, config,
+    ``setup`` (what the script sets beyond the config: ``--quick``, the recipe ...) and data;
     ``stop_after`` ends the run after that many epochs (to test resuming).
     """
     config.validate()
     inputs, targets = train_set
+    data = describe_data(train_set, test_set)
+    setup = dict(setup or {})
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(inputs) / config.batch_size)
@@ -240,10 +279,8 @@ def train(
     history = History()
     start_epoch = 1
     if resume and checkpoint.exists():
-        state = load_checkpoint(checkpoint, name, config)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        state = load_checkpoint(checkpoint, name, config, setup, data)
+        restore(checkpoint, state, model, optimizer, scheduler, steps_per_epoch)
         history = History(state["history"])
         start_epoch = len(history.rows) + 1
         log(f"{name}: resumed from {checkpoint} after epoch {start_epoch - 1}")
@@ -304,9 +341,34 @@ def train(
             if writer is not None:
                 for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr"):
                     writer.add_scalar(key, row[key], epoch)
-            save_checkpoint(checkpoint, name, config, model, optimizer, scheduler, history)
+            save_checkpoint(
+                checkpoint, name, config, model, optimizer, scheduler, history, setup, data
+            )
     model.eval()
     return history
+
+
+def describe_data(
+    train_set: tuple[torch.Tensor, torch.Tensor], test_set: tuple[torch.Tensor, torch.Tensor]
+) -> dict[str, Any]:
+    """What identifies a run's data: sizes, image shape and a digest of the labels in order.
+
+    Another subset (``--quick``, ``--train-subset``), split or data set changes the labels or
+    their order; the digest of the labels is cheap and exact across machines, where one of the
+    float images would not be.
+    """
+
+    def digest(labels: torch.Tensor) -> str:
+        as_bytes = labels.detach().cpu().to(torch.int64).contiguous().numpy().tobytes()
+        return hashlib.sha256(as_bytes).hexdigest()[:16]
+
+    return {
+        "train_size": len(train_set[1]),
+        "test_size": len(test_set[1]),
+        "image_shape": list(train_set[0].shape[1:]),
+        "train_labels": digest(train_set[1]),
+        "test_labels": digest(test_set[1]),
+    }
 
 
 def save_checkpoint(
@@ -317,12 +379,16 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     history: History,
+    setup: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> None:
     buffer = io.BytesIO()
     torch.save(
         {
             "name": name,
             "config": asdict(config),
+            "setup": dict(setup or {}),
+            "data": dict(data or {}),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -333,26 +399,177 @@ def save_checkpoint(
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path, name: str, config: TrainConfig | None = None) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`train`, refusing one of another model or config."""
+def one_line(error: BaseException, limit: int | None = None) -> str:
+    """An error message on one line (cut to ``limit`` characters: torch's can be long)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
+_CHECKPOINT_FIELDS = {
+    "name": str,
+    "config": dict,
+    "setup": dict,
+    "data": dict,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "history": list,
+}
+
+
+def _read_checkpoint(path: Path) -> Any:
+    drop = "delete it, or drop --resume to start afresh"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        size = path.stat().st_size
+        if size == 0:
+            raise ExampleError(
+                f"checkpoint {path} is empty (0 bytes): a run was killed while writing it; {drop}"
+            )
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except ExampleError:
+        raise
+    except PermissionError as error:
+        raise ExampleError(
+            f"cannot read checkpoint {path}: permission denied ({error.strerror})"
+        ) from None
     except Exception as error:  # torch raises many kinds for a damaged file
-        raise ExampleError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+        raise ExampleError(
+            f"cannot read checkpoint {path} ({type(error).__name__}: {one_line(error, 200)}): "
+            f"it is damaged or not a checkpoint; {drop}"
+        ) from None
+
+
+def load_checkpoint(
+    path: Path,
+    name: str,
+    config: TrainConfig | None = None,
+    setup: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`train`, refusing one that is damaged or of another run.
+
+    With ``config``, every field but ``epochs`` must match, and so must ``setup`` (and ``data``
+    when given, as :func:`train` does). ``epochs`` may differ only for the ``constant`` schedule,
+    and only upwards: there the learning rate of a step does not depend on the length of the run,
+    so the longer run continues exactly as an uninterrupted run of that length would. Cosine and
+    one-cycle schedules are laid out over the whole run, so another length would be another run.
+    """
+    state = _read_checkpoint(path)
     if not isinstance(state, dict) or "model" not in state or "name" not in state:
         raise ExampleError(f"{path} is not a checkpoint of these examples")
     if state["name"] != name:
-        raise ExampleError(f"checkpoint {path} is of model {state['name']!r}, expected {name!r}")
+        raise ExampleError(
+            f"checkpoint {path} is of model {state['name']!r}, expected {name!r}; drop --resume "
+            "to start afresh, or use the same settings"
+        )
+    problems = [
+        key for key, kind in _CHECKPOINT_FIELDS.items() if not isinstance(state.get(key), kind)
+    ]
+    history = state.get("history")
+    if isinstance(history, list) and [
+        row.get("epoch") if isinstance(row, dict) else None for row in history
+    ] != list(range(1, len(history) + 1)):
+        problems.append("history")
+    if problems:
+        old = "setup" in problems and "setup" not in state
+        why = "written by an older version of the examples" if old else "damaged"
+        raise ExampleError(
+            f"checkpoint {path} lacks or has broken {', '.join(problems)} ({why}); delete it, or "
+            "drop --resume to start afresh"
+        )
     if config is not None:
-        saved = {k: v for k, v in state["config"].items() if k != "epochs"}
-        wanted = {k: v for k, v in asdict(config).items() if k != "epochs"}
-        if saved != wanted:
-            changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
-            raise ExampleError(
-                f"checkpoint {path} was trained with other settings ({', '.join(changed)}); "
-                "drop --resume or use the same settings"
-            )
-    return state  # type: ignore[no-any-return]
+        _check_same_run(path, state, config, dict(setup or {}), data)
+    return state
+
+
+def _check_same_run(
+    path: Path,
+    state: dict[str, Any],
+    config: TrainConfig,
+    setup: dict[str, Any],
+    data: Mapping[str, Any] | None,
+) -> None:
+    saved = {**state["config"], **state["setup"]}
+    wanted = {**asdict(config), **setup}
+    changed = sorted(
+        key
+        for key in set(saved) | set(wanted)
+        if key != "epochs" and saved.get(key) != wanted.get(key)
+    )
+    if changed:
+        there = ", ".join(f"{key} {saved.get(key)}" for key in changed)
+        now = ", ".join(f"{key} {wanted.get(key)}" for key in changed)
+        raise ExampleError(
+            f"checkpoint {path} was trained with other settings ({', '.join(changed)}): there "
+            f"{there}, now {now}; drop --resume to start afresh, or use the same settings"
+        )
+    if data is not None and state["data"] != dict(data):
+        keys = sorted(
+            k for k in set(data) | set(state["data"]) if state["data"].get(k) != data.get(k)
+        )
+        raise ExampleError(
+            f"checkpoint {path} was trained on other data ({', '.join(keys)} differ: "
+            f"{state['data'].get('train_size')} training images there, {data.get('train_size')} "
+            "now); drop --resume to start afresh, or use the same --data-dir and subset"
+        )
+    done, before = len(state["history"]), state["config"]["epochs"]
+    if config.epochs != before and config.schedule != "constant":
+        raise ExampleError(
+            f"checkpoint {path} is of a {before}-epoch run whose {config.schedule} schedule is "
+            f"laid out over all its epochs; --epochs {config.epochs} would make another run. "
+            f"Resume with --epochs {before}, or drop --resume to start afresh"
+        )
+    if config.epochs < done:
+        raise ExampleError(
+            f"checkpoint {path} already holds {done} epochs, more than --epochs {config.epochs}; "
+            "drop --resume to start afresh, or give at least that many epochs"
+        )
+
+
+def restore(
+    path: Path,
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    steps_per_epoch: int,
+) -> None:
+    """Load the states of a checkpoint into ``model``, ``optimizer`` and ``scheduler``, checked.
+
+    A tensor of the wrong shape, a missing key or a schedule that is not where the history says
+    (``epochs x steps_per_epoch`` steps) is refused with one line.
+    """
+    broken = f"checkpoint {path} does not fit this model and run"
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as error:
+        raise ExampleError(
+            f"{broken} ({type(error).__name__}: {one_line(error, 300)}); it is damaged or of "
+            "another version: delete it, or drop --resume to start afresh"
+        ) from None
+    # Adam's load_state_dict takes moments of any shape; the first step would then fail.
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            for key, value in optimizer.state.get(parameter, {}).items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.dim()
+                    and value.shape != parameter.shape
+                ):
+                    raise ExampleError(
+                        f"{broken}: the optimizer's {key} has shape {tuple(value.shape)} for a "
+                        f"parameter of shape {tuple(parameter.shape)}; delete it, or drop "
+                        "--resume to start afresh"
+                    )
+    steps = len(state["history"]) * steps_per_epoch
+    if scheduler.last_epoch != steps:
+        raise ExampleError(
+            f"{broken}: its schedule is at step {scheduler.last_epoch}, but "
+            f"{len(state['history'])} epochs of {steps_per_epoch} steps make {steps}; delete it, "
+            "or drop --resume"
+        )
 
 
 # -- figures -----------------------------------------------------------------------------------
@@ -384,17 +601,49 @@ def plot_curves(histories: dict[str, History], title: str = "") -> Any:
 # -- command line ------------------------------------------------------------------------------
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every default, except where the help text already says what it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or any(
+            action.default is off for off in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def common_arguments(parser: argparse.ArgumentParser, *, epochs: int, lr: float) -> None:
-    parser.add_argument("--data-dir", type=Path, required=True, help="folder holding the data")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        required=True,
+        help="folder that holds the data; when the data is missing it is downloaded there, if "
+        "the folder is new, empty or holds part of the data set",
+    )
+    parser.add_argument(
+        "--download",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="download the data into --data-dir when it is missing there",
+    )
     parser.add_argument("--out", type=Path, default=Path("out"), help="folder for all outputs")
-    parser.add_argument("--epochs", type=int, default=epochs)
-    parser.add_argument("--lr", type=float, default=lr)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=epochs, help="epochs to train")
+    parser.add_argument("--lr", type=float, default=lr, help="peak learning rate of Adam")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per step")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the weights and the data order"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoints in --out (refused if they are of other settings)",
+    )
     parser.add_argument("--quick", action="store_true", help="small subset, one epoch")
-    parser.add_argument("--tensorboard", metavar="DIR", help="also log to TensorBoard")
+    parser.add_argument(
+        "--tensorboard", metavar="DIR", help="also log to TensorBoard in DIR (default: no logging)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -409,9 +658,13 @@ def check_device(device: str) -> str:
 
 
 def check_out_and_tensorboard(out: Path, tensorboard: str | None) -> None:
-    """Refuse an ``--out`` that is a file, and ``--tensorboard`` without the package."""
+    """Refuse an unwritable ``--out`` or ``--tensorboard``, or the latter without its package.
+
+    Checked before the data is read, and without creating anything.
+    """
     if out.exists() and not out.is_dir():
         raise ExampleError(f"--out {out} is a file; give a folder (it is created if missing)")
+    _check_can_write(out, "--out folder")
     if tensorboard is not None:
         try:
             importlib.import_module("torch.utils.tensorboard")
@@ -419,6 +672,54 @@ def check_out_and_tensorboard(out: Path, tensorboard: str | None) -> None:
             raise ExampleError(
                 "--tensorboard needs the tensorboard package: pip install 'netlens[examples]'"
             ) from None
+        _check_can_write(Path(tensorboard), "--tensorboard folder")
+
+
+def _check_can_write(folder: Path, what: str) -> None:
+    if folder.is_dir():
+        check_writable(folder, what)
+        return
+    if folder.exists():
+        raise ExampleError(f"{what} {folder} is a file; give a folder")
+    parent = next((p for p in folder.parents if p.exists()), None)
+    if parent is not None and not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        raise ExampleError(f"cannot create {what} {folder}: {parent} is not a writable folder")
+
+
+@contextmanager
+def removing_created_folders(folder: Path) -> Iterator[None]:
+    """Remove the folders on the way to ``folder`` that the block created, if it fails.
+
+    Only folders that did not exist before and are empty again are removed, innermost first: a
+    failed download leaves the file system as it was.
+    """
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in missing:
+            with suppress(OSError):
+                path.rmdir()
+        raise
+
+
+def check_download_target(folder: Path, known: Sequence[str], what: str) -> None:
+    """Refuse to download ``what`` into a folder that holds other files and nothing of it.
+
+    A mistyped ``--data-dir`` (a home folder, a project) must not receive a large download
+    silently; a new or empty folder, or one holding part of the data set, is fine.
+    """
+    if not folder.is_dir():
+        return
+    # hidden entries (.DS_Store, .gitkeep, a killed download's partial file) do not count
+    entries = sorted(entry.name for entry in folder.iterdir() if not entry.name.startswith("."))
+    if entries and not set(entries) & set(known):
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ExampleError(
+            f"{what} is not in --data-dir {folder}, which holds other files ({shown}); refused "
+            f"to download {what} into it. Give the folder that holds {what}, or a new or empty "
+            "one to download it into"
+        )
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:

@@ -6,9 +6,12 @@ Run (the default settings are the report's recipe)::
     python examples/cifar_lenet.py --data-dir ~/data/cifar --out runs/cifar-best --recipe improved
 
 ``--data-dir`` holds ``cifar-10-batches-py/`` or ``cifar-10-python.tar.gz`` (downloaded there
-when missing and the network allows). Everything goes to ``--out``: ``history.csv`` and
-``history.json``, the PNG figures, the per-filter statistics (Markdown and CSV), ``REPORT.md``
-that assembles them, and ``checkpoint.pt`` (written every epoch; ``--resume`` continues from it).
+when missing and the network allows, unless ``--no-download``; a folder that holds other files
+and nothing of CIFAR-10 is refused rather than filled). Everything goes to ``--out``:
+``history.csv`` and ``history.json``, the PNG figures, the per-filter statistics (Markdown and
+CSV), ``REPORT.md`` that assembles them, and ``checkpoint.pt`` (written every epoch; ``--resume``
+continues from it, and refuses a checkpoint of other settings, data or epochs: see
+``docs/guide/reliability.rst``).
 
 Recipes (same architecture, same epoch budget):
 
@@ -28,7 +31,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,13 @@ from _harness import ExampleError, History, TrainConfig
 
 import netlens as nl
 from netlens import NetlensError
-from netlens.datasets import CIFAR10, CIFAR10_CLASSES, DownloadError
+from netlens.datasets import (
+    CIFAR10,
+    CIFAR10_CLASSES,
+    CIFAR10_URL,
+    DatasetNotFoundError,
+    DownloadError,
+)
 from netlens.models import LeNet5
 
 QUICK_TRAIN, QUICK_TEST = 2000, 500
@@ -73,29 +82,45 @@ RECIPES = {
 # -- data and augmentation -----------------------------------------------------------------------
 
 
+# What a --data-dir that holds (part of) CIFAR-10 may contain; see harness.check_download_target.
+DATA_NAMES = ("cifar-10-batches-py", "cifar-10-python.tar.gz")
+
+
 def load_data(
-    data_dir: Path, train_size: int | None, test_size: int | None, log: Callable[[str], None]
+    data_dir: Path,
+    train_size: int | None,
+    test_size: int | None,
+    log: Callable[[str], None],
+    download: bool = True,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """The preprocessed train and test tensors, or fixed subsets of ``train_size``/``test_size``.
 
-    Downloads the official archive into ``data_dir`` when the data is not there; on failure the
-    folders that this call created are removed again.
+    With ``download``, fetches the official archive into ``data_dir`` when the data is not there
+    (refusing a folder that holds other files and nothing of CIFAR-10); on failure the folders
+    that this call created are removed again.
     """
     if data_dir.exists() and not data_dir.is_dir():
         raise ExampleError(f"--data-dir {data_dir} is a file; give the folder that holds the data")
-    missing = [folder for folder in (data_dir, *data_dir.parents) if not folder.exists()]
     started = time.perf_counter()
     try:
-        test = CIFAR10(data_dir, train=False, download=True)
-        train = CIFAR10(data_dir, train=True, download=True)
+        try:
+            test = CIFAR10(data_dir, train=False)
+            train = CIFAR10(data_dir, train=True)
+        except DatasetNotFoundError:
+            if not download:
+                raise
+            harness.check_download_target(data_dir, DATA_NAMES, "CIFAR-10")
+            log(f"CIFAR-10 is not in {data_dir}: downloading {CIFAR10_URL} (170 MB)")
+            with harness.removing_created_folders(data_dir):
+                test = CIFAR10(data_dir, train=False, download=True)
+                train = CIFAR10(data_dir, train=True, download=True)
     except DownloadError as error:
-        for folder in missing:  # innermost first; only folders left empty
-            with suppress(OSError):
-                folder.rmdir()
         raise ExampleError(
             f"CIFAR-10 is not in --data-dir {data_dir} and could not be downloaded: "
             + one_line(error)
         ) from None
+    except DatasetNotFoundError as error:
+        raise ExampleError(f"{one_line(error)} (--no-download was given)") from None
     except NetlensError as error:
         raise ExampleError(
             f"cannot read CIFAR-10 from --data-dir {data_dir}: {one_line(error)}"
@@ -119,7 +144,7 @@ def subset(
 
 
 def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
+    return harness.one_line(error)
 
 
 def make_augment(crop_padding: int) -> harness.Augment:
@@ -146,26 +171,37 @@ def make_augment(crop_padding: int) -> harness.Augment:
 # -- command line --------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train LeNet5 on grey 28x28 CIFAR-10 and write the report's figures.",
+        formatter_class=harness.HelpFormatter,
     )
     harness.common_arguments(parser, epochs=10, lr=0.003)
     # --quick means one epoch unless --epochs is given explicitly
     parser.set_defaults(epochs=None)
-    parser.add_argument("--warmup-epochs", type=float, default=3.0, help="linear lr warm-up")
+    for action in parser._actions:
+        if action.dest == "epochs":
+            action.help = "epochs to train (default: 10, or 1 with --quick)"
+    parser.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=3.0,
+        help="linear lr warm-up, in epochs (scaled to the run's length with --quick alone)",
+    )
     parser.add_argument(
         "--recipe",
         choices=sorted(RECIPES),
         default="report",
-        help="the course report's training (default) or the improved one",
+        help="the course report's training or the improved one",
     )
-    overrides = parser.add_argument_group("override one part of the recipe (for ablations)")
-    overrides.add_argument("--schedule", choices=["constant", "cosine"])
-    overrides.add_argument("--weight-decay", type=float)
-    overrides.add_argument("--label-smoothing", type=float)
-    overrides.add_argument("--dropout", type=float)
-    overrides.add_argument("--crop-padding", type=int)
+    overrides = parser.add_argument_group(
+        "override one part of the recipe (for ablations; default: the recipe's)"
+    )
+    overrides.add_argument("--schedule", choices=["constant", "cosine"], help="lr after warm-up")
+    overrides.add_argument("--weight-decay", type=float, help="Adam's weight decay")
+    overrides.add_argument("--label-smoothing", type=float, help="of the cross-entropy")
+    overrides.add_argument("--dropout", type=float, help="before the last layer")
+    overrides.add_argument("--crop-padding", type=int, help="random crops of padded images")
     parser.add_argument(
         "--train-only", action="store_true", help="train and write the curves, skip the lenses"
     )
@@ -173,15 +209,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--train-subset",
         type=int,
         metavar="N",
-        help="train on a fixed subset of N images, every k-th one (for short ablations)",
+        help="train on a fixed subset of N images, every k-th one, for short ablations "
+        "(default: all)",
     )
     parser.add_argument(
         "--stop-after",
         type=int,
         metavar="EPOCHS",
-        help="stop after this many epochs (continue later with --resume)",
+        help="stop after this many epochs, to continue later with --resume (default: train "
+        "every epoch)",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def recipe_of(args: argparse.Namespace) -> Recipe:
@@ -240,6 +282,16 @@ def model_name(recipe: Recipe, train_subset: int | None = None) -> str:
     return name
 
 
+def setup_of(args: argparse.Namespace, recipe: Recipe) -> dict[str, Any]:
+    """What the checkpoint records beyond the config: the settings that change an epoch."""
+    return {
+        "quick": bool(args.quick),
+        "train_subset": args.train_subset,
+        "dropout": recipe.dropout,
+        "crop_padding": recipe.crop_padding,
+    }
+
+
 def build_model(recipe: Recipe, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return LeNet5(dropout=recipe.dropout)
@@ -255,19 +307,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out
     harness.check_out_and_tensorboard(out, args.tensorboard)
     name = model_name(recipe, args.train_subset)
+    setup = setup_of(args, recipe)
     checkpoint = out / "checkpoint.pt"
     if args.resume and checkpoint.exists():
         # refuse a checkpoint of another model or other settings before the long data read
-        harness.load_checkpoint(checkpoint, name, config)
+        harness.load_checkpoint(checkpoint, name, config, setup)
     train_size = QUICK_TRAIN if args.quick else args.train_subset
     if args.quick and args.train_subset is not None:
         train_size = min(args.train_subset, QUICK_TRAIN)
     test_size = QUICK_TEST if args.quick else None
-    train_set, test_set = load_data(args.data_dir, train_size, test_size, log)
+    train_set, test_set = load_data(args.data_dir, train_size, test_size, log, args.download)
     model = build_model(recipe, args.seed)
     if args.resume and not checkpoint.exists():
         log(f"no checkpoint in {out}: starting from the beginning")
-    harness.prepare_out_dir(out)
+    harness.prepare_out_dir(out, tensorboard=args.tensorboard)
     started = time.perf_counter()
     history = harness.train(
         name,
@@ -282,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
         tensorboard=args.tensorboard,
         stop_after=args.stop_after,
+        setup=setup,
         log=log,
     )
     if len(history.rows) < config.epochs:
@@ -461,7 +515,7 @@ def look_inside(
         occluded = first_of_each_class(targets, 4)
         stride = 4 if quick else 2
         result = nl.occlusion(model, inputs[occluded], window=6, stride=stride, layer="relu2")
-        figure, _ = result.plot(class_names=CIFAR10_CLASSES)
+        figure, _ = result.plot_panels(class_names=CIFAR10_CLASSES)
         harness.save_figure(figure, out / "occlusion.png")
 
     return Lenses(
@@ -625,7 +679,7 @@ def maximization_section(lenses: Lenses) -> list[str]:
     largest = lenses.stats["relu2"].max
     rows = [
         [channel, f"{float(conv2.activations[i]):.2f}", f"{float(largest[channel]):.2f}"]
-        for i, channel in enumerate(conv2.channels)
+        for i, channel in enumerate(conv2.channels.tolist())
     ]
     return [
         "## 4. Activation maximisation\n",

@@ -4,10 +4,13 @@ Run (the default settings reach the course report's accuracies; see below)::
 
     python examples/mnist_recurrent.py --data-dir ../shared/datasets/mnist --out runs/mnist
 
-``--data-dir`` holds the four official IDX files (gzipped or not; ``--download`` fetches the
-missing ones). Each model is trained in turn and gets a folder ``--out/<model>/`` with
-``checkpoint.pt`` (written every epoch; ``--resume`` continues from it, and skips a model whose
-training is complete), ``history.csv`` / ``history.json`` and ``curves.png`` (train and test
+``--data-dir`` holds the four official IDX files (gzipped or not; the missing ones are downloaded
+there unless ``--no-download``, as the CIFAR-10 example does; a folder that holds other files and
+nothing of MNIST is refused rather than filled). Each model is trained in turn and gets a folder
+``--out/<model>/`` with ``checkpoint.pt`` (written every epoch; ``--resume`` continues from it,
+skips a model whose training is complete, and refuses a checkpoint of other settings, data or
+epochs: see ``docs/guide/reliability.rst``), ``history.csv`` / ``history.json`` and
+``curves.png`` (train and test
 accuracy and loss per epoch). Then, in ``--out``: ``comparison.png``, ``comparison.md`` and
 ``comparison.csv`` (test accuracy, best epoch, parameters, seconds per epoch, epochs to reach
 95%), the lenses under ``lenses/`` and ``REPORT.md``, which assembles everything.
@@ -61,7 +64,7 @@ import _harness as harness
 from _harness import ExampleError, History, TrainConfig
 
 import netlens as nl
-from netlens.datasets import MNIST, MNIST_MEAN, MNIST_STD, DatasetNotFoundError
+from netlens.datasets import MNIST, MNIST_MEAN, MNIST_STD, DatasetNotFoundError, DownloadError
 from netlens.models import LeNet5, RowClassifier
 
 MODELS = ("rnn", "lstm", "gru", "cnn")
@@ -123,32 +126,38 @@ class _Parser(argparse.ArgumentParser):
         raise ExampleError(f"{message} (see --help)")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         description=(
             "Train an RNN, an LSTM and a GRU reading MNIST row by row, and a CNN; compare them "
             "and look inside with netlens."
         ),
+        formatter_class=harness.HelpFormatter,
     )
     harness.common_arguments(parser, epochs=10, lr=0.01)
     parser.set_defaults(lr=None)
     parser.add_argument(
         "--models",
         default=",".join(MODELS),
-        help=f"comma-separated, from {', '.join(MODELS)} (default: all)",
+        help=f"comma-separated, from {', '.join(MODELS)}",
     )
-    parser.add_argument("--download", action="store_true", help="fetch missing MNIST files")
     parser.add_argument(
         "--recipe",
         choices=sorted(RECIPES),
         default="tuned",
-        help="tuned (default; see the module docstring) or report: Adam at a constant 0.01, "
+        help="tuned (see the module docstring) or report: Adam at a constant 0.01, "
         "no clipping, PyTorch's initialisation, for every model",
     )
-    overrides = parser.add_argument_group("override one part of the recipe for every model")
-    overrides.add_argument("--schedule", choices=["constant", "cosine", "onecycle"])
+    overrides = parser.add_argument_group(
+        "override one part of the recipe for every model (default: the recipe's)"
+    )
+    overrides.add_argument(
+        "--schedule", choices=["constant", "cosine", "onecycle"], help="the lr schedule"
+    )
     overrides.add_argument("--clip-grad-norm", type=float, help="0 turns clipping off")
-    overrides.add_argument("--init", choices=["pytorch", "orthogonal"])
+    overrides.add_argument(
+        "--init", choices=["pytorch", "orthogonal"], help="of the recurrent weights"
+    )
     parser.add_argument("--no-lenses", action="store_true", help="train and compare only")
     for action in parser._actions:
         if action.dest == "lr":
@@ -156,7 +165,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                 ", ".join(f"{name} {recipe.lr:g}" for name, recipe in RECIPES["tuned"].items())
                 + f" in tuned, {REPORT.lr:g} in report)"
             )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def parse_models(text: str) -> list[str]:
@@ -203,6 +216,11 @@ def config_of(args: argparse.Namespace, recipe: Recipe) -> TrainConfig:
     return config
 
 
+def setup_of(args: argparse.Namespace, recipe: Recipe) -> dict[str, Any]:
+    """What the checkpoint records beyond the config: the settings that change an epoch."""
+    return {"quick": bool(args.quick), "init": recipe.init}
+
+
 def checkpoint_name(model: str, recipe: Recipe) -> str:
     """The name stored in the checkpoint: the model and what the config does not record."""
     if model != "cnn" and recipe.init == "orthogonal":
@@ -228,20 +246,51 @@ def as_input(model: str, images: torch.Tensor) -> torch.Tensor:
 Split = tuple[torch.Tensor, torch.Tensor]
 
 
+# What a --data-dir that holds (part of) MNIST may contain; see harness.check_download_target.
+DATA_NAMES = tuple(
+    f"{split}-{kind}-ubyte{suffix}"
+    for split in ("train", "t10k")
+    for kind in ("images-idx3", "labels-idx1")
+    for suffix in ("", ".gz")
+)
+
+
 def load_data(
     data_dir: Path, download: bool, quick: bool, log: Callable[[str], None]
 ) -> tuple[Split, Split]:
-    """Standardised ``(N, 28, 28)`` digits and labels (a fixed subset of each with ``quick``)."""
+    """Standardised ``(N, 28, 28)`` digits and labels (a fixed subset of each with ``quick``).
+
+    With ``download``, fetches the missing files into ``data_dir`` (refusing a folder that holds
+    other files and nothing of MNIST); on failure the folders that this call created are removed
+    again.
+    """
     if data_dir.exists() and not data_dir.is_dir():
         raise ExampleError(f"--data-dir {data_dir} is a file; give the folder with the IDX files")
     started = time.perf_counter()
     try:
-        test = MNIST(data_dir, train=False, download=download, standardize=True)
-        train = MNIST(data_dir, train=True, download=download, standardize=True)
+        try:
+            test = MNIST(data_dir, train=False, standardize=True)
+            train = MNIST(data_dir, train=True, standardize=True)
+        except DatasetNotFoundError:
+            if not download:
+                raise
+            harness.check_download_target(data_dir, DATA_NAMES, "MNIST")
+            log(f"MNIST is not complete in {data_dir}: downloading the missing files")
+            with harness.removing_created_folders(data_dir):
+                test = MNIST(data_dir, train=False, download=True, standardize=True)
+                train = MNIST(data_dir, train=True, download=True, standardize=True)
+    except DownloadError as error:
+        raise ExampleError(
+            f"MNIST is not in --data-dir {data_dir} and could not be downloaded: "
+            + harness.one_line(error)
+        ) from None
     except DatasetNotFoundError as error:
-        raise ExampleError(f"{error} (on the command line: --download)") from None
-    except nl.NetlensError as error:  # messages of several lines (all mirrors failed ...)
-        raise ExampleError(" ".join(str(error).split())) from None
+        raise ExampleError(
+            f"{harness.one_line(error)} (--no-download was given; without it the missing files "
+            "are downloaded, as --download asks)"
+        ) from None
+    except nl.NetlensError as error:
+        raise ExampleError(harness.one_line(error)) from None
     log(
         f"read MNIST from {data_dir}: {len(train)} training and {len(test)} test digits "
         f"in {time.perf_counter() - started:.1f} s"
@@ -270,15 +319,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = harness.check_device(args.device)
     out: Path = args.out
     harness.check_out_and_tensorboard(out, args.tensorboard)
+    setups = {name: setup_of(args, recipes[name]) for name in models}
     if args.resume:  # refuse a checkpoint of other settings before the data are read
         for name in models:
             checkpoint = out / name / "checkpoint.pt"
             if checkpoint.exists():
                 harness.load_checkpoint(
-                    checkpoint, checkpoint_name(name, recipes[name]), configs[name]
+                    checkpoint, checkpoint_name(name, recipes[name]), configs[name], setups[name]
                 )
     train_set, test_set = load_data(args.data_dir, args.download, args.quick, log)
-    harness.prepare_out_dir(out)
+    subfolders = [*models, *([] if args.no_lenses else ["lenses"])]
+    harness.prepare_out_dir(out, subfolders, args.tensorboard)
     log(f"torch uses {torch.get_num_threads()} CPU thread(s); outputs go to {out}")
 
     trained: dict[str, nn.Module] = {}
@@ -301,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             resume=args.resume,
             progress=not args.no_progress,
             tensorboard=args.tensorboard,
+            setup=setups[name],
             log=log,
         )
         model.cpu().eval()
@@ -526,7 +578,7 @@ def row_occlusion(
     axes = figure.subplots(len(samples), len(models), squeeze=False)
     for column, (name, result) in enumerate(maps.items()):
         for row, sample in enumerate(samples):
-            result.overlay(ax=axes[row, column], sample=sample)
+            result.plot(ax=axes[row, column], sample=sample)
             axes[row, column].set_title(
                 f"{TITLES[name]}: class {int(result.target[sample])}", fontsize=8
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
 import socket
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
+import zlib
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -373,6 +376,10 @@ def truncated(data: bytes) -> bytes:
         (lambda good: pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}), "keys"),
         (
             lambda good: pickle.dumps({b"data": np.zeros((2, 3072)), b"labels": [0, 1]}),
+            "arrays of 'f8'; a batch holds only integers",
+        ),
+        (
+            lambda good: pickle.dumps({b"data": np.zeros((2, 3072), np.int64), b"labels": [0, 1]}),
             "uint8 array",
         ),
         (
@@ -574,10 +581,14 @@ def test_mnist_missing_file(tmp_path: Path) -> None:
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
-    """An HTTP server on 127.0.0.1 serving ``files``; paths in ``drop`` close mid-transfer."""
+    """An HTTP server on 127.0.0.1 serving ``files``.
+
+    Paths in ``drop`` close mid-transfer; paths in ``trickle`` send one byte every 20 ms (until
+    the client goes or ``stop`` is set).
+    """
     for variable in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
         monkeypatch.delenv(variable, raising=False)
-    state = SimpleNamespace(files={}, drop=set(), hits=[])
+    state = SimpleNamespace(files={}, drop=set(), trickle=set(), hits=[], stop=threading.Event())
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -593,6 +604,17 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
                 self.wfile.write(body[: len(body) // 2])
                 self.close_connection = True
                 return
+            if self.path in state.trickle:
+                for byte in body:
+                    if state.stop.wait(0.02):
+                        break
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    except OSError:  # the client gave up
+                        break
+                self.close_connection = True
+                return
             self.wfile.write(body)
 
         def log_message(self, *args: Any) -> None:
@@ -605,6 +627,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
     try:
         yield state
     finally:
+        state.stop.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join()
@@ -725,7 +748,10 @@ def test_failed_mnist_download_reports_every_mirror(
     with pytest.raises(DownloadError, match="every one failed") as caught:
         MNIST(tmp_path, train=False, download=True)
     message = str(caught.value)
-    assert "connection closed after 500" in message and "Expected MD5 ffff" in message
+    assert "\n" not in message  # one line, one clause per mirror
+    assert "(1) " in message and "connection closed after 500 of 1000 bytes" in message
+    assert "(2) " in message and "expected ffffffff" in message
+    assert "(3) " in message and "ConnectionRefusedError" in message
     assert "by hand" in message
     assert list(tmp_path.iterdir()) == []
 
@@ -736,3 +762,396 @@ def test_import_netlens_does_not_import_datasets() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+# --- sizes that files declare: memory bombs ------------------------------------------------------
+
+GiB = 1 << 30
+
+
+def inflating(prefix: bytes, size: int) -> bytes:
+    """One gzip stream of ``prefix`` and then ``size`` zero bytes, about ``size / 1000`` long.
+
+    A full flush after each MiB of zeros makes every compressed MiB the same bytes, so the file
+    is built by repetition in milliseconds. Its final CRC is wrong; no bounded reader gets there.
+    """
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    head = compressor.compress(prefix) + compressor.flush(zlib.Z_FULL_FLUSH)
+    mebibyte = compressor.compress(bytes(1 << 20)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    return head + mebibyte * (size >> 20) + compressor.flush()
+
+
+def tar_header(name: str, size: int, kind: bytes = tarfile.REGTYPE) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.type = size, kind
+    return info.tobuf(format=tarfile.GNU_FORMAT)  # sizes of 8 GiB and more in base 256
+
+
+def idx_header(*shape: int) -> bytes:
+    return bytes([0, 0, 8, len(shape)]) + struct.pack(f">{len(shape)}I", *shape)
+
+
+def write_bombs(root: Path) -> list[str]:
+    """Small files that ask for about 1 GiB each, in the layouts the readers look for."""
+    bombs = {
+        # a tar.gz member that inflates to 1 GiB
+        "member": (ARCHIVE, inflating(tar_header(f"{FOLDER}/test_batch", GiB), GiB)),
+        # a pax header that declares 1 GiB, which tarfile reads before the caller sees a member
+        "pax": (ARCHIVE, inflating(tar_header("././@PaxHeader", GiB, tarfile.XHDTYPE), GiB)),
+        # the official header of 10,000 digits, then 1 GiB
+        "idx": ("t10k-images-idx3-ubyte.gz", inflating(idx_header(10_000, 28, 28), GiB)),
+        # pickles of a few bytes: bytearray(1 GiB), a memo index that makes the C unpickler
+        # allocate 2 x 8 bytes per index, a BYTEARRAY8 announcing 1 GiB
+        "bytearray": ("test_batch", b"\x80\x02cbuiltins\nbytearray\nJ\x00\x00\x00\x40\x85R."),
+        "memo": ("test_batch", b"\x80\x02N" + b"r" + (1 << 26).to_bytes(4, "little") + b"."),
+        "bytearray8": ("test_batch", b"\x80\x05\x96" + GiB.to_bytes(8, "little") + b"."),
+    }
+    for name, (file, data) in bombs.items():
+        folder = root / name / (FOLDER if file == "test_batch" else "")
+        folder.mkdir(parents=True)
+        (folder / file).write_bytes(data)
+        if name == "idx":
+            (folder / "t10k-labels-idx1-ubyte").write_bytes(idx_header(10_000) + bytes(10_000))
+    return list(bombs)
+
+
+CHILD = """
+import json, resource, sys
+from pathlib import Path
+from netlens import NetlensError
+from netlens.datasets import CIFAR10, MNIST
+root = Path(sys.argv[1])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+outcomes = {}
+for name in sys.argv[2:]:
+    try:
+        (MNIST if name == "idx" else CIFAR10)(root / name, train=False)
+        outcomes[name] = "accepted"
+    except NetlensError as error:
+        outcomes[name] = type(error).__name__ + ": " + str(error)
+scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * scale
+print(json.dumps({"outcomes": outcomes, "peak": peak}))
+"""
+
+
+def test_crafted_files_are_refused_within_a_memory_ceiling(tmp_path: Path) -> None:
+    pytest.importorskip("resource")
+    bombs = write_bombs(tmp_path)
+    assert max(path.stat().st_size for path in tmp_path.rglob("*") if path.is_file()) < 2 << 20
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path), *bombs],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(result.stdout)
+    for name in bombs:
+        assert report["outcomes"][name].startswith("NetlensValueError: "), (name, report)
+    # The largest legitimate read here is the 7.8 MB the IDX header announces; before the
+    # readers checked declared sizes, each of these files took more than 1 GiB.
+    assert report["peak"] < 200 << 20, report
+
+
+def test_archive_member_larger_than_a_batch_is_refused_unread(tmp_path: Path) -> None:
+    # Only the header: the 8 GiB it declares are never read (nor present).
+    (tmp_path / ARCHIVE).write_bytes(gzip.compress(tar_header(f"{FOLDER}/test_batch", 8 * GiB)))
+    with pytest.raises(NetlensValueError, match="declares 8,589,934,592") as caught:
+        CIFAR10(tmp_path, train=False)
+    assert "at most 65,634,304 bytes" in str(caught.value)
+
+
+def test_archive_header_asking_for_a_huge_block_is_refused(tmp_path: Path) -> None:
+    pax = tar_header("././@PaxHeader", GiB, tarfile.XHDTYPE)
+    (tmp_path / ARCHIVE).write_bytes(gzip.compress(pax))
+    with pytest.raises(NetlensValueError, match="asks for a block of 1,073,741,824 bytes"):
+        CIFAR10(tmp_path, train=False)
+
+
+def test_archive_with_too_many_members_or_bytes_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files, _ = cifar_files(2)
+    extra = []
+    for index in range(30):
+        info = tarfile.TarInfo(f"{FOLDER}/extra_{index}")
+        info.size = 1000
+        extra.append(info)
+    (tmp_path / ARCHIVE).write_bytes(tar_gz(files, extra))
+    assert len(CIFAR10(tmp_path, train=False)) == 2
+    monkeypatch.setattr(datasets, "_ARCHIVE_MAX_READS", 40)
+    with pytest.raises(NetlensValueError, match="more than 40 reads"):
+        CIFAR10(tmp_path, train=False)
+    monkeypatch.setattr(datasets, "_ARCHIVE_MAX_READS", 10_000)
+    monkeypatch.setattr(datasets, "_ARCHIVE_MAX_BYTES", 20_000)
+    with pytest.raises(NetlensValueError, match="inflates to more than 20,000 bytes"):
+        CIFAR10(tmp_path, train=False)
+
+
+def test_batch_file_larger_than_a_batch_is_refused_unread(tmp_path: Path) -> None:
+    files, _ = cifar_files(2)
+    folder = write_folder(tmp_path, files)
+    with (folder / "test_batch").open("r+b") as file:
+        file.truncate(70_000_000)  # sparse: no 70 MB written or read
+    with pytest.raises(NetlensValueError, match="the file has 70,000,000"):
+        CIFAR10(tmp_path, train=False)
+
+
+def crafted_pickle(kind: str) -> bytes:
+    """A few bytes each, in the opcodes a crafted batch would use."""
+    big = (1 << 28).to_bytes(4, "little")  # 256 MiB
+    empty_array = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R"
+    return (
+        b"\x80\x02"
+        + {
+            "bytearray": b"cbuiltins\nbytearray\nJ" + big + b"\x85R",
+            "set": b"cbuiltins\nset\n]\x85R",
+            "os": b"cos\nsystem\nX\x04\x00\x00\x00true\x85R",
+            "shape": b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ"
+            + big
+            + b"\x85C\x01b\x87R",
+            "dtype": b"cnumpy\ndtype\nX\x02\x00\x00\x00V8\x89\x88\x87R",
+            "object_dtype": b"cnumpy\ndtype\nX\x02\x00\x00\x00O8\x89\x88\x87R",
+            "scalar": b"cnumpy.core.multiarray\nscalar\n"
+            + b"cnumpy\ndtype\nX\x02\x00\x00\x00i8\x89\x88\x87RC\x01x\x86R",
+            "bytearray8": b"\x96" + (1 << 28).to_bytes(8, "little"),
+            "newobj": b"cnumpy\ndtype\n)\x81",
+            "grow_bytearray": b"\x96\x01\x00\x00\x00\x00\x00\x00\x00x(K\x01K\x02e",
+            "build_list": b"]}b",
+            "build_twice": empty_array
+            + b"(K\x01K\x00\x85cnumpy\ndtype\nX\x02\x00\x00\x00u1\x89\x88"
+            + b"\x87R\x89C\x00tb(K\x01K\x00\x85cnumpy\ndtype\nX\x02\x00\x00\x00u1\x89\x88\x87R"
+            + b"\x89C\x00tb",
+        }[kind]
+        + b"."
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("bytearray", "asks for builtins.bytearray"),
+        ("set", "asks for builtins.set"),
+        ("os", "asks for os.system"),
+        ("shape", "an array of numpy.ndarray and shape (268435456,)"),
+        ("dtype", "arrays of 'V8'"),
+        ("object_dtype", "arrays of 'O8'"),
+        ("scalar", "a scalar of dtype('int64') from bytes"),
+        ("bytearray8", "corrupt or truncated"),
+        ("newobj", "opcode that plain data does not need"),
+        ("grow_bytearray", "adds items to a bytearray"),
+        ("build_list", "sets the state of list"),
+        ("build_twice", "sets the state of ndarray"),
+    ],
+)
+def test_crafted_pickle_is_refused(tmp_path: Path, kind: str, expected: str) -> None:
+    files, _ = cifar_files(2)
+    files["test_batch"] = crafted_pickle(kind)
+    write_folder(tmp_path, files)
+    with pytest.raises(NetlensValueError) as caught:
+        CIFAR10(tmp_path, train=False)
+    assert expected in str(caught.value), str(caught.value)
+    assert "test_batch" in str(caught.value)
+
+
+def test_pickle_budgets_bound_opcodes_and_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files, _ = cifar_files(2)
+    folder = write_folder(tmp_path, files)
+    # the same string encoded again and again (through the memo): each call makes a copy
+    encode = b"c_codecs\nencode\nq\x00X\x00\x04\x00\x00" + b"x" * 1024 + b"q\x01"
+    again = b"h\x00h\x01X\x06\x00\x00\x00latin1\x86R0"
+    (folder / "test_batch").write_bytes(b"\x80\x02" + encode + again * 20 + b"N.")
+    monkeypatch.setattr(datasets, "_CIFAR10_BATCH_MAX_BYTES", 10_000)
+    with pytest.raises(NetlensValueError, match="more than 10,000 bytes of arrays and strings"):
+        CIFAR10(tmp_path, train=False)
+    monkeypatch.undo()
+    (folder / "test_batch").write_bytes(pickle.dumps([1] * 300, protocol=2))
+    monkeypatch.setattr(datasets, "_PICKLE_MAX_OPCODES", 200)
+    with pytest.raises(NetlensValueError, match="more than 200 opcodes"):
+        CIFAR10(tmp_path, train=False)
+
+
+def test_labels_as_numpy_integers_and_arrays_are_read(tmp_path: Path) -> None:
+    pixels, labels = make_batch(3, 0)
+    files, _ = cifar_files(3)
+    as_scalars = [np.int64(label) for label in labels]
+    files["test_batch"] = pickle.dumps({b"data": pixels, b"labels": as_scalars}, protocol=2)
+    write_folder(tmp_path / "scalars", files)
+    assert CIFAR10(tmp_path / "scalars", train=False).targets.tolist() == labels
+    big_endian = np.array(labels, ">i8")
+    files["test_batch"] = pickle.dumps({b"data": pixels, b"labels": big_endian}, protocol=2)
+    write_folder(tmp_path / "array", files)
+    assert CIFAR10(tmp_path / "array", train=False).targets.tolist() == labels
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((2**32 - 1, 2**32 - 1, 0), "Expected 28x28 images .* header says 4294967295x0"),
+        ((2**32 - 1, 28, 28), "Expected at most 250,000 images .* header says 4,294,967,295"),
+    ],
+)
+def test_bogus_idx_header_is_a_clear_error(
+    tmp_path: Path, shape: tuple[int, ...], expected: str
+) -> None:
+    write_mnist(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_header(*shape)))
+    with pytest.raises(NetlensValueError, match=expected) as caught:
+        MNIST(tmp_path, train=False)
+    assert "t10k-images-idx3-ubyte.gz" in str(caught.value)
+
+
+def test_idx_counts_are_compared_before_the_images_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_mnist(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(inflating(idx_header(200, 28, 28), 0))
+    reads: list[int] = []
+    original = datasets._IdxFile.read
+    monkeypatch.setattr(
+        datasets._IdxFile, "read", lambda self: reads.append(self.ndim) or original(self)
+    )
+    with pytest.raises(NetlensValueError, match="as many labels"):
+        MNIST(tmp_path, train=False)
+    assert reads == []
+
+
+# --- permissions ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["cifar_folder", "cifar_archive", "mnist"])
+def test_unreadable_file_is_a_permission_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    files, _ = cifar_files(2)
+    if layout == "cifar_folder":
+        target = write_folder(tmp_path, files) / "test_batch"
+    elif layout == "cifar_archive":
+        target = write_archive(tmp_path, files)
+    else:
+        write_mnist(tmp_path)
+        target = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    if os.geteuid() == 0:  # root reads anything: simulate the refusal of open()
+        real_open = open
+
+        def refusing_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if Path(path) == target:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(datasets, "open", refusing_open, raising=False)
+    else:
+        target.chmod(0)
+    reader = MNIST if layout == "mnist" else CIFAR10
+    try:
+        with pytest.raises(datasets.DatasetPermissionError) as caught:
+            reader(tmp_path, train=False)
+    finally:
+        target.chmod(0o644)
+    message = str(caught.value)
+    assert isinstance(caught.value, PermissionError)
+    assert "permission is denied" in message and str(target) in message
+    assert "corrupt" not in message and "truncated" not in message
+
+
+# --- downloads: deadline, local problems, modes, stale parts ------------------------------------
+
+
+def test_trickling_download_meets_the_deadline(
+    tmp_path: Path, server: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serve_cifar(server, monkeypatch)
+    server.trickle.add("/data/" + ARCHIVE)
+    monkeypatch.setattr(datasets, "_DOWNLOAD_DEADLINE", 0.3)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"deadline of 0\.3 s") as caught:
+        CIFAR10(tmp_path, train=False, download=True)
+    assert time.monotonic() - started < 5  # the per-read timeout (60 s) never fired
+    assert "bytes received" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_local_problem_is_reported_once_without_trying_mirrors(
+    tmp_path: Path, server: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serve_mnist(server, monkeypatch)
+    monkeypatch.setattr(datasets, "MNIST_MIRRORS", (f"{server.url}/mnist/", f"{server.url}/2/"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DownloadError) as caught:
+        MNIST(blocker / "mnist", train=False, download=True)
+    message = str(caught.value)
+    assert "is a file, not a folder" in message and "no other mirror was tried" in message
+    assert "\n" not in message and message.count("not a folder") == 1
+    assert server.hits == []
+    # root itself a file: said at once, download or not
+    for download in (False, True):
+        with pytest.raises(DatasetNotFoundError, match="is a file"):
+            MNIST(blocker, train=False, download=download)
+        with pytest.raises(DatasetNotFoundError, match="is a file"):
+            CIFAR10(blocker, train=False, download=download)
+    assert server.hits == []
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_downloads_get_the_normal_file_mode(
+    tmp_path: Path,
+    server: SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    umask: int,
+    mode: int,
+) -> None:
+    serve_cifar(server, monkeypatch)
+    old = os.umask(umask)
+    try:
+        CIFAR10(tmp_path, train=False, download=True)
+    finally:
+        os.umask(old)
+    assert (tmp_path / ARCHIVE).stat().st_mode & 0o777 == mode  # as a plain open() would give
+
+
+def test_atomic_file_syncs_before_renaming_and_keeps_the_umask_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(
+        os, "replace", lambda *paths: events.append("replace") or real_replace(*paths)
+    )
+    old = os.umask(0o027)
+    try:
+        with datasets._atomic_file(tmp_path / "out.bin") as file:
+            file.write(b"data")
+    finally:
+        os.umask(old)
+    assert events[:2] == ["fsync", "replace"]  # then the folder, for the rename itself
+    assert (tmp_path / "out.bin").read_bytes() == b"data"
+    assert (tmp_path / "out.bin").stat().st_mode & 0o777 == 0o640
+    assert [path.name for path in tmp_path.iterdir()] == ["out.bin"]
+    with pytest.raises(RuntimeError), datasets._atomic_file(tmp_path / "out.bin") as file:
+        file.write(b"half")
+        raise RuntimeError("killed")
+    assert [path.name for path in tmp_path.iterdir()] == ["out.bin"]
+    assert (tmp_path / "out.bin").read_bytes() == b"data"
+
+
+def test_stale_partial_files_are_removed_but_not_one_being_written(
+    tmp_path: Path, server: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serve_cifar(server, monkeypatch)
+    stale = tmp_path / f".{ARCHIVE}.0123abcd.part"
+    stale.write_bytes(b"x" * 1000)  # what a killed download leaves
+    writing, live = datasets._create_partial(tmp_path / ARCHIVE)  # held by a live writer
+    other = tmp_path / ".unrelated.part"
+    other.write_bytes(b"")
+    try:
+        CIFAR10(tmp_path, train=False, download=True)
+        assert not stale.exists()
+        assert live.exists() and other.exists()
+    finally:
+        writing.close()
+    assert datasets._remove_stale_partials(tmp_path, ARCHIVE) == [live]

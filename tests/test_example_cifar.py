@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import pickle
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -332,3 +334,253 @@ def test_the_script_exits_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr == "error: --epochs must be at least 1, got 0\n"
     assert list(tmp_path.iterdir()) == []
+
+
+# -- hardening: modes, resumes of another run, broken checkpoints, kills ---------------------------
+
+
+def test_outputs_have_the_mode_of_a_plain_write(quick_run: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in quick_run.iterdir()}
+    assert modes == dict.fromkeys(EXPECTED, 0o666 & ~umask)
+
+
+TWO_EPOCHS = [*QUICK, "--epochs", "2", "--train-only"]  # the report's recipe: constant lr
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    assert example.main(["--data-dir", str(data_dir), "--out", str(out), *TWO_EPOCHS]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def half_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoint after epoch 1 of the two-epoch run, which --resume continues."""
+    out = tmp_path_factory.mktemp("half")
+    argv = ["--data-dir", str(data_dir), "--out", str(out), *TWO_EPOCHS, "--stop-after", "1"]
+    assert example.main(argv) == 0
+    return out / "checkpoint.pt"
+
+
+def test_longer_run_with_a_constant_lr_continues_as_an_uninterrupted_one(
+    data_dir: Path, tmp_path: Path, uninterrupted: Path
+) -> None:
+    common = ["--data-dir", str(data_dir), "--out", str(tmp_path), *QUICK, "--train-only"]
+    assert example.main([*common, "--epochs", "1"]) == 0  # finished: one epoch
+    assert example.main([*common, "--epochs", "2", "--resume"]) == 0  # extended to two
+    assert history_without_time(tmp_path) == history_without_time(uninterrupted)
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "expected"),
+    [
+        (["--quick"], ["--epochs", "1"], "other settings (quick, warmup_epochs)"),
+        (["--quick"], ["--quick", "--recipe", "improved"], "(label_smoothing, schedule"),
+        (["--quick"], ["--quick", "--crop-padding", "2"], "'lenet5-cifar-crop2'"),
+        (["--quick"], ["--quick", "--train-subset", "100"], "'lenet5-cifar-subset100'"),
+        (
+            ["--quick", "--recipe", "improved", "--epochs", "1"],
+            ["--quick", "--recipe", "improved", "--epochs", "2"],
+            "cosine schedule is laid out over all its epochs",
+        ),
+        (["--quick", "--epochs", "2"], ["--quick", "--epochs", "1"], "already holds 2 epochs"),
+    ],
+    ids=["quick-then-full", "recipe", "crops", "subset", "longer-cosine", "shorter"],
+)
+def test_resume_of_another_run_is_refused(
+    first: list[str],
+    then: list[str],
+    expected: str,
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    common = ["--data-dir", str(data_dir), "--out", str(tmp_path)]
+    common += ["--batch-size", "32", "--no-progress", "--train-only"]
+    assert example.main([*common, *first]) == 0
+    capsys.readouterr()
+    checkpoint = tmp_path / "checkpoint.pt"
+    before = checkpoint.read_bytes()
+    error = run_cli([*common, *then, "--resume"], capsys)
+    assert expected in error and "--resume" in error
+    assert checkpoint.read_bytes() == before
+
+
+def test_resume_on_other_data_is_refused(
+    half_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = write_cifar(tmp_path / "other", per_batch=60)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(half_run.read_bytes())
+    argv = ["--data-dir", str(other), "--out", str(out), *TWO_EPOCHS, "--resume"]
+    error = run_cli(argv, capsys)
+    assert "trained on other data" in error and "400 training images there, 300 now" in error
+
+
+def damage(state: dict[str, Any], how: str) -> dict[str, Any]:
+    if how == "missing_key":
+        del state["optimizer"]
+    elif how == "model_shape":
+        state["model"]["conv1.weight"] = torch.zeros(3, 1, 5, 5)
+    elif how == "moment_shape":
+        state["optimizer"]["state"][0]["exp_avg"] = torch.zeros(7)
+    elif how == "schedule_step":
+        state["scheduler"]["last_epoch"] += 1
+    elif how == "history":
+        state["history"] = state["history"] * 2
+    return state
+
+
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        ("empty", "is empty (0 bytes)"),
+        ("truncated", "damaged or not a checkpoint"),
+        ("missing_key", "lacks or has broken optimizer"),
+        ("model_shape", "size mismatch for conv1.weight"),
+        ("moment_shape", "the optimizer's exp_avg has shape (7,)"),
+        ("schedule_step", "its schedule is at step 14, but 1 epochs of 13 steps make 13"),
+        ("history", "lacks or has broken history"),
+    ],
+)
+def test_broken_checkpoint_is_one_line(
+    how: str,
+    expected: str,
+    half_run: Path,
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    checkpoint = tmp_path / "checkpoint.pt"
+    if how == "empty":
+        checkpoint.write_bytes(b"")
+    elif how == "truncated":
+        checkpoint.write_bytes(half_run.read_bytes()[:5000])
+    else:
+        state = torch.load(half_run, weights_only=True)
+        torch.save(damage(state, how), checkpoint)
+    before = checkpoint.read_bytes()
+    argv = ["--data-dir", str(data_dir), "--out", str(tmp_path), *TWO_EPOCHS, "--resume"]
+    error = run_cli(argv, capsys)
+    assert expected in error
+    assert checkpoint.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_read_only_out_is_refused_before_the_first_epoch(
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere: make the probe meet a read-only folder
+        real = example.harness._create_partial
+
+        def refuse(destination: Path) -> Any:
+            if destination.parent == out:
+                raise OSError(30, "Read-only file system")
+            return real(destination)
+
+        monkeypatch.setattr(example.harness, "_create_partial", refuse)
+    else:
+        out.chmod(0o555)
+    try:
+        error = run_cli(["--data-dir", str(data_dir), "--out", str(out), *QUICK], capsys)
+    finally:
+        out.chmod(0o755)
+    assert f"cannot write into --out folder {out}" in error
+    assert "epoch" not in capsys.readouterr().out
+    assert list(out.iterdir()) == []
+
+
+def test_download_into_an_unrelated_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(netlens.datasets, "CIFAR10_URL", f"http://127.0.0.1:{closed_port()}/x")
+    (tmp_path / "thesis.tex").write_text("keep me")
+    out = tmp_path / "out"
+    error = run_cli(["--data-dir", str(tmp_path), "--out", str(out), *QUICK], capsys)
+    assert "holds other files (thesis.tex); refused to download CIFAR-10" in error
+    error = run_cli(["--data-dir", str(tmp_path / "new"), "--no-download", *QUICK], capsys)
+    assert "Expected CIFAR-10" in error and "--no-download" in error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["thesis.tex"]
+
+
+# A run that SIGKILLs itself at a chosen point: a kill with no chance to clean up.
+KILLER = """
+import importlib.util, os, signal, sys
+from pathlib import Path
+
+examples, mode, *argv = sys.argv[1:]
+spec = importlib.util.spec_from_file_location("cifar_lenet", Path(examples) / "cifar_lenet.py")
+example = importlib.util.module_from_spec(spec)
+sys.modules["cifar_lenet"] = example
+spec.loader.exec_module(example)
+harness = sys.modules["_harness"]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if mode == "epoch":  # in the middle of epoch 2: its fifth training step
+    import torch.nn.functional as F
+    saves, steps, real_save, real_loss = [], [], harness.save_checkpoint, F.cross_entropy
+    def save(*args, **kwargs):
+        real_save(*args, **kwargs)
+        saves.append(1)
+    def loss(*args, **kwargs):
+        if saves and kwargs.get("reduction", "mean") == "mean":
+            steps.append(1)
+            if len(steps) == 5:
+                die()
+        return real_loss(*args, **kwargs)
+    harness.save_checkpoint, F.cross_entropy = save, loss
+elif mode == "write":  # epoch 2's checkpoint written and synced, not yet renamed into place
+    real_replace = os.replace
+    def replace(source, target):
+        if Path(target).name == "checkpoint.pt" and Path(target).exists():
+            die()
+        real_replace(source, target)
+    os.replace = replace
+elif mode == "lenses":  # training done, in the middle of the lenses
+    def occlusion(*args, **kwargs):
+        die()
+    example.nl.occlusion = occlusion
+harness.run_cli(example.main, argv)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["epoch", "write", "lenses"])
+def test_kill_at_any_point_then_resume_gives_the_uninterrupted_history(
+    mode: str, data_dir: Path, tmp_path: Path, uninterrupted: Path
+) -> None:
+    out = tmp_path / "out"
+    argv = ["--data-dir", str(data_dir), "--out", str(out), *TWO_EPOCHS]
+    if mode == "lenses":
+        argv.remove("--train-only")
+    child = tmp_path / "killer.py"
+    child.write_text(KILLER)
+    killed = subprocess.run(
+        [sys.executable, str(child), str(EXAMPLES), mode, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"},
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert len(state["history"]) == (2 if mode == "lenses" else 1)
+    parts = list(out.glob(".checkpoint.pt.*.part"))
+    assert len(parts) == (1 if mode == "write" else 0)
+    assert example.main([*argv, "--resume"]) == 0
+    assert history_without_time(out) == history_without_time(uninterrupted)
+    assert not list(out.glob(".*.part"))  # the killed run's partial file is gone
+    if mode == "lenses":
+        assert (out / "REPORT.md").is_file()

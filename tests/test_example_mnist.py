@@ -7,6 +7,7 @@ import gzip
 import importlib.util
 import json
 import re
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -286,7 +287,7 @@ def _bad(tmp_path: Path, data_dir: Path) -> list[tuple[list[str], str]]:
         (["--device", "tpu:x"], "--device"),
         *([] if torch.cuda.is_available() else [(["--device", "cuda"], "CUDA")]),
         (["--bogus"], "unrecognized"),
-        (["--data-dir", str(tmp_path / "missing")], "--download"),
+        (["--data-dir", str(tmp_path / "missing"), "--no-download"], "--download"),
         (["--data-dir", str(a_file)], "is a file"),
         (["--out", str(a_file)], "is a file"),
     ]
@@ -355,3 +356,60 @@ def test_orthogonal_init_of_the_row_classifier() -> None:
         # only weight_hh changes; the rest is PyTorch's default draw
         torch.testing.assert_close(model.rnn.weight_ih_l0, plain.rnn.weight_ih_l0)
         assert not torch.allclose(model.rnn.weight_hh_l0, plain.rnn.weight_hh_l0)
+
+
+# -- hardening: downloads, resumes of another run -----------------------------------------------
+
+
+def _closed_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}/"
+
+
+def test_failed_download_leaves_no_folder_and_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netlens import datasets
+
+    monkeypatch.setattr(datasets, "MNIST_MIRRORS", (_closed_url(), _closed_url()))
+    data, out = tmp_path / "new" / "mnist", tmp_path / "out"
+    code, _, stderr = _run_cli(["--data-dir", str(data), "--out", str(out), "--quick"], capsys)
+    assert code == 2 and stderr.count("\n") == 1 and stderr.startswith("error: ")
+    assert "could not be downloaded" in stderr and "every one failed: (1) " in stderr
+    assert list(tmp_path.iterdir()) == []  # neither new/mnist nor out
+    # a local cause (the data dir lies under a file) is said once, and no mirror is tried
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    argv = ["--data-dir", str(blocker / "mnist"), "--out", str(out), "--quick"]
+    code, _, stderr = _run_cli(argv, capsys)
+    assert code == 2 and stderr.count("\n") == 1
+    assert stderr.count("not a folder") == 1 and "no other mirror was tried" in stderr
+    assert "(1) " not in stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_download_into_an_unrelated_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    out = tmp_path / "out"
+    code, _, stderr = _run_cli(["--data-dir", str(tmp_path), "--out", str(out)], capsys)
+    assert code == 2 and "holds other files (notes.txt); refused to download MNIST" in stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_quick_checkpoint_is_not_resumed_by_a_full_run(
+    quick_run: tuple[Path, str], data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = quick_run
+    copy = tmp_path / "out" / "lstm"
+    copy.mkdir(parents=True)
+    (copy / "checkpoint.pt").write_bytes((out / "lstm" / "checkpoint.pt").read_bytes())
+    argv = ["--data-dir", str(data_dir), "--out", str(copy.parent), "--models", "lstm"]
+    argv += ["--batch-size", "32", "--seed", "1", "--resume", "--no-progress"]
+    code, stdout, stderr = _run_cli(argv, capsys)
+    assert code == 2 and stderr.count("\n") == 1
+    assert "other settings (quick)" in stderr and "--resume" in stderr
+    assert "epoch" not in stdout
