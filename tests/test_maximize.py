@@ -363,7 +363,7 @@ BAD: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
     "channels empty": ({"channels": []}, nl.NetlensValueError, "at least one channels"),
     "channels of floats": ({"channels": [0, 1.0]}, nl.NetlensTypeError, "channels"),
     "channels float": ({"channels": 1.5}, nl.NetlensTypeError, "channels"),
-    "rank too low": ({"input_shape": (28, 28)}, nl.NetlensValueError, "input_shape"),
+    "rank too low": ({"input_shape": (28,)}, nl.NetlensValueError, "input_shape"),
     "rank too high": ({"input_shape": (1, 1, 28, 28)}, nl.NetlensValueError, "input_shape"),
     "shape not ints": ({"input_shape": (1, 28.0, 28)}, nl.NetlensValueError, "input_shape"),
     "shape missing": ({"input_shape": None}, nl.NetlensTypeError, "input_shape"),
@@ -454,7 +454,7 @@ def test_an_input_shape_of_the_wrong_rank_names_input_shape_and_what_the_layer_g
     assert "(8,)" in message and "(N, T, F)" in message and "(2, 8)" in message
     assert "unsqueeze" not in message  # there are no user inputs to unsqueeze
     with pytest.raises(nl.NetlensValueError, match=r"input_shape.*\(N, C, H, W\)"):
-        nl.maximize_activation(_seeded(LeNet5), "conv2", input_shape=(28, 28), steps=2)
+        nl.maximize_activation(_seeded(LeNet5), "conv2", input_shape=(28,), steps=2)
 
 
 def test_a_bad_select_is_reported_as_such_not_as_input_shape() -> None:
@@ -754,3 +754,313 @@ def test_a_bert_style_linear_sliced_or_not_equals_the_full_layer(channel_dim: An
     torch.testing.assert_close(fast.activations, picked.mean(1), rtol=1e-9, atol=1e-9)
     count = 8 if channel_dim == 1 else 12
     assert nl.maximize_activation(model, "0", **kwargs).channels.numel() == count
+
+
+# -- colours, normalisation, batches, input_shape ----------------------------------------------
+
+
+class _RGBNet(nn.Module):
+    """conv1 (3 -> 4), ReLU, conv2 (4 -> 5) on 8x8 pictures."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.conv2(self.relu(self.conv1(x)))
+        return out
+
+
+# Lucid's and lucent's color_correlation_svd_sqrt, typed in again.
+LUCID_SQRT = torch.tensor(
+    [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=torch.float64
+)
+
+
+def _lucent_fft_image(spectrum: torch.Tensor, size: int) -> torch.Tensor:
+    """lucent 0.1.8's ``fft_image`` for a square picture of even size, written out again."""
+    fy = torch.fft.fftfreq(size, dtype=torch.float64)[:, None]
+    fx = torch.fft.fftfreq(size, dtype=torch.float64)[: size // 2 + 1]
+    freqs = (fx * fx + fy * fy).sqrt()
+    scale = 1.0 / torch.maximum(freqs, torch.tensor(1.0 / size, dtype=torch.float64))
+    scaled = torch.view_as_complex(scale[..., None] * spectrum)
+    return torch.fft.irfftn(scaled, s=(size, size), norm="ortho") / 4.0
+
+
+def _colour_reference(
+    model: nn.Module,
+    layer: str,
+    channel: int,
+    param: str,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    steps: int,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One channel, the full model: parameter -> lucent's colours -> (0, 1) -> normalised."""
+    module = model.get_submodule(layer)
+    generator = torch.Generator().manual_seed(_channel_seed(seed, channel))
+    shape = (3, 8, 8) if param == "pixel" else (3, 8, 5, 2)
+    raw = (_INIT_STD * torch.randn(shape, generator=generator, dtype=torch.float64))[None]
+    raw.requires_grad_(True)
+    optimizer = torch.optim.Adam([raw], lr=0.05)
+    matrix = LUCID_SQRT / LUCID_SQRT.norm(dim=0).max()
+
+    def pixels() -> torch.Tensor:
+        image = raw if param == "pixel" else _lucent_fft_image(raw, 8)
+        colours = torch.einsum("ij,njhw->nihw", matrix, image)
+        return (torch.tanh(colours) + 1) / 2
+
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda m, i, o: captured.append(o))
+    values = []
+    try:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            captured.clear()
+            model((pixels() - mean[:, None, None]) / std[:, None, None])
+            value = captured[-1][:, channel].mean()
+            (raw.grad,) = torch.autograd.grad(-value, [raw])
+            optimizer.step()
+            values.append(value.detach())
+    finally:
+        handle.remove()
+    return pixels().detach()[0], torch.stack(values)
+
+
+@pytest.mark.parametrize("param", ["pixel", "fourier"])
+def test_decorrelated_colours_and_normalize_match_a_plain_float64_loop(param: str) -> None:
+    model = _seeded(_RGBNet).double()
+    mean = torch.tensor([0.4, 0.5, 0.6], dtype=torch.float64)
+    std = torch.tensor([0.2, 0.25, 0.3], dtype=torch.float64)
+    with model_unchanged(model):
+        result = nl.maximize_activation(
+            model,
+            "conv2",
+            [1, 3],
+            input_shape=(8, 8),  # 3 channels from conv1
+            steps=10,
+            param=param,
+            transforms=None,
+            decorrelate=True,
+            normalize=(mean.tolist(), std),
+            seed=2,
+        )
+    for index, channel in enumerate([1, 3]):
+        pixels, history = _colour_reference(model, "conv2", channel, param, mean, std, 10, 2)
+        torch.testing.assert_close(result.pixels[index], pixels, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(result.history[:, index], history, rtol=1e-9, atol=1e-9)
+    normalised = (result.pixels - mean[:, None, None]) / std[:, None, None]
+    torch.testing.assert_close(result.images, normalised, rtol=1e-12, atol=1e-12)
+    assert result.value_range == (0.0, 1.0)
+    assert float(result.pixels.min()) > 0 and float(result.pixels.max()) < 1
+    with torch.no_grad():
+        reached = model(result.images)[[0, 1], [1, 3]].flatten(1).mean(1)
+    torch.testing.assert_close(result.activations, reached, rtol=1e-9, atol=1e-9)
+
+
+def test_the_default_colour_basis_is_lucents() -> None:
+    from netlens._color import color_matrix
+
+    matrix = color_matrix(True)
+    assert matrix is not None
+    torch.testing.assert_close(matrix, LUCID_SQRT / LUCID_SQRT.norm(dim=0).max())
+    assert color_matrix(False) is None
+    torch.testing.assert_close(color_matrix(2 * LUCID_SQRT.numpy()), matrix)
+
+
+def test_color_stats_against_torch_cov() -> None:
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.3, 0.0], [0.6, 0.2, 0.1]])
+    base = torch.randn(40, 8, 8, 3, generator=generator, dtype=torch.float64)
+    images = (base @ mixing.T.double() + 0.5).permute(0, 3, 1, 2).contiguous()
+    pixels = images.permute(0, 2, 3, 1).reshape(-1, 3)
+    stats = nl.color_stats(images.float())
+    streamed = nl.color_stats([(images[:13], "labels"), images[13:30], images[30:]])
+    last = nl.color_stats(images.permute(0, 2, 3, 1), channel_dim=-1)
+    covariance = torch.cov(pixels.T)
+    for found in (stats, streamed, last):
+        assert found.count == 40 * 64
+        torch.testing.assert_close(found.covariance, covariance, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(found.mean, pixels.mean(0), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(found.std, pixels.std(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(streamed.covariance, covariance, rtol=1e-12, atol=1e-12)
+    basis = streamed.basis
+    torch.testing.assert_close(basis @ basis.T, covariance, rtol=1e-10, atol=1e-12)
+    norms = basis.norm(dim=0)
+    assert bool((norms[:-1] >= norms[1:]).all())  # strongest direction first
+    assert bool((basis[basis.abs().argmax(0), torch.arange(3)] > 0).all())
+    assert "count=2560" in repr(streamed)
+    with pytest.raises(nl.NetlensValueError, match="3 colour channels"):
+        nl.color_stats(torch.rand(2, 1, 4, 4))
+    with pytest.raises(nl.NetlensValueError, match="at least 2 pixels"):
+        nl.color_stats([])
+    with pytest.raises(nl.NetlensTypeError, match="data"):
+        nl.color_stats(3)
+
+
+def test_decorrelate_with_grey_statistics_gives_grey_pictures() -> None:
+    grey = torch.rand(16, 1, 8, 8).expand(16, 3, 8, 8)
+    result = nl.maximize_activation(
+        _seeded(_RGBNet),
+        "conv2",
+        [0, 2],
+        input_shape=(3, 8, 8),
+        steps=5,
+        decorrelate=nl.color_stats(grey),
+        normalize=(0.5, 0.5),
+        seed=0,
+    )
+    pixels = result.pixels
+    torch.testing.assert_close(pixels[:, 0], pixels[:, 1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(pixels[:, 0], pixels[:, 2], rtol=1e-6, atol=1e-6)
+
+
+def test_normalize_in_other_units_and_a_value_range_of_pixels() -> None:
+    model = _seeded(_RGBNet)
+    result = nl.maximize_activation(
+        model,
+        "conv1",
+        1,
+        input_shape=(3, 8, 8),
+        steps=20,
+        lr=0.2,
+        value_range=(0, 255),
+        normalize=((120.0, 110.0, 100.0), 60.0),
+        seed=0,
+    )
+    assert result.value_range == (0.0, 255.0)
+    assert result.images.shape == result.pixels.shape == (3, 8, 8)
+    assert float(result.pixels.min()) > 0 and float(result.pixels.max()) < 255
+    assert float(result.pixels.max() - result.pixels.min()) > 50
+    mean = torch.tensor([120.0, 110.0, 100.0])[:, None, None]
+    torch.testing.assert_close(result.images, (result.pixels - mean) / 60.0)
+    mean_, std_ = result.normalize or (None, None)
+    assert mean_ is not None and std_ is not None
+    assert mean_.tolist() == [120.0, 110.0, 100.0] and float(std_) == 60.0
+
+
+def test_batch_adds_a_dimension_of_different_inputs(lenet: nn.Module) -> None:
+    kwargs: dict[str, Any] = {"input_shape": (28, 28), "steps": 4, "seed": 1}
+    listed = nl.maximize_activation(lenet, "conv2", [3, 8], batch=3, **kwargs)
+    single = nl.maximize_activation(lenet, "conv2", 8, batch=3, **kwargs)
+    one = nl.maximize_activation(lenet, "conv2", [3, 8], batch=1, **kwargs)
+    assert listed.images.shape == (2, 3, 1, 28, 28)
+    assert listed.activations.shape == (2, 3) and listed.history.shape == (4, 2, 3)
+    assert single.images.shape == (3, 1, 28, 28)
+    assert single.activations.shape == (3,) and single.history.shape == (4, 3)
+    assert one.images.shape == (2, 1, 1, 28, 28) and one.history.shape == (4, 2, 1)
+    assert torch.equal(listed.channels, torch.tensor([3, 8]))
+    assert torch.equal(single.channels, torch.tensor([8]))
+    # each channel's inputs are the same in any batch of channels; the copies differ
+    torch.testing.assert_close(single.images, listed.images[1], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(listed.images[0, 0], listed.images[0, 1])
+    with torch.no_grad():
+        reached = lenet.conv2(lenet.pool1(lenet.relu1(lenet.conv1(single.images))))[:, 8]
+    torch.testing.assert_close(single.activations, reached.flatten(1).mean(1))
+    _, ax = listed.plot()
+    assert [text.get_text() for text in ax.texts] == ["3", "", "", "8", "", ""]
+    _, ax = listed.plot_curves()
+    assert len(ax.lines) == 6
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["3", "8"]
+    assert "batch=3" in repr(listed)
+
+
+def test_a_normalised_run_is_drawn_as_its_pixels() -> None:
+    result = nl.maximize_activation(
+        _seeded(_RGBNet),
+        "conv2",
+        [0, 1],
+        input_shape=(3, 8, 8),
+        steps=2,
+        normalize=(0.5, 0.25),
+        seed=0,
+    )
+    _, ax = result.plot()
+    drawn = ax.images[0].get_array()
+    assert float(drawn.min()) > 0.3  # pixels near 0.5, shown on (0, 1), white borders
+    _, ax = result.plot(normalize="filter")
+    assert float(ax.images[0].get_array().min()) == 0.0  # each picture stretched
+
+
+def test_input_shape_completed_from_the_first_layer() -> None:
+    linear = nn.Sequential(nn.Linear(6, 4), nn.ReLU())
+    assert nl.maximize_activation(linear, "0", 1, steps=2).images.shape == (6,)
+    with pytest.raises(nl.NetlensTypeError, match=r"takes 1 channels.*\(32, 32\)"):
+        nl.maximize_activation(_seeded(LeNet5), "conv1", 0, steps=2)
+    broken = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(18, 4), nn.ReLU())
+    with (
+        model_unchanged(broken),
+        pytest.raises(
+            nl.NetlensValueError, match=r"\(1, 6, 6\) \(completed from \(6, 6\) by the in_channels"
+        ),
+    ):
+        nl.maximize_activation(broken, "3", input_shape=(6, 6), steps=2)
+
+
+COLOUR_BAD: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
+    "decorrelate grey": (
+        {"decorrelate": True, "input_shape": (1, 8, 8)},
+        nl.NetlensValueError,
+        r"RGB images \(3, H, W\)",
+    ),
+    "decorrelate a string": ({"decorrelate": "yes"}, nl.NetlensTypeError, "decorrelate"),
+    "decorrelate 2x2": ({"decorrelate": [[1, 0], [0, 1]]}, nl.NetlensValueError, "3x3"),
+    "decorrelate zeros": ({"decorrelate": torch.zeros(3, 3)}, nl.NetlensValueError, "not zero"),
+    "normalize not a pair": ({"normalize": (0.5,)}, nl.NetlensTypeError, "normalize"),
+    "normalize of strings": ({"normalize": ("a", 1.0)}, nl.NetlensTypeError, "mean"),
+    "normalize wrong length": (
+        {"normalize": ((0.5, 0.5), 0.5)},
+        nl.NetlensValueError,
+        "one number per channel",
+    ),
+    "std zero": ({"normalize": (0.5, (0.5, 0.0, 0.5))}, nl.NetlensValueError, "std to be > 0"),
+    "mean infinite": ({"normalize": (float("inf"), 1.0)}, nl.NetlensValueError, "finite"),
+    "batch zero": ({"batch": 0}, nl.NetlensValueError, "batch >= 1"),
+    "batch float": ({"batch": 2.0}, nl.NetlensTypeError, "batch"),
+    "no layer": ({"layer": None}, nl.NetlensValueError, "Expected a layer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COLOUR_BAD))
+def test_bad_colour_and_batch_arguments(case: str) -> None:
+    model = _seeded(_RGBNet)
+    kwargs: dict[str, Any] = {"layer": "conv2", "input_shape": (3, 8, 8), "steps": 2}
+    changes, error, message = COLOUR_BAD[case]
+    kwargs.update(changes)
+    if case == "decorrelate grey":
+        model = _seeded(lambda: nn.Sequential(nn.Conv2d(1, 2, 3)))
+        kwargs["layer"] = "0"
+    with model_unchanged(model), pytest.raises(error, match=message):
+        nl.maximize_activation(model, **kwargs)
+
+
+def test_the_channels_last_layout_changes_nothing_but_speed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import netlens._maximize as maximize
+
+    model = _seeded(lambda: LeNet5(in_channels=3, image_size=16)).double()
+    kwargs: dict[str, Any] = {"input_shape": (16, 16), "steps": 6, "seed": 0, "decorrelate": True}
+    fast = nl.maximize_activation(model, "conv2", [1, 5], **kwargs)
+    monkeypatch.setattr(maximize, "_CHANNELS_LAST", False)
+    plain = nl.maximize_activation(model, "conv2", [1, 5], **kwargs)
+    torch.testing.assert_close(fast.images, plain.images, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(fast.history, plain.history, rtol=1e-9, atol=1e-9)
+
+
+def test_grouped_layout_hands_the_gradient_back_in_the_features_layout() -> None:
+    from netlens._maximize import _GroupedLayout
+
+    for layout in (torch.channels_last, torch.contiguous_format):
+        features = torch.randn(3, 4, 5, 6, dtype=torch.float64).contiguous(memory_format=layout)
+        features.requires_grad_(True)
+        flat = _GroupedLayout.apply(features)
+        assert flat.shape == (1, 12, 5, 6)
+        torch.testing.assert_close(flat, features.detach().reshape(1, 12, 5, 6))
+        weights = torch.randn(1, 12, 5, 6, dtype=torch.float64)
+        (gradient,) = torch.autograd.grad((flat * weights).sum(), [features])
+        torch.testing.assert_close(gradient, weights.reshape(3, 4, 5, 6))
+        assert gradient.is_contiguous(memory_format=layout)

@@ -1,10 +1,14 @@
 """Render the pictures of docs/guide/maximization.rst from the reference checkpoints.
 
-    python docs/figures/maximization.py [--models DIR]
+    python docs/figures/maximization.py [--models DIR] [--data-dir DIR] [--part grey|colour|all]
 
-writes docs/_static/maximization/*.png: every channel of LeNet5's conv1 and conv2 and its ten
-class logits (trained on grey CIFAR-10, inputs in [-1, 1]), and the ten class logits of the
-row-LSTM trained on MNIST (standardised rows). Prints the settings and what each run reached.
+writes docs/_static/maximization/*.png. ``grey``: every channel of LeNet5's conv1 and conv2 and
+its ten class logits (trained on grey CIFAR-10, inputs in [-1, 1]), and the ten class logits of
+the row-LSTM trained on MNIST (standardised rows). ``colour``: LeNet5 trained on colour CIFAR-10
+(``docs/figures/train_cifar_rgb.py``; pixels in [0, 1] normalised with mean and std 0.5): every
+channel of conv2, a combined objective, a diversity batch and the class log-probabilities, in
+the Fourier parametrisation with colours decorrelated by CIFAR-10's own statistics (from
+``--data-dir``, the first 5,000 training images). Prints the settings and what each run reached.
 Exits non-zero, saying why, when a checkpoint is missing.
 """
 
@@ -21,7 +25,8 @@ from _common import load, require
 from matplotlib.figure import Figure
 
 import netlens as nl
-from netlens.datasets import CIFAR10_CLASSES
+from netlens import objectives as obj
+from netlens.datasets import CIFAR10, CIFAR10_CLASSES
 from netlens.models import LeNet5, RowClassifier
 
 HERE = Path(__file__).resolve().parent
@@ -37,7 +42,7 @@ def save(figure: Figure, name: str) -> None:
     print(f"wrote {OUT / name} ({size / 1024:.0f} KB)")
 
 
-def run(label: str, model: torch.nn.Module, layer: str, **kwargs: object) -> nl.Maximization:
+def run(label: str, model: torch.nn.Module, layer: str | None, **kwargs: object) -> nl.Maximization:
     start = time.perf_counter()
     result = nl.maximize_activation(model, layer, **kwargs)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
@@ -67,16 +72,11 @@ def class_figure(
     return figure
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", type=Path, default=Path("/root/netlens-data/models"))
-    parser.add_argument("--steps", type=int, default=256)
-    args = parser.parse_args(argv)
+def grey(args: argparse.Namespace) -> None:
+    """The pictures of the grey LeNet5 and of the row-LSTM."""
     lenet_path = args.models / "lenet5_cifar_grey.pt"
     lstm_path = args.models / "lstm_mnist.pt"
     require(lenet_path, lstm_path)
-    torch.set_num_threads(1)
-    OUT.mkdir(parents=True, exist_ok=True)
     lenet = load(LeNet5(), lenet_path)
     lstm = load(RowClassifier("lstm"), lstm_path)
     image = {"input_shape": (1, 28, 28), "value_range": (-1.0, 1.0), "steps": args.steps}
@@ -138,6 +138,119 @@ def main(argv: list[str] | None = None) -> int:
         class_figure(digits, lstm, [str(d) for d in range(10)], "row-LSTM (MNIST): class logits"),
         "lstm_classes.png",
     )
+
+
+def rgb_class_figure(result: nl.Maximization, model: torch.nn.Module) -> Figure:
+    """The class pictures in a row, each titled with its class and softmax probability."""
+    with torch.no_grad():
+        probabilities = model(result.images).softmax(-1)
+    figure = Figure(figsize=(12, 1.9), layout="constrained")
+    axes = figure.subplots(1, len(result.objectives or ()))
+    pictures = result.pixels.permute(0, 2, 3, 1).clamp(0, 1)
+    for index, ax in enumerate(axes):
+        ax.imshow(pictures[index].numpy(), interpolation="nearest")
+        p = probabilities[index, index]
+        ax.set_title(f"{CIFAR10_CLASSES[index]}\np={p:.2f}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    summary = ", ".join(
+        f"{name} {probabilities[i, i]:.3f}" for i, name in enumerate(CIFAR10_CLASSES)
+    )
+    print(f"  softmax of the own class: {summary}")
+    return figure
+
+
+def colour(args: argparse.Namespace) -> None:
+    """The pictures of LeNet5 trained on colour CIFAR-10."""
+    path = args.models / "lenet5_cifar_rgb.pt"
+    require(path)
+    model = load(LeNet5(in_channels=3, image_size=32), path)
+    images = CIFAR10(args.data_dir, train=True, grey=False, size=None).data[:5000]
+    stats = nl.color_stats((images + 1) / 2)  # the pixels in [0, 1], before normalisation
+    print(f"CIFAR-10 colours: {stats}; basis\n{stats.basis.numpy().round(4)}")
+    colour_kwargs: dict[str, object] = {
+        "input_shape": (32, 32),
+        "param": "fourier",
+        "decorrelate": stats,
+        "normalize": (0.5, 0.5),
+        "steps": args.steps,
+        "seed": 0,
+    }
+
+    conv2 = run("RGB LeNet5 conv2", model, "conv2", **colour_kwargs)
+    figure, _ = conv2.plot(ncols=8)
+    save(figure, "rgb_conv2.png")
+    print(f"  objective: mean {conv2.activations.mean():.4f}")
+
+    first, second = obj.channel("conv2", 9), obj.channel("conv2", 15)
+    units = obj.neuron("conv2", 9) + 10 * obj.neuron("conv2", 15)
+    combined = run(
+        "RGB LeNet5 combined",
+        model,
+        None,
+        objective=[first, second, first + 10 * second, units],
+        **colour_kwargs,
+    )
+    figure, _ = combined.plot(ncols=2)
+    figure.set_size_inches(6.5, 5.8)
+    save(figure, "rgb_combined.png")
+    print(f"  objectives: {[str(o) for o in combined.objectives or ()]}")
+    print(f"  reached: {combined.activations.numpy().round(3).tolist()}")
+
+    plain = run(
+        "RGB LeNet5 batch",
+        model,
+        None,
+        objective=obj.channel("conv2", 4),
+        batch=6,
+        **colour_kwargs,
+    )
+    diverse = run(
+        "RGB LeNet5 diversity",
+        model,
+        None,
+        objective=obj.channel("conv2", 4) + 0.5 * obj.diversity("relu2"),
+        batch=6,
+        **colour_kwargs,
+    )
+    figure = Figure(figsize=(8, 3.3), layout="constrained")
+    top, bottom = figure.subplots(2, 1)
+    plain.plot(top, ncols=6)
+    top.set_title("channel('conv2', 4), batch=6", fontsize=9)
+    diverse.plot(bottom, ncols=6)
+    bottom.set_title("channel('conv2', 4) + 0.5 * diversity('relu2'), batch=6", fontsize=9)
+    save(figure, "rgb_diversity.png")
+    with torch.no_grad():
+        for label, result in (("batch", plain), ("diversity", diverse)):
+            with nl.record(model, "conv2") as recorded:
+                model(result.images)
+            channel = recorded["conv2"][:, 4].flatten(1).mean(1)
+            print(f"  {label}: channel 4 mean {channel.numpy().round(3).tolist()}")
+
+    classes = run(
+        "RGB LeNet5 classes",
+        model,
+        None,
+        objective=[obj.class_logit(c, log_probability=True) for c in range(10)],
+        tv=0.05,
+        **colour_kwargs,
+    )
+    save(rgb_class_figure(classes, model), "rgb_classes.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", type=Path, default=Path("/root/netlens-data/models"))
+    parser.add_argument("--data-dir", type=Path, default=Path("/root/netlens-data/cifar"))
+    parser.add_argument("--steps", type=int, default=256)
+    parser.add_argument("--part", choices=["grey", "colour", "all"], default="all")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.part in ("grey", "all"):
+        grey(args)
+    if args.part in ("colour", "all"):
+        colour(args)
     return 0
 
 

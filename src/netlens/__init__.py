@@ -5,6 +5,8 @@ projections (Zeiler & Fergus 2014), occlusion sensitivity and activation maximis
 ``nn.Module``.
 """
 
+from . import objectives
+from ._color import ColorStats, color_stats
 from ._deconvnet import Projection, deconvnet
 from ._errors import (
     LayerNotFoundError,
@@ -27,6 +29,7 @@ __all__ = [
     "ActivationGrid",
     "ActivationStats",
     "ChannelStats",
+    "ColorStats",
     "FilterGrid",
     "LayerNotFoundError",
     "LayerSpec",
@@ -42,9 +45,11 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "activation_stats",
+    "color_stats",
     "deconvnet",
     "find_layers",
     "maximize_activation",
+    "objectives",
     "occlusion",
     "record",
     "top_activations",

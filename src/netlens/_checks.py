@@ -32,6 +32,7 @@ __all__ = [
     "check_gradients_allowed",
     "check_index",
     "check_int",
+    "check_not_meta",
     "check_real",
     "prepare_inputs",
 ]
@@ -181,11 +182,31 @@ def prepare_inputs(
             f"Expected {name} to be a batch (N, ...) of at least one input, but got shape "
             f"{tuple(inputs.shape)}."
         )
+    check_not_meta(inputs, name)
     info = InputInfo(inputs.device, inputs.dtype)
     dtype, device = _model_dtype_device(model)
+    check_not_meta(model)
     target_dtype = dtype if (dtype is not None and inputs.is_floating_point()) else inputs.dtype
     moved = inputs.detach().to(device=device or inputs.device, dtype=target_dtype)
     return moved, info
+
+
+def check_not_meta(value: torch.Tensor | nn.Module, name: str = "model") -> None:
+    """Refuse tensors, or a model with parameters or buffers, on the ``meta`` device.
+
+    Meta tensors have shapes but no data: a technique run on them would fail deep inside torch
+    ("Tensor.item() cannot be called on meta tensors") or return pictures that hold nothing.
+    """
+    if isinstance(value, torch.Tensor):
+        on_meta = value.is_meta
+    else:
+        on_meta = any(t.is_meta for t in (*value.parameters(), *value.buffers()))
+    if on_meta:
+        raise NetlensValueError(
+            f"Expected {name} with data, on a real device (cpu, cuda, ...), but got {name} on "
+            "the 'meta' device, which holds shapes only: load the weights first (for example "
+            "model.to_empty(device='cpu') then load_state_dict)."
+        )
 
 
 def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype | None, torch.device | None]:
