@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -381,3 +382,357 @@ def test_plots_draw_on_a_new_figure_or_a_given_axes() -> None:
     given = Figure().add_subplot()
     fig2, ax2 = top.plot(ax=given, ncols=3)
     assert ax2 is given and fig2 is given.figure
+
+
+# -- merging shards ------------------------------------------------------------------------------
+
+
+def _shards_and_whole() -> tuple[LeNet5, list[torch.Tensor], torch.Tensor]:
+    model = _lenet(30, size=16)
+    data = torch.randn(
+        23, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(31)
+    )
+    data[2] *= 3  # strong, and tied with its copies in both shards
+    data[7] = data[2]
+    data[15] = data[2]
+    return model, [data[:9], data[9:]], data
+
+
+def test_merge_equals_one_pass_over_the_shards_in_order() -> None:
+    model, (first, second), _ = _shards_and_whole()
+    channels = [0, 3, 17, 40]
+
+    def top(data: torch.Tensor, channel: int | list[int] = channels) -> nl.TopActivations:
+        batches = [data[start : start + 4] for start in range(0, data.shape[0], 4)]
+        return nl.top_activations(model, batches, "conv2", channels=channel, k=5)
+
+    merged = top(first).merge(top(second))
+    batches = [first[s : s + 4] for s in range(0, 9, 4)] + [
+        second[s : s + 4] for s in range(0, 14, 4)
+    ]
+    expected = nl.top_activations(model, batches, "conv2", channels=channels, k=5)
+    assert merged.samples == expected.samples == 23
+    for field in ("activations", "indices", "positions", "boxes", "patches", "projections"):
+        assert torch.equal(getattr(merged, field), getattr(expected, field)), field
+    # ties go to the smaller index: input 2 before its copies 7 and 15
+    for row in expected.indices.tolist():
+        assert [index for index in row if index in (2, 7, 15)] == sorted(
+            index for index in row if index in (2, 7, 15)
+        )
+    assert (expected.indices == 2).any()
+    # the other way round: the second shard's inputs count first
+    swapped = top(second).merge(top(first))
+    batches = [second[s : s + 4] for s in range(0, 14, 4)] + [
+        first[s : s + 4] for s in range(0, 9, 4)
+    ]
+    alone = nl.top_activations(model, batches, "conv2", channels=channels, k=5)
+    assert torch.equal(swapped.indices, alone.indices)
+    assert torch.equal(swapped.activations, alone.activations)
+    # an int channel has no channel dim, merged or not
+    single = top(first, 17).merge(top(second, 17))
+    assert single.activations.shape == (5,) and torch.equal(single.indices, expected.indices[2])
+    assert torch.equal(single.patches, expected.patches[2])
+
+
+def test_merge_refuses_results_that_do_not_match() -> None:
+    model, (first, second), _ = _shards_and_whole()
+    base = nl.top_activations(model, first, "conv2", channels=[0, 1], k=3)
+    others = {
+        "layer": nl.top_activations(model, second, "conv1", channels=[0, 1], k=3),
+        "channels": nl.top_activations(model, second, "conv2", channels=[0, 2], k=3),
+        "k": nl.top_activations(model, second, "conv2", channels=[0, 1], k=2),
+        "patch size": nl.top_activations(
+            model, torch.randn(4, 1, 16, 16, dtype=torch.float64), "conv2", channels=[0, 1], k=3
+        ),
+    }
+    for what, other in others.items():
+        if what == "patch size":
+            other = dataclasses.replace(other, patches=other.patches[..., :5, :5])
+        with pytest.raises(nl.NetlensValueError, match=f"the same {what}"):
+            base.merge(other)
+    with pytest.raises(nl.NetlensTypeError, match="TopActivations to merge"):
+        base.merge(torch.zeros(3))  # type: ignore[arg-type]
+    with pytest.raises(nl.NetlensValueError, match=r"initialised torch\.distributed"):
+        base.all_reduce()
+
+
+def test_a_result_pickles_and_merges_after() -> None:
+    import pickle
+
+    model, (first, second), _ = _shards_and_whole()
+    one = nl.top_activations(model, first, "conv2", channels=[3], k=4)
+    again = pickle.loads(pickle.dumps(one))
+    for field in ("activations", "indices", "positions", "boxes", "patches", "projections"):
+        assert torch.equal(getattr(again, field), getattr(one, field)), field
+    two = nl.top_activations(model, second, "conv2", channels=[3], k=4)
+    assert torch.equal(again.merge(two).indices, one.merge(two).indices)
+
+
+def test_each_kept_input_is_stored_once() -> None:
+    from netlens._top import _RunningTop
+
+    top = _RunningTop("conv2", 4, None)
+    model = TinyConvNet().eval()
+    with nl.record(model, "conv2") as rec, torch.no_grad():
+        for _ in range(5):
+            x = torch.randn(8, 1, 8, 8)
+            model(x)
+            top.update(x, rec["conv2"])
+    assert set(top.kept) == set(top.indices.flatten().tolist())  # nothing else is kept
+    assert len(top.kept) <= 6 * 4
+    assert top.images.shape == (6, 4, 1, 8, 8)
+
+
+# -- receptive fields without copying the model or running past the layer ------------------------
+
+
+class _AfterLayer(nn.Module):
+    """Counts the inputs that reach it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += x.shape[0]
+        return x
+
+
+def test_only_the_first_forward_pass_of_one_input_goes_past_the_layer() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3), _AfterLayer(), nn.Flatten()
+    ).eval()
+    data = [torch.randn(6, 1, 9, 9) for _ in range(4)]
+    top = nl.top_activations(model, data, "2", k=3)
+    # one input, once, to count how often the layer runs; data passes, projections and
+    # receptive fields all stop at the layer
+    assert model[3].seen == 1
+    assert top.boxes.shape == (4, 3, 3, 2)
+
+
+def _previous_boxes(
+    model: nn.Module, layer: str, sample: torch.Tensor, keys: torch.Tensor, **read: Any
+) -> torch.Tensor:
+    """The previous method, slow and obvious: a linearised float64 copy of every parameter, the
+    whole model run on one row per activation, the bounding box of the input gradient's support.
+    """
+    from torch.overrides import TorchFunctionMode
+
+    from netlens._deconvnet import ELEMENTWISE, RELU_NAMES
+    from netlens._outputs import layer_view
+
+    class Linear(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            if name in RELU_NAMES or name in ELEMENTWISE:
+                return args[0].clone()
+            if name.startswith("adaptive_max_pool"):
+                pooled = getattr(F, name.replace("max", "avg").replace("_with_indices", ""))(
+                    args[0], *args[1:2], **{k: v for k, v in kwargs.items() if k == "output_size"}
+                )
+                return (
+                    (pooled, None) if "indices" in name or kwargs.get("return_indices") else pooled
+                )
+            if name.startswith("max_pool"):
+
+                def parts(
+                    x,
+                    kernel_size,
+                    stride=None,
+                    padding=0,
+                    dilation=1,
+                    ceil_mode=False,
+                    return_indices=False,
+                ):  # type: ignore[no-untyped-def]
+                    return kernel_size, stride or kernel_size, padding, ceil_mode, return_indices
+
+                kernel, stride, padding, ceil, indices = parts(*args, **kwargs)
+                pooled = getattr(F, name.replace("max", "avg").replace("_with_indices", ""))(
+                    args[0], kernel, stride, padding, ceil
+                )
+                return (pooled, None) if "indices" in name or indices else pooled
+            return func(*args, **kwargs)
+
+    view = layer_view(model, layer, **read)
+    parameters = {
+        key: torch.full(p.shape, 1.0 / (p[0].numel() if p.dim() > 1 else 1), dtype=torch.float64)
+        for key, p in model.named_parameters()
+    }
+    buffers = {key: b.double() if b.is_floating_point() else b for key, b in model.named_buffers()}
+    leaf = sample.double().expand(keys.shape[0], *sample.shape[1:]).clone().requires_grad_(True)
+    was_training = model.training
+    model.eval()
+    try:
+        with nl.record(model, layer, detach=False, **read) as rec, Linear():
+            torch.func.functional_call(model, (parameters, buffers), (leaf.clone(),))
+    finally:
+        model.train(was_training)
+    output = rec.calls(view.name)[-1]
+    arranged = view.arrange(output, keys.shape[0])
+    seed = torch.zeros_like(arranged)
+    seed[(torch.arange(keys.shape[0]), *keys.unbind(1))] = 1
+    (grad,) = torch.autograd.grad(output, leaf, view.unarrange(seed, output))
+    support = grad != 0
+    boxes = []
+    for dim in range(1, support.dim()):
+        hit = support.movedim(dim, 1).flatten(2).any(dim=2)  # (M, size)
+        positions = torch.arange(hit.shape[1]).expand_as(hit)
+        start = torch.where(hit, positions, hit.shape[1]).amin(dim=1)
+        stop = torch.where(hit, positions + 1, 0).amax(dim=1)
+        nothing = ~hit.any(dim=1)  # depends on no input element: the whole input
+        start[nothing], stop[nothing] = 0, hit.shape[1]
+        boxes.append(torch.stack([start, stop], dim=1))
+    return torch.stack(boxes, dim=1)
+
+
+def _every_key(model: nn.Module, layer: str, sample: torch.Tensor, **read: Any) -> torch.Tensor:
+    from netlens._model import evaluating
+    from netlens._outputs import layer_view
+
+    view = layer_view(model, layer, **read)
+    with evaluating(model), nl.record(model, layer, **read) as rec, torch.no_grad():
+        model(sample)
+    arranged = view.arrange(rec.calls(view.name)[-1], 1)
+    grids = torch.meshgrid(*[torch.arange(size) for size in arranged.shape[1:]], indexing="ij")
+    return torch.stack([grid.reshape(-1) for grid in grids], dim=1)
+
+
+def _new_boxes(
+    model: nn.Module, layer: str, sample: torch.Tensor, keys: torch.Tensor, how: str, **read: Any
+) -> tuple[torch.Tensor, bool]:
+    from netlens._model import evaluating, frozen
+    from netlens._outputs import layer_view
+    from netlens._receptive import _geometry, _probe, receptive_fields
+
+    view = layer_view(model, layer, **read)
+    with evaluating(model), frozen(model):
+        with nl.record(model, layer, **read) as rec, torch.no_grad():
+            model(sample)
+        calls = len(rec.calls(view.name))
+        known = _geometry(model, view, sample, calls) is not None
+        if how == "probe":
+            return _probe(model, view, sample, keys, calls), known
+        return receptive_fields(model, view, sample, keys, calls), known
+
+
+def test_receptive_fields_equal_the_previous_method_on_the_zoo_and_lenet(
+    zoo_model: ZooModel,
+) -> None:
+    model, sample = zoo_model.model, zoo_model.inputs[:1]
+    cases = [(model, zoo_model.feature_layer, sample)]
+    if zoo_model.name == "conv":
+        lenet = _lenet(40, size=16)
+        sample16 = torch.randn(1, 1, 16, 16, dtype=torch.float64)
+        cases += [
+            (lenet, layer, sample16) for layer in ("conv1", "relu1", "pool1", "conv2", "pool2")
+        ]
+    for network, layer, inputs in cases:
+        keys = _every_key(network, layer, inputs)
+        # every position, of the first and the last channel (all channels of the tiny zoo)
+        keys = keys[(keys[:, 0] == 0) | (keys[:, 0] == keys[:, 0].max())]
+        expected = _previous_boxes(network, layer, inputs, keys)
+        with model_unchanged(network):
+            found, known = _new_boxes(network, layer, inputs, keys, "default")
+            probed, _ = _new_boxes(network, layer, inputs, keys, "probe")
+        assert known == (zoo_model.name not in ("lstm", "gru")), (zoo_model.name, layer)
+        assert torch.equal(found, expected), (zoo_model.name, layer)
+        assert torch.equal(probed, expected), (zoo_model.name, layer)
+
+
+def test_receptive_fields_on_the_contract_zoo_equal_the_previous_method() -> None:
+    from netlens.testing import contract_zoo
+
+    for name, member in contract_zoo().items():
+        if name == "token_classifier":
+            continue  # integer inputs: no gradient to probe (top_activations refuses them)
+        read = {"select": member.select, "channel_dim": member.channel_dim}
+        sample = member.inputs[:1]
+        keys = _every_key(member.model, member.layer, sample, **read)
+        expected = _previous_boxes(member.model, member.layer, sample, keys, **read)
+        found, _ = _new_boxes(member.model, member.layer, sample, keys, "default", **read)
+        assert torch.equal(found, expected), name
+
+
+class _Geometry(nn.Module):
+    """Strides, paddings, dilations, groups, ceil mode, adaptive pools, a skip and a product."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, stride=2, padding=2, dilation=2)
+        self.bn = nn.BatchNorm2d(4)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+        self.b = nn.Conv2d(4, 6, (2, 3), padding="same", groups=2)
+        self.c = nn.Conv2d(6, 6, 1)
+        self.avg = nn.AvgPool2d(2, ceil_mode=True)
+        self.dilated = nn.MaxPool2d(2, stride=1, dilation=2)
+        self.adaptive = nn.AdaptiveMaxPool2d((3, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.bn(self.a(x)), inplace=True))
+        y = self.b(x)
+        y = y + self.c(y) * torch.sigmoid(y)
+        return self.adaptive(self.dilated(self.avg(y)))
+
+
+class _OneDimensional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv1d(2, 3, 4, stride=3, padding=1)
+        self.b = nn.Conv1d(3, 3, 3, groups=3, dilation=2)
+        self.pool = nn.AdaptiveAvgPool1d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.b(F.max_pool1d(self.a(x), 2)))
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_receptive_fields_from_the_geometry_equal_the_probe() -> None:
+    torch.manual_seed(41)
+    cases = [
+        (
+            _Geometry().eval(),
+            torch.randn(1, 3, 23, 19),
+            ["a", "pool", "b", "c", "avg", "dilated", "adaptive"],
+        ),
+        (_OneDimensional().eval(), torch.randn(1, 2, 40), ["a", "b", "pool"]),
+    ]
+    for model, sample, layers in cases:
+        for layer in layers:
+            keys = _every_key(model, layer, sample)
+            found, known = _new_boxes(model, layer, sample, keys, "default")
+            probed, _ = _new_boxes(model, layer, sample, keys, "probe")
+            assert known, layer
+            assert torch.equal(found, probed), layer
+    # a dilated max pool's window, not only its switch (which the previous method followed)
+    model = _Geometry().eval()
+    keys = torch.tensor([[0, 0, 0]])
+    box, _ = _new_boxes(model, "dilated", torch.randn(1, 3, 23, 19), keys, "default")
+    undilated, _ = _new_boxes(
+        model, "avg", torch.randn(1, 3, 23, 19), torch.tensor([[0, 0, 0], [0, 2, 2]]), "default"
+    )
+    assert box[0, 1:, 1].tolist() == undilated[1, 1:, 1].tolist()
+
+
+def test_unknown_operations_on_the_path_fall_back_to_the_probe() -> None:
+    class Reshaping(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.after = nn.Conv2d(2, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.conv(x)
+            x = x.flip(-1)  # mirrors the columns: the geometry does not know flip
+            return self.after(x)
+
+    torch.manual_seed(42)
+    model = Reshaping().eval()
+    sample = torch.randn(1, 1, 9, 9)
+    keys = _every_key(model, "after", sample)
+    found, known = _new_boxes(model, "after", sample, keys, "default")
+    assert not known
+    assert torch.equal(found, _previous_boxes(model, "after", sample, keys))
+    # a side computation that the layer's output does not depend on does not matter
+    _, known_conv = _new_boxes(model, "conv", sample, _every_key(model, "conv", sample), "default")
+    assert known_conv

@@ -332,6 +332,10 @@ class _Grid(Plottable):
         if side_labels and self._titles is not None:
             ax.set_yticks([row * step_y + height / 2 for row, _ in self._positions], self._titles)
             ax.tick_params(length=0)
+            # The white pixel row between gate blocks vanishes where the diverging map is white
+            # (weights near zero) and once hundreds of rows are scaled down; a drawn line stays.
+            for row in range(1, self._nrows):
+                ax.axhline(row * step_y - 1, color="black", linewidth=1.2)
         elif self._titles:
             axes_inches = figure.get_size_inches()[0] * ax.get_position().width
             tile_points = 72 * axes_inches * width / array.shape[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import TypeAlias, cast
 
 from torch import nn
@@ -17,7 +18,7 @@ from ._errors import (
     describe,
 )
 
-__all__ = ["LayerSpec", "check_model", "find_layer", "find_layers"]
+__all__ = ["LayerSpec", "check_model", "find_layer", "find_layers", "unwrap_parallel"]
 
 #: What :func:`find_layers` accepts: a dotted name, a glob, a module class, a module object, or
 #: a list of these.
@@ -26,6 +27,8 @@ LayerSpec: TypeAlias = (
 )
 
 _GLOB_CHARS = frozenset("*?[")
+# What DistributedDataParallel and DataParallel put before the names of the wrapped model.
+_PARALLEL_PREFIX = "module."
 # Below this many layers an unknown-name error lists every name; above, only close matches.
 _LIST_ALL_BELOW = 40
 
@@ -43,6 +46,21 @@ def check_model(model: object) -> nn.Module:
             "silently see nothing. Pass the original module instead (model._orig_mod) and call "
             "that one while netlens is working."
         )
+    return model
+
+
+def unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The model inside ``DistributedDataParallel`` or ``DataParallel`` wrappers, else ``model``.
+
+    Techniques run the wrapped model itself: the wrapper's forward adds gradient and buffer
+    synchronisation between processes, which only training needs, and which would wait forever
+    for ranks that run a different number of forward passes.
+    """
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        inner = model.module
+        if not isinstance(inner, nn.Module):
+            break
+        model = inner
     return model
 
 
@@ -88,6 +106,20 @@ def _unknown_name_message(spec: str, names: list[str]) -> str:
 def _find_one(
     model: nn.Module, spec: str | type[nn.Module] | nn.Module, named: dict[str, nn.Module]
 ) -> dict[str, nn.Module]:
+    try:
+        return _find_spec(model, spec, named)
+    except LayerNotFoundError as error:
+        # "module.conv1", as a DistributedDataParallel or DataParallel wrapper names it (in
+        # its state_dict too): the wrapped model's "conv1".
+        if isinstance(spec, str) and spec.startswith(_PARALLEL_PREFIX):
+            with suppress(LayerNotFoundError):
+                return _find_one(model, spec[len(_PARALLEL_PREFIX) :], named)
+        raise error from None
+
+
+def _find_spec(
+    model: nn.Module, spec: str | type[nn.Module] | nn.Module, named: dict[str, nn.Module]
+) -> dict[str, nn.Module]:
     names = [name for name in named if name]
     if isinstance(spec, str):
         if not spec.strip():
@@ -126,6 +158,7 @@ def _find_one(
             )
         return found
     if isinstance(spec, nn.Module):
+        spec = unwrap_parallel(spec)
         for name, module in named.items():
             if module is spec:
                 return {name: module}
@@ -150,6 +183,11 @@ def find_layers(model: nn.Module, spec: LayerSpec) -> dict[str, nn.Module]:
             these. A class matches the model itself (under the name ``""``) only when no
             submodule matches.
 
+    A model wrapped in ``torch.nn.parallel.DistributedDataParallel`` or ``torch.nn.DataParallel``
+    is looked through: layers are found in the wrapped model and named as in it (``"conv1"``, as
+    without the wrapper), and a name with the wrappers' ``module.`` prefix (``"module.conv1"``,
+    as in their ``state_dict``) names the same layer, for a wrapped model or not.
+
     Returns:
         An ordered ``{name: module}`` dict in the order of ``model.named_modules()`` for one spec,
         and in the order of the list for a list. A module registered under several names
@@ -170,8 +208,11 @@ def find_layers(model: nn.Module, spec: LayerSpec) -> dict[str, nn.Module]:
         ['0', '2']
         >>> list(nl.find_layers(net, ["1", "2"]))
         ['1', '2']
+        >>> list(nl.find_layers(nn.DataParallel(net), ["module.0", "2"]))
+        ['0', '2']
     """
     check_model(model)
+    model = unwrap_parallel(model)
     named = dict(model.named_modules())
     specs: Sequence[str | type[nn.Module] | nn.Module]
     if isinstance(spec, (list, tuple)):

@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from ._checks import as_int
 from ._errors import NetlensTypeError, NetlensValueError, describe
-from ._layers import LayerSpec, find_layer, find_layers
+from ._layers import LayerSpec, find_layer, find_layers, unwrap_parallel
 
 __all__ = [
     "LayerView",
@@ -411,6 +411,7 @@ def layer_view(
     channel_dim: object = None,
 ) -> LayerView:
     """Resolve one layer (see :func:`~netlens.find_layers`) with its reading rule."""
+    model = unwrap_parallel(model)  # names are those of a DDP/DataParallel-wrapped model
     name, module = find_layer(model, layer)
     return _view(model, name, module, check_select(select), check_channel_dim(channel_dim))
 
@@ -423,6 +424,7 @@ def layer_views(
     channel_dim: object = None,
 ) -> dict[str, LayerView]:
     """Resolve several layers, each with its reading rule."""
+    model = unwrap_parallel(model)  # names are those of a DDP/DataParallel-wrapped model
     checked_select = check_select(select)
     checked_dim = check_channel_dim(channel_dim)
     return {

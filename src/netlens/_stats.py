@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import nn
 
-from ._checks import as_int, batches, prepare_inputs
+from ._checks import as_int, batches, check_not_meta, prepare_inputs
+from ._distributed import gather, resolve_group, same_group
 from ._errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
-from ._layers import LayerSpec
-from ._model import batched_inputs, evaluating, progress_bar
+from ._layers import LayerSpec, unwrap_parallel
+from ._model import batched_inputs, evaluating, model_dtype_device, progress_bar
 from ._outputs import LayerView, Select, check_channel_dim, layer_views
 from ._record import Recorder
 from ._render import Plottable, figure_axes
@@ -397,6 +398,10 @@ class ActivationStats:
         self.channel_dim = number
         self._state: _Moments | None = None
         self._scratch: torch.Tensor | None = None
+        # The process group the state was all-reduced over (a string once pickled), and whether
+        # values came in since: all_reduce must not count the other ranks' data twice.
+        self._reduced_over: Any = None
+        self._changed_since = False
 
     @property
     def num_channels(self) -> int | None:
@@ -434,6 +439,7 @@ class ActivationStats:
             raise NetlensTypeError(f"Expected a torch.Tensor, but got {describe(tensor)}.")
         if tensor.is_complex():
             raise NetlensTypeError(f"Expected a real tensor, but got {describe(tensor)}.")
+        check_not_meta(tensor, "a tensor")
         dim = self.channel_dim
         if not -tensor.dim() <= dim < tensor.dim():
             raise NetlensValueError(
@@ -452,6 +458,7 @@ class ActivationStats:
             if self._state is None:
                 self._state = _empty(channels, tensor.device)
             return self
+        self._changed_since = True
         values = tensor.detach().reshape(outer, channels, inner)
         shift = _shift_for(self._state, values)
         batch, scratch = _batch_moments(values, shift, self._scratch)
@@ -490,6 +497,9 @@ class ActivationStats:
         if other._state is None:
             return self
         self._check_channels(int(other._state.n.shape[0]), "merge")
+        self._changed_since = True
+        if other._reduced_over is not None and self._reduced_over is None:
+            self._reduced_over = _MERGED  # holds other ranks' data: all_reduce refuses it
         if self._state is None:
             self._state = other._state
         else:
@@ -503,22 +513,37 @@ class ActivationStats:
         bitwise identical, result. Ranks that saw no data take part with an empty state. With
         the NCCL backend an empty rank uses the current CUDA device.
 
+        Reducing twice never counts data twice: called again over the same group with no
+        :meth:`update` or :meth:`merge` in between, it does nothing (no communication; the
+        state already holds every rank's data). After an update or merge, over another group,
+        or after merging reduced statistics, it raises: reduce once, after the last update.
+
         Args:
-            group: The process group; the default group when None.
+            group: The process group, or ``"default"``; the default group when None.
 
         Returns:
             ``self``.
 
         Raises:
-            NetlensValueError: When torch.distributed is not initialised, or ranks disagree on
-                the number of channels.
+            NetlensValueError: When torch.distributed is not initialised, ranks disagree on
+                the number of channels, or the state was already all-reduced (see above).
         """
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()):
+        group = resolve_group(group, default=True)
+        if self._reduced_over is not None:
+            if same_group(self._reduced_over, group) and not self._changed_since:
+                return self
             raise NetlensValueError(
-                "Expected an initialised torch.distributed process group for all_reduce, but "
-                "there is none: call torch.distributed.init_process_group first."
+                "Expected statistics of this rank's data alone to all_reduce, but they already "
+                "hold every rank's data (all_reduce ran before"
+                + (
+                    ", and values were added since"
+                    if same_group(self._reduced_over, group)
+                    else " over another group, or reduced statistics were merged in"
+                )
+                + "): reducing again would count that data once per rank. Call all_reduce "
+                "once, after the last update."
             )
         world = dist.get_world_size(group)
         if self._state is not None:
@@ -537,6 +562,7 @@ class ActivationStats:
                 + ", ".join(f"rank {rank}: {int(size.item())}" for rank, size in enumerate(sizes))
                 + "."
             )
+        self._reduced_over, self._changed_since = group, False
         if not known:
             return self
         state = self._state if self._state is not None else _empty(known[0], device)
@@ -594,12 +620,24 @@ class ActivationStats:
             inf_count=state.infs.to(torch.int64),
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        # a process group does not pickle; elsewhere, all_reduce refuses the state all the same
+        if state["_reduced_over"] is not None and not isinstance(state["_reduced_over"], str):
+            state["_reduced_over"] = _ELSEWHERE
+        return state
+
     def _check_channels(self, channels: int, action: str) -> None:
         if self._state is not None and channels != self.num_channels:
             raise NetlensValueError(
                 f"Expected {self.num_channels} channels (from the earlier updates), but got "
                 f"{channels} to {action}."
             )
+
+
+# What the reduced-over group becomes after a merge of reduced statistics, or after pickling.
+_MERGED = "merged with all-reduced statistics"
+_ELSEWHERE = "all-reduced in another process"
 
 
 def _to(moments: _Moments, device: torch.device) -> _Moments:
@@ -644,6 +682,7 @@ def activation_stats(
     progress: bool = False,
     select: Select | None = None,
     channel_dim: int | Mapping[str, int] | None = None,
+    group: Any = None,
 ) -> dict[str, ChannelStats]:
     """Per-channel statistics of the outputs of several layers over a data set, in one pass.
 
@@ -661,7 +700,14 @@ def activation_stats(
     module's own flag is restored on exit, also when something raises. Every call of a layer
     counts: a module used twice per forward contributes both outputs. Inputs are moved to the
     model's device (floating-point inputs cast to its dtype); the statistics, float64, come back
-    on the device of the inputs.
+    on the device of the inputs. A model wrapped in ``DistributedDataParallel`` or
+    ``DataParallel`` runs as the model it wraps (layer names as in it).
+
+    With ``group``, each rank of a ``torch.distributed`` process group passes over its own
+    shard of the data (a ``DistributedSampler``) and the statistics are merged across the ranks
+    (:meth:`ActivationStats.all_reduce`) before returning: every rank gets the same, bitwise
+    identical, statistics of all the data. Every rank must call with the same layers; a rank
+    may have no data.
 
     Args:
         model: Any ``nn.Module``.
@@ -673,13 +719,16 @@ def activation_stats(
             for :func:`netlens.record`.
         channel_dim: The channel axis of the outputs: one int for all layers, or a mapping
             from layer name to int for some of them; the module's kind decides for the others.
+        group: None (this process's data alone), ``"default"`` (the initialised default
+            process group) or a ``torch.distributed`` process group to merge over.
 
     Returns:
         ``{layer name: ChannelStats}`` with population standard deviations.
 
     Raises:
-        NetlensValueError: For empty ``data``, a batch without its batch dimension, or a
-            ``channel_dim`` outside a layer's output or naming its batch axis.
+        NetlensValueError: For empty ``data`` (on every rank, with ``group``), a batch without
+            its batch dimension, or a ``channel_dim`` outside a layer's output or naming its
+            batch axis. With ``group``, an error in one rank's pass is raised on every rank.
         NetlensTypeError: For a batch that is not a tensor or a tuple starting with one, or a
             layer output without a tensor.
         NotRecordedError: For a layer that never ran.
@@ -694,6 +743,60 @@ def activation_stats(
         (32, 18816, 10)
     """
     views = _views(model, layers, select, channel_dim)
+    process_group = resolve_group(group)
+    runner = unwrap_parallel(model)  # a DDP wrapper would synchronise buffers on every pass
+    failure: Exception | None = None
+    try:
+        accumulators, home = _accumulate(runner, data, views, progress)
+    except Exception as error:
+        if process_group is None:
+            raise
+        # raised after every rank has reported, so that no rank waits for the others forever
+        failure, accumulators, home = error, {}, None
+    if process_group is not None:
+        message = None if failure is None else f"{type(failure).__name__}: {failure}"
+        reports = gather((message, home is not None), process_group)
+        if failure is not None:
+            raise failure
+        for rank, (report, _) in enumerate(reports):
+            if report is not None:
+                raise NetlensValueError(
+                    "Expected every rank of the group to pass over its data, but rank "
+                    f"{rank} raised {report}"
+                )
+        if not any(had_data for _, had_data in reports):
+            raise NetlensValueError(
+                "Expected the data of at least one rank of the group to yield a batch, but every "
+                "rank's data was empty."
+            )
+        # in the order of the layers, the same on every rank
+        for name, view in views.items():
+            accumulators.setdefault(name, ActivationStats(view.channel_dim))
+            accumulators[name].all_reduce(process_group)
+        if home is None:
+            _, device = model_dtype_device(runner)
+            home = device or torch.device("cpu")
+        accumulators = {
+            name: stats for name, stats in accumulators.items() if stats._state is not None
+        }
+    if home is None:
+        raise NetlensValueError("Expected data to yield at least one batch, but it was empty.")
+    missing = [name for name in views if name not in accumulators]
+    if missing:
+        raise NotRecordedError(
+            f"Expected every selected layer to run during the forward passes, but {missing} "
+            "never ran: check that the model's forward uses them."
+        )
+    return {name: _on(accumulators[name].compute(), home, name) for name in views}
+
+
+def _accumulate(
+    model: nn.Module,
+    data: Iterable[Any] | torch.Tensor,
+    views: dict[str, LayerView],
+    progress: bool,
+) -> tuple[dict[str, ActivationStats], torch.device | None]:
+    """One pass over ``data``: the statistics of each layer that ran, and the inputs' device."""
     accumulators: dict[str, ActivationStats] = {}
     total = len(data) if isinstance(data, Sized) and not isinstance(data, torch.Tensor) else None
     recorder = Recorder(model, views, detach=True, device=None)
@@ -718,12 +821,4 @@ def activation_stats(
                         _, channel = view.dims(output)
                         accumulators[name]._add(output, channel)
             recorder.clear()  # frees the outputs before the next batch
-    if home is None:
-        raise NetlensValueError("Expected data to yield at least one batch, but it was empty.")
-    missing = [name for name in views if name not in accumulators]
-    if missing:
-        raise NotRecordedError(
-            f"Expected every selected layer to run during the forward passes, but {missing} "
-            "never ran: check that the model's forward uses them."
-        )
-    return {name: _on(accumulators[name].compute(), home, name) for name in views}
+    return accumulators, home

@@ -2,15 +2,16 @@
 
 One pass over the data keeps a running top-k per channel; then the kept activations are
 projected with the deconvnet (:mod:`netlens._deconvnet`) and cut to their receptive fields
-(:mod:`netlens._receptive`): the paper's Figure 2.
+(:mod:`netlens._receptive`): the paper's Figure 2. Candidates are ordered by value, then by the
+input's index in the data, so that results over shards of the data (``torch.distributed``
+ranks) merge into exactly the result of one pass over all of it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,11 +28,13 @@ from ._checks import (
     prepare_inputs,
 )
 from ._deconvnet import Seeds, project, recorded, unravel, warn_nonlinear
-from ._errors import NetlensValueError
-from ._layers import LayerSpec, check_model
-from ._model import batched_inputs, evaluating, frozen, progress_bar
-from ._outputs import Select, layer_view
-from ._receptive import crop, receptive_fields, sweep
+from ._distributed import Group, gather, rank_of, resolve_group, same_group
+from ._errors import NetlensTypeError, NetlensValueError, describe
+from ._hooks import Hooks
+from ._layers import LayerSpec, check_model, unwrap_parallel
+from ._model import batched_inputs, evaluating, frozen, model_dtype_device, progress_bar
+from ._outputs import LayerView, Select, layer_view
+from ._receptive import crop, receptive_fields, run_to_layer, sweep
 from ._record import Recorder
 from ._render import Plottable, display, figure_axes, grid
 
@@ -41,14 +44,17 @@ if TYPE_CHECKING:
 
 __all__ = ["TopActivations", "top_activations"]
 
-# Inputs projected per forward/backward pass.
-_CHUNK = 256
+# Memory that one chunk of projections, or of receptive-field probes, may take (estimated from
+# the size of the module outputs up to the layer), and the most inputs in one chunk.
+_WORKING_BYTES = 64 * 2**20
+_MOST_PER_CHUNK = 256
 
 
 class _RunningTop:
     """Per channel, the k inputs with the largest activation seen so far: O(channels x k).
 
-    Fed with each batch of inputs and the layer's output arranged ``(N, C, *map)``.
+    Fed with each batch of inputs and the layer's output arranged ``(N, C, *map)``. Each kept
+    input is stored once (a copy, so that its batch can go), however many channels keep it.
     """
 
     def __init__(self, name: str, k: int, wanted: list[int] | None) -> None:
@@ -60,7 +66,7 @@ class _RunningTop:
         self.values = torch.empty(0)
         self.indices = torch.empty(0, dtype=torch.long)
         self.flat = torch.empty(0, dtype=torch.long)
-        self.images = torch.empty(0)
+        self.kept: dict[int, torch.Tensor] = {}  # index in the data -> input
 
     def _start(self, inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         channel_count = output.shape[1]
@@ -72,7 +78,6 @@ class _RunningTop:
         self.values = output.new_empty(empty)
         self.indices = torch.empty(empty, dtype=torch.long, device=output.device)
         self.flat = torch.empty(empty, dtype=torch.long, device=output.device)
-        self.images = inputs.new_empty((*empty, *self.sample_shape))
         return channels
 
     def update(self, inputs: torch.Tensor, output: torch.Tensor) -> None:
@@ -88,24 +93,392 @@ class _RunningTop:
         count = self.channels.shape[0]
         maps = output[:, self.channels].reshape(batch, count, -1)
         values, flat = maps.max(dim=2)  # the strongest location of each input, (batch, count)
-        kept = self.values.shape[1]
+        numbers = torch.arange(self.seen, self.seen + batch, device=values.device)
         candidates = torch.cat([self.values, values.T], dim=1)
-        # A stable sort keeps the earlier input first among equal activations.
-        order = torch.sort(candidates, dim=1, descending=True, stable=True).indices[:, : self.k]
-        numbers = torch.arange(self.seen, self.seen + batch, device=order.device)
+        indices = torch.cat([self.indices, numbers.expand(count, batch)], dim=1)
+        order = _ranked(candidates, indices, self.k)
         self.values = candidates.gather(1, order)
-        self.indices = torch.cat([self.indices, numbers.expand(count, batch)], dim=1).gather(
-            1, order
-        )
+        self.indices = indices.gather(1, order)
         self.flat = torch.cat([self.flat, flat.T], dim=1).gather(1, order)
-        images = inputs[(order - kept).clamp(min=0)]  # (count, k, *sample)
-        if kept:
-            rows = torch.arange(count, device=order.device)[:, None]
-            previous = self.images[rows, order.clamp(max=kept - 1)]
-            from_batch = (order >= kept).reshape(*order.shape, *[1] * len(self.sample_shape))
-            images = torch.where(from_batch, images, previous)
-        self.images = images
+        wanted = set(self.indices.flatten().tolist())
+        self.kept = {index: image for index, image in self.kept.items() if index in wanted}
+        for index in sorted(wanted - self.kept.keys()):
+            self.kept[index] = inputs[index - self.seen].clone()
         self.seen += batch
+
+    def images_of(self, indices: torch.Tensor) -> torch.Tensor:
+        """The kept inputs of ``indices`` (indices in the data), stacked like them."""
+        flat = indices.reshape(-1).tolist()
+        if not flat:
+            return torch.empty((*indices.shape, *self.sample_shape))
+        return torch.stack([self.kept[index] for index in flat]).reshape(
+            *indices.shape, *self.sample_shape
+        )
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The kept inputs of each channel, ``(C, k, *sample)``."""
+        return self.images_of(self.indices)
+
+
+def _ranked(values: torch.Tensor, indices: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row, where the ``k`` best candidates are: largest value first, then smallest index.
+
+    The one order of every top-k here, so that merged shards equal one pass.
+    """
+    by_index = torch.sort(indices, dim=-1, stable=True).indices
+    by_value = torch.sort(values.gather(-1, by_index), dim=-1, descending=True, stable=True)
+    return by_index.gather(-1, by_value.indices)[..., :k]
+
+
+# -- the pass over the data ----------------------------------------------------------------------
+
+
+@dataclass
+class _Pass:
+    """What the pass over one rank's data found, besides the running top."""
+
+    calls: int = 1  # how many times the layer runs per forward pass
+    info: InputInfo | None = None  # where the data came from, None without data
+    dtype: torch.dtype = torch.float32  # the dtype the model runs in
+    elements: int = 1  # per input, the elements of the module outputs up to the layer
+
+
+def _search(
+    model: nn.Module, view: LayerView, data: object, top: _RunningTop, progress: bool
+) -> _Pass:
+    """One pass over ``data`` into ``top``, each forward pass stopping at the layer."""
+    found = _Pass()
+    name = view.name
+    recorder = Recorder(model, {name: view}, detach=True, device=None)
+    with torch.no_grad():
+        for batch in progress_bar(batches(data), enabled=progress, desc="top activations"):
+            prepared, batch_info = prepare_inputs(batch, model, name="data")
+            if found.info is None:
+                found.info, found.dtype = batch_info, prepared.dtype
+                with batched_inputs(model, tuple(prepared.shape)):
+                    found.calls, found.elements = _count_calls(model, view, prepared)
+            with recorder:
+                run_to_layer(model, view.module, found.calls, prepared)
+            output = view.arrange(recorded(recorder, name), prepared.shape[0])
+            # Patches show the inputs as given: kept in their own dtype, not the model's.
+            top.update(batch.detach().to(prepared.device, found.info.dtype), output)
+            # the layer's output must not live on through the next batch's forward pass
+            recorder.clear()
+            del output, prepared
+    return found
+
+
+def _count_calls(model: nn.Module, view: LayerView, inputs: torch.Tensor) -> tuple[int, int]:
+    """How often the layer runs per forward pass, and the elements of module outputs up to it.
+
+    The whole model runs once on the first input alone (on the whole batch where it fails on
+    one input): later passes stop after the layer's last call, and the elements (per input)
+    size the chunks of projections.
+    """
+    try:
+        return _counted_pass(model, view, inputs[:1])
+    except Exception:
+        if inputs.shape[0] == 1:
+            raise
+        return _counted_pass(model, view, inputs)  # a model that needs several inputs
+
+
+def _counted_pass(model: nn.Module, view: LayerView, inputs: torch.Tensor) -> tuple[int, int]:
+    total, at_layer, calls = 0, 0, 0
+
+    def count(module: nn.Module, args: Any, output: Any) -> None:
+        nonlocal total
+        total += sum(tensor.numel() for tensor in _tensors(output))
+
+    def at_call(module: nn.Module, args: Any, output: Any) -> None:
+        nonlocal at_layer, calls
+        at_layer, calls = total, calls + 1
+
+    with Hooks() as hooks:
+        for module in model.modules():
+            if next(module.children(), None) is None:
+                hooks.add(module.register_forward_hook(count))
+        hooks.add(view.module.register_forward_hook(at_call))
+        model(inputs)
+    return max(1, calls), max(1, at_layer // inputs.shape[0])
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [tensor for item in value for tensor in _tensors(item)]
+    if isinstance(value, dict):
+        return [tensor for item in value.values() for tensor in _tensors(item)]
+    return []
+
+
+# -- merging the candidates of several ranks ----------------------------------------------------
+
+
+@dataclass
+class _Shard:
+    """One rank's candidates as they travel to the other ranks (tensors on the CPU)."""
+
+    seen: int
+    channels: list[int] | None  # None: no data on this rank
+    sample_shape: tuple[int, ...]
+    map_shape: tuple[int, ...]
+    values: torch.Tensor  # (C, kept), strongest first
+    indices: torch.Tensor  # (C, kept): the inputs' indices in this rank's data
+    flat: torch.Tensor  # (C, kept): flat positions in the channel's map
+    failure: str | None = None  # what the pass raised on this rank
+
+
+def _shard(top: _RunningTop, failure: BaseException | None) -> _Shard:
+    if failure is not None or top.channels is None:
+        empty = torch.empty(0, 0, dtype=torch.long)
+        message = None if failure is None else f"{type(failure).__name__}: {failure}"
+        return _Shard(top.seen, None, (), (), empty.float(), empty, empty, message)
+    return _Shard(
+        top.seen,
+        top.channels.tolist(),
+        top.sample_shape,
+        top.map_shape,
+        top.values.cpu(),
+        top.indices.cpu(),
+        top.flat.cpu(),
+    )
+
+
+@dataclass
+class _Winners:
+    """The top-k over every rank, ``(C, k)`` each, and where each winner's input is."""
+
+    channels: list[int]
+    sample_shape: tuple[int, ...]
+    map_shape: tuple[int, ...]
+    values: torch.Tensor
+    indices: torch.Tensor  # in the data of all ranks concatenated in rank order
+    flat: torch.Tensor
+    owner: torch.Tensor  # the rank that holds the input
+    slot: torch.Tensor  # the input's place in the owner's running top
+    samples: int  # inputs in all ranks' data
+
+
+def _merge_shards(shards: list[_Shard], k: int) -> _Winners:
+    """The best ``k`` of every rank's candidates."""
+    filled = [(rank, shard) for rank, shard in enumerate(shards) if shard.channels is not None]
+    total = sum(shard.seen for shard in shards)
+    if not filled or total < k:
+        where = f" (over the {len(shards)} ranks of the group)" if len(shards) > 1 else ""
+        raise NetlensValueError(f"Expected at least k={k} inputs in data{where}, but got {total}.")
+    reference_rank, reference = filled[0]
+    for rank, shard in filled[1:]:
+        for what in ("channels", "sample_shape", "map_shape"):
+            if getattr(shard, what) != getattr(reference, what):
+                raise NetlensValueError(
+                    f"Expected every rank to have the same {what.replace('_', ' ')}, but rank "
+                    f"{reference_rank} has {getattr(reference, what)} and rank {rank} has "
+                    f"{getattr(shard, what)}."
+                )
+    offsets = np.cumsum([0] + [shard.seen for shard in shards]).tolist()
+    values = torch.cat([shard.values for _, shard in filled], dim=1)
+    indices = torch.cat([shard.indices + offsets[rank] for rank, shard in filled], dim=1)
+    flat = torch.cat([shard.flat for _, shard in filled], dim=1)
+    owner = torch.cat([torch.full_like(shard.indices, rank) for rank, shard in filled], dim=1)
+    slot = torch.cat(
+        [torch.arange(shard.indices.shape[1]).expand_as(shard.indices) for _, shard in filled],
+        dim=1,
+    )
+    order = _ranked(values, indices, k)
+    assert reference.channels is not None
+    return _Winners(
+        reference.channels,
+        reference.sample_shape,
+        reference.map_shape,
+        values.gather(1, order),
+        indices.gather(1, order),
+        flat.gather(1, order),
+        owner.gather(1, order),
+        slot.gather(1, order),
+        total,
+    )
+
+
+# -- projections, receptive fields, patches ------------------------------------------------------
+
+
+class _UpTo(nn.Module):
+    """A model run only until the last call of one of its layers: all a projection needs.
+
+    It shares the model's submodules, parameters and buffers (nothing is copied, and the layers
+    keep their names in messages) without being part of the model. Its ``forward`` runs the
+    model and stops after the layer, so nothing past the layer is computed or kept for the
+    backward pass.
+    """
+
+    def __init__(self, model: nn.Module, layer: nn.Module, calls: int) -> None:
+        super().__init__()
+        # Through __dict__: nn.Module.__setattr__ would register them, in the model's dicts.
+        self.__dict__.update(
+            _modules=model._modules,
+            _parameters=model._parameters,
+            _buffers=model._buffers,
+            _target=(model, layer, calls),
+        )
+
+    def forward(self, inputs: torch.Tensor) -> None:
+        """Run the model on ``inputs`` up to the layer."""
+        model, layer, calls = self.__dict__["_target"]
+        run_to_layer(model, layer, calls, inputs)
+
+
+def _per_chunk(elements: int, dtype: torch.dtype, copies: int) -> int:
+    """Inputs per chunk when each keeps about ``copies`` of the module outputs up to the layer."""
+    per_input = copies * elements * torch.empty((), dtype=dtype).element_size()
+    return max(1, min(_MOST_PER_CHUNK, _WORKING_BYTES // max(1, per_input)))
+
+
+def _project_and_cut(
+    model: nn.Module,
+    view: LayerView,
+    found: _Pass,
+    top: _RunningTop,
+    wanted: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    boxes: list[list[list[int]]],
+    size: tuple[int, ...],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches and cut-out deconvnet projections of kept activations, a chunk at a time.
+
+    ``wanted`` holds, per activation, the input's index in this rank's data, the channel and
+    the position in the map. Only one chunk of whole inputs and projections exists at a time.
+    """
+    indices, channel_index, positions = wanted
+    upto = _UpTo(model, view.module, found.calls)
+    # the forward pass keeps the module outputs for the backward pass, the rectifier copies
+    # some, and the backward pass makes gradients of them
+    chunk = _per_chunk(found.elements, found.dtype, copies=4)
+    device = positions.device
+    # Allocated before the loop, so that every allocation inside it is freed by its end:
+    # results allocated in between would pin the allocator's freed memory to the process.
+    assert found.info is not None
+    count = indices.shape[0]
+    patches = torch.zeros((count, *size), dtype=found.info.dtype, device=device)
+    projections = torch.zeros((count, *size), dtype=found.dtype, device=device)
+    labels: list[str] = []
+    for start in range(0, count, chunk):
+        part = slice(start, start + chunk)
+        images = top.images_of(indices[part])
+        seeds = Seeds(channel_index[None, part].to(device), positions[None, part].to(device))
+        projected, _, _, found_labels = project(
+            upto, view, images.to(device, found.dtype), seeds, "deconvnet", "activation"
+        )
+        patches[part] = crop(images, boxes[part], size)
+        projections[part] = crop(projected[0], boxes[part], size)
+        labels += [label for label in found_labels if label not in labels]
+        del images, projected
+    warn_nonlinear(labels, view.name, "deconvnet")
+    return patches, projections
+
+
+@dataclass
+class _Pieces:
+    """A rank's patches, projections and boxes for the winners it holds (``where``, flat)."""
+
+    where: torch.Tensor
+    boxes: torch.Tensor
+    patches: torch.Tensor
+    projections: torch.Tensor
+
+
+def _finish(
+    model: nn.Module,
+    view: LayerView,
+    top: _RunningTop,
+    found: _Pass,
+    winners: _Winners,
+    listed: bool,
+    group: Any,
+) -> TopActivations:
+    """Receptive fields, patches and projections of the winners, gathered from their ranks."""
+    count, k = winners.values.shape
+    dtype, device = model_dtype_device(model)
+    if found.info is None:  # no data on this rank
+        found = replace(found, info=InputInfo(device or torch.device("cpu"), winners.values.dtype))
+        found.dtype = dtype or torch.float32
+    assert found.info is not None
+    device = device or found.info.device
+    channels = torch.tensor(winners.channels)
+    positions = unravel(winners.flat.reshape(-1), winners.map_shape)  # (C * k, d)
+    where = (winners.owner.reshape(-1) == rank_of(group)).nonzero()[:, 0]
+    rows, slots = where // k, winners.slot.reshape(-1)[where]
+    local = top.indices.cpu()[rows, slots] if where.numel() else where
+    if local.numel():
+        sample = top.images_of(local[:1])
+    elif top.kept:
+        sample = next(iter(top.kept.values()))[None]
+    else:
+        sample = torch.zeros((1, *winners.sample_shape), device=device)
+    # Sweeping each map dimension through the centre finds the largest receptive field inside
+    # the input (the patch size), even when every top activation sits at a border.
+    swept = sweep(winners.map_shape, torch.device("cpu"))
+    keys = torch.cat(
+        [
+            torch.cat([channels[rows, None], positions[where]], dim=1),
+            torch.cat([channels[:1].expand(swept.shape[0], 1), swept], dim=1),
+        ]
+    )
+    boxes = receptive_fields(
+        model,
+        view,
+        sample.to(device, found.dtype),
+        keys,
+        found.calls,
+        rows=_per_chunk(found.elements, torch.float64, copies=3),
+    )
+    extent = (boxes[:, :, 1] - boxes[:, :, 0]).amax(dim=0).tolist()
+    # Every rank cuts its patches to the same size: the largest extent that any rank found.
+    size = tuple(max(column) for column in zip(*gather(extent, group), strict=True))
+    boxes = boxes[: where.shape[0]]
+    patches, projections = _project_and_cut(
+        model,
+        view,
+        found,
+        top,
+        (local, channels[rows], positions[where].to(device)),
+        boxes.tolist(),
+        size,
+    )
+    if group is None:  # this rank holds every winner, in order
+        every_box, every_patch, every_projection = boxes, patches, projections
+    else:
+        every_box = torch.zeros((count * k, *boxes.shape[1:]), dtype=torch.long)
+        every_patch = torch.zeros((count * k, *size), dtype=found.info.dtype, device=device)
+        every_projection = torch.zeros((count * k, *size), dtype=found.dtype, device=device)
+        mine = _Pieces(where, boxes, patches.cpu(), projections.cpu())
+        for pieces in gather(mine, group):
+            every_box[pieces.where] = pieces.boxes
+            every_patch[pieces.where.to(device)] = pieces.patches.to(every_patch)
+            every_projection[pieces.where.to(device)] = pieces.projections.to(every_projection)
+    restore = found.info.restore
+
+    def per_channel(flat: torch.Tensor) -> torch.Tensor:
+        # (C * k, ...) -> (C, k, ...): kept for a list of channels, dropped for one int channel
+        tensor = flat.reshape(count, k, *flat.shape[1:])
+        return restore(tensor if listed else tensor[0])
+
+    return TopActivations(
+        layer=view.name,
+        channels=channels,
+        activations=per_channel(winners.values.reshape(-1)),
+        indices=per_channel(winners.indices.reshape(-1)),
+        positions=per_channel(positions),
+        boxes=per_channel(every_box),
+        patches=per_channel(every_patch),
+        projections=per_channel(every_projection),
+        samples=winners.samples,
+        _reduced_over=group,
+    )
+
+
+# -- the public function -------------------------------------------------------------------------
 
 
 def top_activations(
@@ -118,18 +491,29 @@ def top_activations(
     progress: bool = False,
     select: Select | None = None,
     channel_dim: int | None = None,
+    group: Group = None,
 ) -> TopActivations:
     """Find the k strongest activations of each channel over a data set and project them.
 
     One pass over ``data`` keeps, per channel, the ``k`` inputs with the largest value of the
     channel's map (one entry per input, at its strongest location) in a running top-k; memory
-    grows with ``channels x k``, not with the data. Then the receptive field of each of those
-    activations is computed from the network (the input elements the activation depends on)
-    and both the input patch under it and the deconvnet projection of the activation are cut
-    out: the paper's Figure 2, drawn by :meth:`TopActivations.plot`.
+    grows with ``channels x k``, not with the data. Equal values are ordered by the inputs'
+    index in the data. Then the receptive field of each of those activations is computed (the
+    input elements it depends on: from the geometry of the layers on the way, or by a gradient
+    probe of one input where the path holds operations of unknown geometry) and both the input
+    patch under it and the deconvnet projection of the activation are cut out: the paper's
+    Figure 2, drawn by :meth:`TopActivations.plot`. Only the first forward pass runs the model
+    past the layer (to count the layer's calls); projections and probes stop at it.
 
     The layer is read as :func:`deconvnet` reads it (``select=``, ``channel_dim=``, the batch
-    axis from the module), and the model runs in eval mode with its parameters frozen.
+    axis from the module), and the model runs in eval mode with its parameters frozen. A model
+    wrapped in ``DistributedDataParallel`` or ``DataParallel`` runs as the model it wraps.
+
+    With ``group``, each rank of a ``torch.distributed`` process group passes over its own
+    shard of the data and the ranks combine their candidates before projecting: every rank
+    returns the same result, equal to one pass over the shards concatenated in rank order
+    (``indices`` count in that concatenation). Each rank projects the winners from its shard;
+    their patches and projections travel to the other ranks.
 
     Args:
         model: The network.
@@ -144,13 +528,18 @@ def top_activations(
         select: Which part of the layer's output to read, as for :func:`record`.
         channel_dim: The channel axis of the layer's output, where the module's kind does not
             say it.
+        group: None (this process's data alone), ``"default"`` (the initialised default
+            process group) or a ``torch.distributed`` process group to combine over. Every
+            rank of the group calls ``top_activations`` with the same arguments and its own
+            data; a rank may have none.
 
     Returns:
         The :class:`TopActivations`.
 
     Raises:
-        NetlensValueError: Fewer than ``k`` inputs in ``data``, inputs of varying shapes, and
-            the errors of :func:`deconvnet`.
+        NetlensValueError: Fewer than ``k`` inputs in ``data`` (in all shards together, with
+            ``group``), inputs of varying shapes, and the errors of :func:`deconvnet`. With
+            ``group``, an error in one rank's pass is raised on every rank.
         NetlensTypeError: ``data`` that is neither a tensor nor an iterable of batches, or
             batches that are not floating-point tensors.
 
@@ -168,72 +557,39 @@ def top_activations(
     """
     check_model(model)
     view = layer_view(model, layer, select=select, channel_dim=channel_dim)
-    name = view.name
+    runner = unwrap_parallel(model)
     wanted, listed = (None, True) if channels is None else check_channels("channels", channels)
     k = check_int("k", k)
+    process_group = resolve_group(group)
     check_gradients_allowed("top_activations")
-    top = _RunningTop(name, k, wanted)
-    info: InputInfo | None = None
-    compute_dtype = torch.float32
-    recorder = Recorder(model, {name: view}, detach=True, device=None)
-    with evaluating(model), frozen(model), torch.no_grad(), recorder:
-        for batch in progress_bar(batches(data), enabled=progress, desc="top activations"):
-            prepared, batch_info = prepare_inputs(batch, model, name="data")
-            checking: AbstractContextManager[None] = nullcontext()
-            if info is None:
-                info, compute_dtype = batch_info, prepared.dtype
-                checking = batched_inputs(model, tuple(prepared.shape))
-            with checking:
-                model(prepared)
-            output = view.arrange(recorded(recorder, name), prepared.shape[0])
-            # Patches show the inputs as given: kept in their own dtype, not the model's.
-            top.update(batch.detach().to(prepared.device, info.dtype), output)
-    if info is None or top.channels is None or top.seen < k:
-        raise NetlensValueError(f"Expected at least k={k} inputs in data, but got {top.seen}.")
-    count = top.channels.shape[0]
-    images = top.images.reshape(count * k, *top.sample_shape)
-    channel_index = top.channels.repeat_interleave(k)
-    positions = unravel(top.flat.reshape(-1), top.map_shape)
-    projected = []
-    labels: list[str] = []
-    for start in range(0, count * k, _CHUNK):
-        part = slice(start, start + _CHUNK)
-        seeds = Seeds(channel_index[None, part], positions[None, part])
-        inputs = images[part].to(compute_dtype)
-        chunk, _, _, found = project(model, view, inputs, seeds, "deconvnet", "activation")
-        projected.append(chunk[0])
-        labels += [label for label in found if label not in labels]
-    warn_nonlinear(labels, name, "deconvnet")
-    # Sweeping each map dimension through the centre finds the largest receptive field inside
-    # the input (the patch size), even when every top activation sits at a border.
-    swept = sweep(top.map_shape, positions.device)
-    boxes = receptive_fields(
-        model,
-        view,
-        torch.cat([images, images[:1].expand(swept.shape[0], *top.sample_shape)]),
-        torch.cat([channel_index, channel_index[:1].expand(swept.shape[0])]),
-        torch.cat([positions, swept]),
-    )
-    size = tuple(int(s) for s in (boxes[:, :, 1] - boxes[:, :, 0]).amax(dim=0))
-    boxes = boxes[: count * k]
-    box_list = boxes.tolist()
-    shape = (count, k, *size)
-    restore = info.restore
+    top = _RunningTop(view.name, k, wanted)
+    with evaluating(runner), frozen(runner):
+        found, failure = _Pass(), None
+        try:
+            found = _search(runner, view, data, top, progress)
+        except Exception as error:
+            if process_group is None:
+                raise
+            failure = error  # raised after every rank has reported, so that none waits
+        shards = gather(_shard(top, failure), process_group)
+        if failure is not None:
+            raise failure
+        for rank, shard in enumerate(shards):
+            if shard.failure is not None:
+                raise NetlensValueError(
+                    "Expected every rank of the group to pass over its data, but rank "
+                    f"{rank} raised {shard.failure}"
+                )
+        winners = _merge_shards(shards, k)
+        return _finish(runner, view, top, found, winners, listed, process_group)
 
-    def per_channel(tensor: torch.Tensor) -> torch.Tensor:
-        # (C, k, ...): kept for a list of channels, dropped for one int channel
-        return restore(tensor if listed else tensor[0])
 
-    return TopActivations(
-        layer=name,
-        channels=top.channels.cpu(),
-        activations=per_channel(top.values),
-        indices=per_channel(top.indices),
-        positions=per_channel(positions.reshape(count, k, -1)),
-        boxes=per_channel(boxes.reshape(count, k, *boxes.shape[1:])),
-        patches=per_channel(crop(images, box_list, size).reshape(shape)),
-        projections=per_channel(crop(torch.cat(projected), box_list, size).reshape(shape)),
-    )
+# -- the result ------------------------------------------------------------------------------------
+
+# What a result records as its group when it was merged with an all-reduced result, or when it
+# was all-reduced in another process (a process group does not pickle): all_reduce refuses it.
+_MIXED = "merged with an all-reduced result"
+_ELSEWHERE = "all-reduced in another process"
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,17 +597,21 @@ class TopActivations(Plottable):
     """The strongest activations of channels over a data set, from :func:`top_activations`.
 
     For each channel, the ``k`` inputs on which it responded most (its largest value over the
-    map, one entry per input), strongest first, with the input patch under the receptive field
-    of that activation and the deconvnet projection of the activation, cut out the same way.
-    For a list of channels (or all of them) every field but ``channels`` starts with a channel
-    dimension ``C``; for one int channel it has none. Tensors are on the device of the data, and
-    floating ones in its dtype.
+    map, one entry per input), strongest first and equal values by index, with the input patch
+    under the receptive field of that activation and the deconvnet projection of the
+    activation, cut out the same way. For a list of channels (or all of them) every field but
+    ``channels`` starts with a channel dimension ``C``; for one int channel it has none.
+    Tensors are on the device of the data, and floating ones in its dtype.
+
+    Results over shards of a data set combine exactly (:meth:`merge`, :meth:`all_reduce`): the
+    candidates' patches and projections travel with them.
 
     Attributes:
         layer: The layer's name.
         channels: The channels, a 1-D tensor (one entry for an int channel).
         activations: The activation values, ``(C, k)``, strongest first.
-        indices: Each input's index in the data, counted in iteration order, ``(C, k)``.
+        indices: Each input's index in the data, counted in iteration order (over shards: in
+            the shards concatenated, see :meth:`merge`), ``(C, k)``.
         positions: Each activation's position in the channel's map (the layer's output without
             its batch and channel axes), ``(C, k, d)``.
         boxes: The receptive field of each activation in its input, ``[start, stop)`` for each
@@ -260,6 +620,7 @@ class TopActivations(Plottable):
             the extent of the largest receptive field inside the input; where a receptive
             field reaches past the input's border the patch is zero (as zero padding is).
         projections: The deconvnet projections, cut out and padded like ``patches``.
+        samples: How many inputs the data held (over shards: all of them).
     """
 
     layer: str
@@ -270,6 +631,144 @@ class TopActivations(Plottable):
     boxes: torch.Tensor
     patches: torch.Tensor
     projections: torch.Tensor
+    samples: int
+    # The process group this result was reduced over (None: one shard's result).
+    _reduced_over: Any = field(default=None, repr=False)
+
+    _PER_CANDIDATE = ("activations", "indices", "positions", "boxes", "patches", "projections")
+
+    def merge(self, other: TopActivations) -> TopActivations:
+        """The result over this result's data followed by ``other``'s, as one pass would give.
+
+        ``other``'s indices count on after this result's ``samples``; equal values keep the
+        smaller index, so ``a.merge(b)`` prefers ``a``'s inputs. Patches and projections come
+        with their candidates. Neither result changes.
+
+        Args:
+            other: The result for another shard: same layer, channels, ``k`` and patch size.
+
+        Returns:
+            The merged :class:`TopActivations`, on this result's device.
+
+        Raises:
+            NetlensTypeError: ``other`` is not a ``TopActivations``.
+            NetlensValueError: The results are not of the same layer, channels, ``k`` or patch
+                size.
+
+        Example:
+            >>> import torch
+            >>> import netlens as nl
+            >>> from netlens.models import LeNet5
+            >>> model, data = LeNet5().eval(), torch.randn(30, 1, 28, 28)
+            >>> def top(part):
+            ...     return nl.top_activations(model, part, "conv1", channels=[0, 7], k=3)
+            >>> merged = top(data[:10]).merge(top(data[10:]))
+            >>> whole = top(data)
+            >>> torch.equal(merged.indices, whole.indices), merged.samples
+            (True, 30)
+        """
+        if not isinstance(other, TopActivations):
+            raise NetlensTypeError(
+                f"Expected a TopActivations to merge, but got {describe(other)}."
+            )
+        mine, theirs = self._described(), other._described()
+        for what, value in mine.items():
+            if value != theirs[what]:
+                raise NetlensValueError(
+                    f"Expected a result with the same {what} to merge, but this one has {value} "
+                    f"and the other {theirs[what]}."
+                )
+        single = self.activations.dim() == 1
+        k = self.activations.shape[-1]
+
+        def both(name: str) -> torch.Tensor:
+            first, second = getattr(self, name), getattr(other, name).to(self.activations.device)
+            if name == "indices":
+                second = second + self.samples
+            if name in ("activations", "patches", "projections"):
+                second = second.to(first.dtype)
+            joined = torch.cat([first, second], dim=0 if single else 1)
+            return joined.unsqueeze(0) if single else joined
+
+        values, indices = both("activations"), both("indices")
+        order = _ranked(values, indices, k)
+        merged: dict[str, torch.Tensor] = {}
+        for name in self._PER_CANDIDATE:
+            joined = (
+                values if name == "activations" else indices if name == "indices" else both(name)
+            )
+            index = order.reshape(*order.shape, *[1] * (joined.dim() - 2)).expand(
+                *order.shape, *joined.shape[2:]
+            )
+            picked = joined.gather(1, index)
+            merged[name] = picked[0] if single else picked
+        reduced = self._reduced_over is not None or other._reduced_over is not None
+        return TopActivations(
+            layer=self.layer,
+            channels=self.channels,
+            samples=self.samples + other.samples,
+            _reduced_over=_MIXED if reduced else None,
+            **merged,
+        )
+
+    def all_reduce(self, group: Group = None) -> TopActivations:
+        """The result over the data of every rank of a ``torch.distributed`` group, on every rank.
+
+        Every rank passes its own result; each gathers all of them and merges them in rank
+        order (:meth:`merge`), so every rank returns the same result, equal to one pass over
+        the ranks' data concatenated in rank order. Patches and projections travel with the
+        candidates. This result does not change.
+
+        Calling it again on the result over the same group returns that result unchanged (no
+        communication): it already holds every rank's data. A result reduced over another
+        group, or merged with a reduced result, is refused, since its data would be counted
+        once per rank.
+
+        Args:
+            group: A process group, or ``"default"`` or None for the default group.
+
+        Returns:
+            The reduced :class:`TopActivations`, on this result's device.
+
+        Raises:
+            NetlensValueError: torch.distributed is not initialised, the result is already
+                reduced over another group, or the ranks' results do not merge.
+        """
+        process_group = resolve_group(group, default=True)
+        if same_group(self._reduced_over, process_group):
+            return self
+        if self._reduced_over is not None:
+            raise NetlensValueError(
+                "Expected the result of one rank's data to all_reduce, but this result already "
+                "holds data of other ranks (it was all-reduced over another group, or merged "
+                "with an all-reduced result): reducing it again would count that data once per "
+                "rank."
+            )
+        device = self.activations.device
+        parts = gather(self._on(torch.device("cpu")), process_group)
+        merged: TopActivations = parts[0]
+        for part in parts[1:]:
+            merged = merged.merge(part)
+        return replace(merged._on(device), _reduced_over=process_group)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if state["_reduced_over"] is not None and not isinstance(state["_reduced_over"], str):
+            state["_reduced_over"] = _ELSEWHERE
+        return state
+
+    def _on(self, device: torch.device) -> TopActivations:
+        moved = {name: getattr(self, name).to(device) for name in self._PER_CANDIDATE}
+        return replace(self, _reduced_over=None, **moved)
+
+    def _described(self) -> dict[str, object]:
+        return {
+            "layer": self.layer,
+            "channels": self.channels.tolist(),
+            "k": self.activations.shape[-1],
+            "patch size": tuple(self.patches.shape[self.activations.dim() :]),
+            "input dims": self.boxes.shape[-2],
+        }
 
     def __repr__(self) -> str:
         return (

@@ -76,8 +76,9 @@ MNIST_MD5: dict[str, str] = {
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
-#: Mean and standard deviation of the MNIST training pixels in [0, 1], for ``standardize=True``.
+#: Mean of the MNIST training pixels in [0, 1], for ``standardize=True``.
 MNIST_MEAN = 0.1307
+#: Standard deviation of the MNIST training pixels in [0, 1], for ``standardize=True``.
 MNIST_STD = 0.3081
 
 # Seconds without progress before a download gives up, and seconds for a whole download (the
