@@ -17,8 +17,20 @@ Part 2, peak memory on 3x224x224 inputs with window 8 and stride 1 (217 x 217 = 
 with a small conv net (so that it runs in reasonable time on a CPU), in a fresh subprocess: the
 growth of the peak resident memory during the call against the size of all occluded copies.
 
-Run ``python benchmarks/occlusion.py`` (``--quick`` for a smoke run). Threads default to 1 so
-that the numbers do not depend on what else runs on a shared machine; ``--threads`` changes it.
+Parts 1 and 2 measure the plain path (``incremental=False``: every occluded copy through the
+whole model), the subject of the goals above.
+
+Part 3, incremental inference (``incremental=True``) against the plain path and the same lower
+bound, side by side in one run, on (a) LeNet5, 1x28x28, batch 16, window 4 stride 2, and (b) a
+VGG-style network on 3x64x64 (3x3 convolutions with 64, 64, pool, 128, 128, pool, 256, 256,
+pool, then a linear classifier), batch 4, window 8 stride 4 (goals: at most 0.66x and 0.33x the
+lower bound). For each case it also prints the largest difference between the two paths, the
+multiply-adds each performs (counted as the convolutions and matrix products run), and the
+growth of the peak resident memory during one call of each method, in fresh processes.
+
+Run ``python benchmarks/occlusion.py`` (``--quick`` for a smoke run; ``--only-incremental`` for
+part 3 alone). Threads default to 1 so that the numbers do not depend on what else runs on a
+shared machine; ``--threads`` changes it.
 """
 
 from __future__ import annotations
@@ -85,7 +97,7 @@ def lenet_case(
     inputs = torch.randn(batch, 1, 28, 28, generator=generator)
     positions = ((28 - window) // stride + 1) ** 2
     copies = occluded_copies(inputs, window, stride)
-    result = nl.occlusion(model, inputs, window=window, stride=stride)
+    result = nl.occlusion(model, inputs, window=window, stride=stride, incremental=False)
     occlusion = Occlusion(lambda x: torch.softmax(model(x), 1))
 
     def captum(per_eval: int) -> Callable[[], torch.Tensor]:
@@ -107,7 +119,7 @@ def lenet_case(
             model(copies)
 
     def netlens() -> None:
-        nl.occlusion(model, inputs, window=window, stride=stride)
+        nl.occlusion(model, inputs, window=window, stride=stride, incremental=False)
 
     settings = sorted({1, *(positions if s == "all" else int(s) for s in captum_settings)})
     methods: dict[str, Callable[[], object]] = {"lower bound": lower_bound, "netlens": netlens}
@@ -178,13 +190,15 @@ def large_child(stride: int, threads: int) -> None:
     model = SmallConvNet().eval()
     inputs = torch.randn(1, 3, 224, 224)
     # Warm up the kernels on a small input, then measure from a reset high-water mark.
-    nl.occlusion(model, inputs, window=112, stride=112)
+    nl.occlusion(model, inputs, window=112, stride=112, incremental=False)
     counting: list[int] = []
     handle = model.register_forward_pre_hook(lambda module, args: counting.append(args[0].shape[0]))
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     before = _memory_kib("VmRSS")
     start = time.perf_counter()
-    result = nl.occlusion(model, inputs, window=8, stride=stride, memory_budget=BUDGET)
+    result = nl.occlusion(
+        model, inputs, window=8, stride=stride, memory_budget=BUDGET, incremental=False
+    )
     seconds = time.perf_counter() - start
     peak = _memory_kib("VmHWM")
     handle.remove()
@@ -242,6 +256,188 @@ def large_part(stride: int, threads: int) -> None:
     )
 
 
+# -- part 3: incremental inference ---------------------------------------------------------------
+
+
+class VGGStyle(nn.Module):
+    """3x3 convolutions (64, 64, pool, 128, 128, pool, 256, 256, pool), then a linear layer."""
+
+    def __init__(self, size: int = 64, classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for width in (64, 64, "M", 128, 128, "M", 256, 256, "M"):
+            if width == "M":
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            else:
+                assert isinstance(width, int)
+                layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+                channels = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(channels * size * size, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits."""
+        return self.classifier(torch.flatten(self.features(x), 1))  # type: ignore[no-any-return]
+
+
+# name: (model, input shape, batch, window, stride, goal: incremental / lower bound)
+INCREMENTAL_CASES = {
+    "lenet": ("LeNet5", (1, 28, 28), 16, 4, 2, 0.66),
+    "vgg": ("VGG-style", (3, 64, 64), 4, 8, 4, 0.33),
+}
+
+
+def incremental_setup(name: str) -> tuple[nn.Module, torch.Tensor, int, int]:
+    _, shape, batch, window, stride, _ = INCREMENTAL_CASES[name]
+    torch.manual_seed(0)
+    model = (LeNet5() if name == "lenet" else VGGStyle()).eval()
+    inputs = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(1))
+    return model, inputs, window, stride
+
+
+def count_multiply_adds(call: Callable[[], object]) -> int:
+    """Multiply-adds of the convolutions and matrix products that run during ``call()``.
+
+    (``torch.utils.flop_counter.FlopCounterMode`` registers global module hooks, under which
+    incremental inference refuses to run, so the count is taken at the dispatcher instead.)
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+
+    class Counter(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            packet = func._overloadpacket
+            if packet is aten.convolution:
+                Counter.total += out.numel() * args[1][0].numel()
+            elif packet in (aten.mm, aten.bmm):
+                Counter.total += out.numel() * args[0].shape[-1]
+            elif packet is aten.addmm:
+                Counter.total += out.numel() * args[1].shape[-1]
+            return out
+
+    with Counter():
+        call()
+    return Counter.total
+
+
+def incremental_memory_child(name: str, method: str, threads: int) -> None:
+    """Run in a fresh process: the growth of the peak resident memory during one call."""
+    torch.set_num_threads(threads)
+    model, inputs, window, stride = incremental_setup(name)
+    copies = occluded_copies(inputs, window, stride) if method == "lower bound" else None
+    # Warm up the kernels on a small job, then measure from a reset high-water mark.
+    nl.occlusion(
+        model, inputs[:1], window=inputs.shape[-1] // 2, incremental=method == "incremental"
+    )
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _memory_kib("VmRSS")
+    with torch.no_grad():
+        if copies is not None:
+            model(copies)
+        else:
+            nl.occlusion(
+                model, inputs, window=window, stride=stride, incremental=method == "incremental"
+            )
+    print(json.dumps({"growth_mib": (_memory_kib("VmHWM") - before) / 1024}))
+
+
+def incremental_memory(name: str, method: str, threads: int) -> float:
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--incremental-memory-child",
+            name,
+            method,
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["growth_mib"])
+
+
+def incremental_case(name: str, repeats: int, threads: int, memory: bool) -> None:
+    label, shape, batch, window, stride, goal = INCREMENTAL_CASES[name]
+    model, inputs, window, stride = incremental_setup(name)
+    copies = occluded_copies(inputs, window, stride)
+    fast = nl.occlusion(model, inputs, window=window, stride=stride, incremental=True)
+    plain = nl.occlusion(model, inputs, window=window, stride=stride, incremental=False)
+    assert fast.incremental and not plain.incremental
+    difference = float((fast.probability - plain.probability).abs().max())
+    attribution = float((fast.attribution - plain.attribution).abs().max())
+
+    def lower_bound() -> None:
+        with torch.no_grad():
+            model(copies)
+
+    methods: dict[str, Callable[[], object]] = {
+        "lower bound": lower_bound,
+        "plain": lambda: nl.occlusion(
+            model, inputs, window=window, stride=stride, incremental=False
+        ),
+        "incremental": lambda: nl.occlusion(
+            model, inputs, window=window, stride=stride, incremental=True
+        ),
+    }
+    times = time_interleaved(methods, repeats)
+    print(
+        f"{label}, {batch} x {'x'.join(map(str, shape))}, window {window} stride {stride}: "
+        f"{copies.shape[0]} occluded copies, {repeats} rounds"
+    )
+    for kind, reduce in (("median", statistics.median), ("min", min)):
+        summary = {method: reduce(values) for method, values in times.items()}
+        bound = summary["lower bound"]
+        print(
+            f"  {kind:<6} lower bound {bound * 1e3:8.1f}ms  plain {summary['plain'] * 1e3:8.1f}ms "
+            f"({summary['plain'] / bound:.2f}x)  incremental {summary['incremental'] * 1e3:8.1f}ms "
+            f"({summary['incremental'] / bound:.3f}x of the lower bound, goal <= {goal}; "
+            f"{summary['plain'] / summary['incremental']:.2f}x faster than plain)",
+            flush=True,
+        )
+    print(
+        f"  largest difference incremental - plain: probability {difference:.1e}, "
+        f"attribution {attribution:.1e}"
+    )
+    counted = {method: count_multiply_adds(methods[method]) for method in ("plain", "incremental")}
+    share = counted["incremental"] / counted["plain"]
+    time_share = statistics.median(times["incremental"]) / statistics.median(times["plain"])
+    print(
+        f"  multiply-adds counted: plain {counted['plain'] / 1e9:.2f} G, incremental "
+        f"{counted['incremental'] / 1e9:.2f} G ({share:.1%} of plain; time {time_share:.1%} of "
+        "plain)"
+    )
+    if memory:
+        # Three fresh processes per method, interleaved: the allocator makes single runs vary.
+        grown: dict[str, list[float]] = {method: [] for method in methods}
+        for _ in range(3):
+            for method in methods:
+                grown[method].append(incremental_memory(name, method, threads))
+        print(
+            "  peak resident memory growth during one call (median of 3 processes; all): "
+            + ", ".join(
+                f"{method} {statistics.median(values):.0f} MiB "
+                f"({'/'.join(f'{v:.0f}' for v in values)})"
+                for method, values in grown.items()
+            ),
+            flush=True,
+        )
+
+
+def incremental_part(repeats: int, threads: int, memory: bool) -> None:
+    for name in INCREMENTAL_CASES:
+        # The VGG-style case takes seconds a call: fewer rounds than LeNet5's.
+        incremental_case(name, repeats if name == "lenet" else max(2, repeats - 2), threads, memory)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer repeats")
@@ -249,10 +445,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-large", action="store_true", help="only the LeNet5 part")
     parser.add_argument("--skip-lenet", action="store_true", help="only the 3x224x224 part")
+    parser.add_argument(
+        "--only-incremental", action="store_true", help="only part 3 (incremental inference)"
+    )
+    parser.add_argument("--skip-memory", action="store_true", help="part 3 without peak memory")
     parser.add_argument("--large-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--incremental-memory-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.large_child is not None:
         large_child(args.large_child, args.threads)
+        return
+    if args.incremental_memory_child is not None:
+        incremental_memory_child(*args.incremental_memory_child, args.threads)
         return
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (2 if args.quick else 7)
@@ -264,10 +468,11 @@ def main() -> None:
         f"{torch.get_num_threads()} thread(s), {repeats} rounds ({3 * repeats} for N=1), "
         "medians and minima over the rounds"
     )
-    if not args.skip_lenet:
+    if not args.skip_lenet and not args.only_incremental:
         lenet_part(repeats, captum_settings)
-    if not args.skip_large:
+    if not args.skip_large and not args.only_incremental:
         large_part(8 if args.quick else 1, args.threads)
+    incremental_part(repeats, args.threads, not args.skip_memory)
 
 
 if __name__ == "__main__":

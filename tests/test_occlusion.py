@@ -176,6 +176,7 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("incremental", [False, True])
 @pytest.mark.parametrize("batch_size", [None, 5])
 @pytest.mark.parametrize(("name", "window", "stride", "kwargs"), CASES)
 def test_matches_loop_reference(
@@ -184,8 +185,11 @@ def test_matches_loop_reference(
     stride: tuple[int, ...],
     kwargs: dict[str, Any],
     batch_size: int | None,
+    incremental: Any,
 ) -> None:
     zoo = _zoo64(name)
+    if name in RECURRENT:
+        incremental = "auto"  # a recurrent layer: incremental inference does not apply
     kwargs = dict(kwargs)
     if kwargs.get("baseline") == "tensor":
         kwargs["baseline"] = torch.randn(1, *zoo.inputs.shape[1:], dtype=torch.float64)
@@ -194,10 +198,19 @@ def test_matches_loop_reference(
     expected = reference(zoo.model, zoo.inputs, window, stride, **kwargs)
     with model_unchanged(zoo.model):
         result = nl.occlusion(
-            zoo.model, zoo.inputs, window=window, stride=stride, batch_size=batch_size, **kwargs
+            zoo.model,
+            zoo.inputs,
+            window=window,
+            stride=stride,
+            batch_size=batch_size,
+            incremental=incremental,
+            **kwargs,
         )
     _compare(result, expected, atol=1e-10)
-    assert result.window == window and result.stride == stride
+    assert result.incremental is (incremental is True)
+    assert result.window == window
+    # (a stride along a dim with one position may be reported clamped)
+    assert all(s == t for s, t, n in zip(result.stride, stride, result.grid, strict=True) if n > 1)
     assert (result.feature_activation is None) == ("layer" not in kwargs)
     if "layer" in kwargs:
         assert result.channels is not None and result.channels.dim() == 1
@@ -472,6 +485,8 @@ BAD = [
     ("batch size", {"window": 2, "batch_size": 0}, nl.NetlensValueError, "batch_size"),
     ("batch size type", {"window": 2, "batch_size": 2.0}, nl.NetlensTypeError, "batch_size"),
     ("memory budget", {"window": 2, "memory_budget": 0}, nl.NetlensValueError, "memory_budget"),
+    ("incremental word", {"window": 2, "incremental": "on"}, nl.NetlensValueError, "'auto'"),
+    ("incremental type", {"window": 2, "incremental": 1}, nl.NetlensTypeError, "incremental"),
     (
         "memory budget type",
         {"window": 2, "memory_budget": 1e6},
@@ -582,7 +597,9 @@ class Counting(nn.Module):
 def test_batch_size_bounds_every_forward_pass(batch_size: int) -> None:
     zoo = model_zoo(batch=4)["conv"]
     model = Counting(zoo.model)
-    result = nl.occlusion(model, zoo.inputs, window=(2, 2), stride=2, batch_size=batch_size)
+    result = nl.occlusion(
+        model, zoo.inputs, window=(2, 2), stride=2, batch_size=batch_size, incremental=False
+    )
     positions = 16
     # The unoccluded inputs ride along in the first pass: one copy more per input.
     assert sum(model.batches) == (positions + 1) * 4
@@ -603,7 +620,9 @@ def test_memory_budget_sizes_chunks_from_measured_activations() -> None:
     # conv1 (4x8x8), relu, pool (4x4x4), conv2 (6x4x4), relu, pool (6x2x2), flatten, fc (3):
     # 256 + 256 + 64 + 96 + 96 + 24 + 24 + 3 floats per copy, plus 3 copies of the 64 inputs.
     per_copy = 4 * (256 + 256 + 64 + 96 + 96 + 24 + 24 + 3 + 3 * 64)
-    result = nl.occlusion(model, zoo.inputs, window=(2, 2), stride=1, memory_budget=per_copy * 10)
+    result = nl.occlusion(
+        model, zoo.inputs, window=(2, 2), stride=1, memory_budget=per_copy * 10, incremental=False
+    )
     assert sum(model.batches) == (49 + 1) * 2
     # The first pass guesses (here one copy, the first unoccluded input); once measured, every
     # pass holds at most 10 copies: 5 positions of 2 inputs.
@@ -615,7 +634,7 @@ def test_memory_budget_sizes_chunks_from_measured_activations() -> None:
 def test_small_jobs_take_one_forward_pass() -> None:
     zoo = model_zoo(batch=2)["conv"]
     model = Counting(zoo.model)
-    nl.occlusion(model, zoo.inputs, window=(2, 2), stride=2)
+    nl.occlusion(model, zoo.inputs, window=(2, 2), stride=2, incremental=False)
     assert model.batches == [(16 + 1) * 2]  # the unoccluded inputs ride along
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
@@ -28,6 +28,7 @@ from ._checks import (
 )
 from ._errors import NetlensTypeError, NetlensValueError, describe
 from ._hooks import Hooks
+from ._incremental import AUTO_SHARE, SMALL_JOB, Engine, Unavailable, build, check_inputs, trace
 from ._layers import LayerSpec, check_model
 from ._model import batched_inputs, evaluating, progress_bar
 from ._outputs import LayerView, Select, first_tensor, layer_view
@@ -85,6 +86,9 @@ class OcclusionMap(Plottable):
         channels: The tracked channels (int64, 1-D): one entry for an int ``channel``, the
             listed channels (the ``K`` dim of ``feature_activation``) for a list, and by
             default one entry per input, the channel strongest on it; None without ``layer``.
+        incremental: Whether incremental inference computed the occluded copies (True), or
+            every copy ran through the whole model (False); see ``incremental`` of
+            :func:`occlusion`.
     """
 
     inputs: torch.Tensor
@@ -98,6 +102,7 @@ class OcclusionMap(Plottable):
     stride: tuple[int, ...]
     layer: str | None
     channels: torch.Tensor | None
+    incremental: bool = False
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -427,6 +432,14 @@ class _Geometry:
             remaining = remaining // self.grid[d]
         return origin[:, None] + offsets[None, :]
 
+    def origins(self) -> torch.Tensor:
+        """``(positions, len(window))`` (int64, CPU): where each window starts, in order."""
+        axes = [
+            torch.arange(count) * stride
+            for count, stride in zip(self.grid, self.stride, strict=True)
+        ]
+        return torch.cartesian_prod(*axes).reshape(self.positions, len(self.window))
+
     def coverage(self, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
         """Per window dim, ``(grid, size)``: 1 where the window at a position covers an index."""
         matrices = []
@@ -494,6 +507,12 @@ def _geometry(inputs: torch.Tensor, window: object, stride: object) -> _Geometry
                 f"Expected one stride per window dim ({len(windows)}), but got {tuple(stride)}."
             )
         strides = _as_sizes(stride, "stride", len(windows))
+        # A stride past the free space means one position; clamped, so that no index
+        # arithmetic overflows (stride=2**62).
+        strides = tuple(
+            min(step, size - w + 1)
+            for step, size, w in zip(strides, occluded, windows, strict=True)
+        )
     return _Geometry(sample_shape, windows, strides)
 
 
@@ -657,6 +676,28 @@ def _output_bytes(model: nn.Module, enabled: bool) -> Iterator[list[int]]:
         yield total
 
 
+@contextmanager
+def _multiply_adds(model: nn.Module) -> Iterator[list[int]]:
+    """Count the multiply-adds of the model's convolution and linear modules in the block.
+
+    Only to tell a small job from a large one: functional convolutions are not seen.
+    """
+    total = [0]
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        weight = getattr(module, "weight", None)
+        if isinstance(output, torch.Tensor) and isinstance(weight, torch.Tensor):
+            total[0] += output.numel() * (
+                weight[0].numel() if weight.dim() > 2 else weight.shape[1]
+            )
+
+    with Hooks() as hooks:
+        for module in model.modules():
+            if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+                hooks.add(module.register_forward_hook(hook))
+        yield total
+
+
 Chunk: TypeAlias = tuple[int, int, int, int]
 
 
@@ -791,23 +832,18 @@ class _Run:
         self.channel_index = torch.zeros(0, 1, dtype=torch.long)
         self.activation = torch.zeros(0)  # (N, K, positions)
         self.classes = -1
+        # The scores and sums of the unoccluded inputs, to check a traced graph against.
+        self.unoccluded_scores: list[torch.Tensor] = []
+        self.unoccluded_sums: list[torch.Tensor] = []
 
     def run(self, chunk: Chunk) -> None:
-        """Evaluate one chunk and store what it says."""
+        """Evaluate one chunk of occluded copies through the model and store what it says."""
         first, stop, n_first, n_stop = chunk
         slots, members = stop - first, n_stop - n_first
         if self.feature is not None:
             self.feature.rows = slots * members
         output = self.model(self.copies.make(chunk))
-        scores = _checked_scores(self.scores, output, slots * members, self.custom_scores)
-        if self.classes < 0:
-            self._allocate(scores)
-        if scores.shape[1] != self.classes:
-            raise NetlensValueError(
-                f"Expected the same number of scores on every forward pass ({self.classes}), "
-                f"but got {scores.shape[1]}."
-            )
-        scores = scores.reshape(slots, members, -1)
+        scores = self._scores(output, slots * members).reshape(slots, members, -1)
         sums = None
         if self.feature is not None:
             sums = self.feature.take().reshape(slots, members, -1)
@@ -815,16 +851,52 @@ class _Run:
             self._unoccluded(scores[0], None if sums is None else sums[0], n_first, n_stop)
             scores = scores[1:]
             sums = None if sums is None else sums[1:]
-        occluded = slice(max(first, 1) - 1, stop - 1)
         if scores.shape[0] == 0:
             return
-        members_slice = slice(n_first, n_stop)
-        picked = self.target[members_slice].expand(scores.shape[0], members)[..., None]
-        self.probability[members_slice, occluded] = scores.gather(2, picked)[..., 0].T
-        self.predicted[members_slice, occluded] = scores.argmax(2).T
+        self._store(slice(max(first, 1) - 1, stop - 1), n_first, n_stop, scores, sums)
+
+    def record(
+        self,
+        positions: torch.Tensor,
+        n_first: int,
+        n_stop: int,
+        output: Any,
+        sums: torch.Tensor | None,
+    ) -> None:
+        """Store what incremental inference computed for some positions of some inputs."""
+        count, members = positions.shape[0], n_stop - n_first
+        scores = self._scores(output, count * members).reshape(count, members, -1)
         if sums is not None:
-            picked = self.channel_index[members_slice].expand(sums.shape[0], members, -1)
-            self.activation[members_slice, :, occluded] = sums.gather(2, picked).permute(1, 2, 0)
+            sums = sums.reshape(count, members, -1)
+        self._store(positions.to(scores.device), n_first, n_stop, scores, sums)
+
+    def _scores(self, output: Any, rows: int) -> torch.Tensor:
+        scores = _checked_scores(self.scores, output, rows, self.custom_scores)
+        if self.classes < 0:
+            self._allocate(scores)
+        if scores.shape[1] != self.classes:
+            raise NetlensValueError(
+                f"Expected the same number of scores on every forward pass ({self.classes}), "
+                f"but got {scores.shape[1]}."
+            )
+        return scores
+
+    def _store(
+        self,
+        occluded: slice | torch.Tensor,
+        n_first: int,
+        n_stop: int,
+        scores: torch.Tensor,
+        sums: torch.Tensor | None,
+    ) -> None:
+        """``scores`` and ``sums`` are ``(positions, members, ...)``."""
+        members = slice(n_first, n_stop)
+        picked = self.target[members].expand(scores.shape[0], n_stop - n_first)[..., None]
+        self.probability[members, occluded] = scores.gather(2, picked)[..., 0].T
+        self.predicted[members, occluded] = scores.argmax(2).T
+        if sums is not None:
+            picked = self.channel_index[members].expand(sums.shape[0], n_stop - n_first, -1)
+            self.activation[members, :, occluded] = sums.gather(2, picked).permute(1, 2, 0)
 
     def _allocate(self, scores: torch.Tensor) -> None:
         self.classes = scores.shape[1]
@@ -840,6 +912,9 @@ class _Run:
         self, scores: torch.Tensor, sums: torch.Tensor | None, n_first: int, n_stop: int
     ) -> None:
         members = slice(n_first, n_stop)
+        self.unoccluded_scores.append(scores)
+        if sums is not None:
+            self.unoccluded_sums.append(sums)
         if self.requested_target is None:
             self.target[members] = scores.argmax(1)
         else:
@@ -881,6 +956,7 @@ def occlusion(
     channel: int | Sequence[int] | torch.Tensor | None = None,
     batch_size: int | None = None,
     memory_budget: int | None = None,
+    incremental: bool | Literal["auto"] = "auto",
     progress: bool = False,
     select: Select | None = None,
     channel_dim: int | None = None,
@@ -905,13 +981,22 @@ def occlusion(
     The inputs are moved to the model's device (floating ones to its floating dtype); the
     results come back on the inputs' device, floating results in the inputs' dtype. The model
     runs in eval mode (each module's ``training`` flag is restored afterwards) and without
-    gradients, also under ``torch.inference_mode()``; the model itself is left as it was. The
-    occluded copies are built a chunk of positions at a time by scattering the baseline under
-    every window of the chunk (no Python loop over positions), in a buffer reused from pass to
-    pass, and evaluated ``batch_size`` copies per forward pass, or by default as many as fit in
-    ``memory_budget``. The first pass, which also carries the unoccluded inputs, assumes
-    activations of up to 256 times the input's size and measures the real ones to size the
-    passes after it. Peak memory thus stays bounded however many positions there are.
+    gradients, also under ``torch.inference_mode()``; the model itself is left as it was.
+
+    By default the occluded copies are computed by **incremental inference** (Nakandala et al.,
+    SIGMOD 2019) where the model allows it and it saves work: the model (traced with
+    ``torch.fx``) runs once on the unoccluded inputs, keeping its activations, and each copy
+    recomputes, layer by layer, only the box of each feature map its window can change, from
+    the kept activations around it; past an operation that mixes every position (a flatten and
+    a linear layer, global pooling, an operation it does not know) the rest of the network runs
+    as usual. The results are the same as running each copy through the model, up to rounding.
+    ``result.incremental`` says which way they were computed. Otherwise the occluded copies are
+    built a chunk of positions at a time by scattering the baseline under every window of the
+    chunk (no Python loop over positions), in a buffer reused from pass to pass, and evaluated
+    ``batch_size`` copies per forward pass, or by default as many as fit in ``memory_budget``.
+    The first pass, which also carries the unoccluded inputs, assumes activations of up to 256
+    times the input's size and measures the real ones to size the passes after it. Peak memory
+    thus stays bounded however many positions there are.
 
     Args:
         model: A classifier returning ``(N, classes)``, or any model with ``scores``.
@@ -937,9 +1022,19 @@ def occlusion(
         batch_size: Occluded copies per forward pass; default: as many as fit in
             ``memory_budget``.
         memory_budget: Bytes that one forward pass may take, counting the copies and the
-            outputs of every module of the model on them, when ``batch_size`` is not given.
-            Default (None): 48 MiB on the CPU (passes whose activations stay near the caches run
-            faster than bigger ones), 1 GiB on other devices.
+            outputs of every module of the model on them (with incremental inference: the kept
+            activations of the unoccluded inputs, and the boxes and windows each copy
+            computes), when ``batch_size`` is not given. Default (None): 48 MiB on the CPU
+            (passes whose activations stay near the caches run faster than bigger ones), 1 GiB
+            on other devices.
+        incremental: ``"auto"`` (default): incremental inference where the model allows it
+            and it pays (it needs at most 80% of the plain path's multiply-adds, and those are
+            at least 10**9: below, tracing costs about what it saves); else every copy through
+            the whole model. ``True``: incremental inference, or a
+            :class:`~netlens.NetlensValueError` that names the module or operation that prevents
+            it (integer inputs, a model torch.fx cannot trace, a module with hooks, a first
+            layer it does not know, a forward pass with side effects). ``False``: every occluded
+            copy through the whole model.
         progress: Show a progress bar over the forward passes after the first (needs tqdm).
         select: Which part of the layer's output to read, when it returns several: an index, a
             key or a callable (see :func:`record`). By default a tuple or list gives its first
@@ -954,8 +1049,9 @@ def occlusion(
         NetlensValueError: Inputs without their batch dim, a window larger than the input or of
             the wrong rank, a stride, batch size or budget that is not positive, a baseline of
             the wrong shape, non-finite inputs, a target class or a channel out of range, a
-            target of the wrong length, a layer spec matching several layers, or model outputs
-            that are not ``(N, classes)``.
+            target of the wrong length, a layer spec matching several layers, model outputs
+            that are not ``(N, classes)``, or ``incremental=True`` where incremental inference
+            cannot run.
         NetlensTypeError: Arguments of the wrong type, inputs that are neither floating point
             nor integer, or a baseline that is not an integer for integer inputs.
 
@@ -968,6 +1064,13 @@ def occlusion(
         torch.Size([2, 6, 6])
         >>> result.attribution.shape
         torch.Size([2, 1, 14, 14])
+        >>> result.incremental  # a small job: every copy went through the whole model
+        False
+        >>> fast = nl.occlusion(net, result.inputs, window=(4, 4), stride=2, incremental=True)
+        >>> fast.incremental  # the conv computed only the box each window can change
+        True
+        >>> torch.allclose(fast.probability, result.probability, atol=1e-6)
+        True
         >>> text = nn.Sequential(nn.Embedding(50, 8), nn.Flatten(), nn.Linear(80, 2))
         >>> ids = torch.randint(1, 50, (3, 10))  # token ids; 0 plays [MASK]
         >>> nl.occlusion(text, ids, window=(1,), baseline=0).probability.shape
@@ -1011,6 +1114,7 @@ def occlusion(
             "Expected layer= together with channel=, select= or channel_dim=, but got no layer."
         )
     channels, listed = (None, False) if channel is None else check_channels("channel", channel)
+    mode = _check_incremental(incremental)
 
     run = _Run(
         model,
@@ -1028,22 +1132,55 @@ def occlusion(
     # Without batch_size, the first pass assumes activations up to _FIRST_GUESS times the input;
     # when more passes follow, it measures every module's outputs to size them.
     rows = batch_size or max(1, budget // (sample_bytes * (3 + _FIRST_GUESS)))
-    first, *chunks = _plan(0, 0, slots, count, rows)
-    measure = batch_size is None and bool(chunks)
-    with evaluating(model), torch.no_grad(), Hooks() as hooks:
-        if feature is not None:
-            hooks.add(feature.view.module.register_forward_hook(feature.hook))
-        with batched_inputs(model, tuple(inputs.shape)), _output_bytes(model, measure) as total:
-            run.run(first)
-        if measure:
-            copies = (first[1] - first[0]) * (first[3] - first[2])
-            rows = max(1, int(budget // (3 * sample_bytes + total[0] / copies)))
-            resume, offset = (first[1], 0) if first[3] == count else (first[0], first[3])
-            chunks = _plan(resume, offset, slots, count, rows)
-        for chunk in progress_bar(
-            chunks, enabled=progress, desc="occlusion", unit="batch", total=len(chunks)
-        ):
-            run.run(chunk)
+    engine = None
+    with evaluating(model), torch.no_grad():
+        candidate = mode is not False
+        if candidate:
+            try:
+                check_inputs(prepared)
+            except Unavailable as reason:
+                _refuse(mode, reason)
+                candidate = False
+        if not candidate:
+            _run_plain(run, model, inputs, feature, slots, rows, budget, batch_size, progress, 0)
+        else:
+            # The unoccluded inputs alone go through the model: the reference of every map, what
+            # the traced graph must reproduce before it is trusted, and the size of the job.
+            with (
+                Hooks() as hooks,
+                batched_inputs(model, tuple(inputs.shape)),
+                _output_bytes(model, batch_size is None) as total,
+                _multiply_adds(model) as macs,
+            ):
+                if feature is not None:
+                    hooks.add(feature.view.module.register_forward_hook(feature.hook))
+                for chunk in _plan(0, 0, 1, count, rows):
+                    run.run(chunk)
+            small = 0 < macs[0] * geometry.positions < SMALL_JOB
+            if mode is True or not small:
+                lead = prepared[0].numel() // geometry.plane_size
+                full_baseline = baseline_planes.expand(
+                    baseline_planes.shape[0], lead, geometry.plane_size
+                ).reshape(-1, *geometry.sample_shape)
+                engine = _engine(
+                    model, run, mode, prepared, full_baseline, geometry, feature, budget, batch_size
+                )
+            if engine is None:
+                if batch_size is None:
+                    rows = max(1, int(budget // (3 * sample_bytes + total[0] / count)))
+                _run_plain(
+                    run, model, inputs, feature, slots, rows, budget, batch_size, progress, 1
+                )
+            else:
+                for batch in progress_bar(
+                    engine.batches(),
+                    enabled=progress,
+                    desc="occlusion",
+                    unit="batch",
+                    total=engine.batch_count(),
+                ):
+                    output, sums = engine.evaluate(batch)
+                    run.record(batch.positions, batch.first, batch.stop, output, sums)
 
     grid = geometry.grid
     activation = None
@@ -1064,7 +1201,129 @@ def occlusion(
         stride=geometry.stride,
         layer=None if feature is None else feature.view.name,
         channels=None if feature is None else restore(_tracked(run.channel_index, channels)),
+        incremental=engine is not None,
     )
+
+
+def _run_plain(
+    run: _Run,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    feature: _Feature | None,
+    slots: int,
+    rows: int,
+    budget: int,
+    batch_size: int | None,
+    progress: bool,
+    start: int,
+) -> None:
+    """Every occluded copy from slot ``start`` on through the whole model, ``rows`` at a time.
+
+    From slot 0 (the unoccluded inputs ride along in the first pass) and without
+    ``batch_size``, the first pass measures the model's activations to size the passes after
+    it; from slot 1, ``rows`` is already measured.
+    """
+    count = run.count
+    sample_bytes = run.copies.planes[0].numel() * run.copies.planes.element_size()
+    first, *chunks = _plan(start, 0, slots, count, rows)
+    measure = start == 0 and batch_size is None and bool(chunks)
+    with Hooks() as hooks:
+        if feature is not None:
+            hooks.add(feature.view.module.register_forward_hook(feature.hook))
+        checked = batched_inputs(model, tuple(inputs.shape)) if start == 0 else nullcontext()
+        with checked, _output_bytes(model, measure) as total:
+            run.run(first)
+        if measure:
+            copies = (first[1] - first[0]) * (first[3] - first[2])
+            rows = max(1, int(budget // (3 * sample_bytes + total[0] / copies)))
+            resume, offset = (first[1], 0) if first[3] == count else (first[0], first[3])
+            chunks = _plan(resume, offset, slots, count, rows)
+        for chunk in progress_bar(
+            chunks, enabled=progress, desc="occlusion", unit="batch", total=len(chunks)
+        ):
+            run.run(chunk)
+
+
+def _check_incremental(value: object) -> bool | Literal["auto"]:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        check_choice("incremental", value, ("auto",))
+        return "auto"
+    raise NetlensTypeError(
+        f"Expected incremental to be 'auto', True or False, but got {describe(value)}."
+    )
+
+
+def _refuse(mode: bool | Literal["auto"], reason: Unavailable) -> None:
+    """Under ``incremental=True``, say what prevents incremental inference; else nothing."""
+    if mode is True:
+        raise NetlensValueError(
+            "Expected a model and inputs that incremental inference can run on "
+            f"(incremental=True), but {reason}. Pass incremental='auto' to run every occluded "
+            "copy through the model where it cannot, or incremental=False."
+        ) from None
+
+
+def _engine(
+    model: nn.Module,
+    run: _Run,
+    mode: bool | Literal["auto"],
+    inputs: torch.Tensor,
+    baseline: torch.Tensor,
+    geometry: _Geometry,
+    feature: _Feature | None,
+    budget: int,
+    batch_size: int | None,
+) -> Engine | None:
+    """The incremental engine, checked against the model's own unoccluded pass; or None."""
+    view = None if feature is None else feature.view
+    expected_scores = torch.cat(run.unoccluded_scores)
+    expected_sums = torch.cat(run.unoccluded_sums) if run.unoccluded_sums else None
+
+    def check(first: int, stop: int, output: Any, sums: torch.Tensor | None) -> None:
+        """The traced graph must give the model's own output on the unoccluded inputs."""
+        traced = _checked_scores(run.scores, output, stop - first, run.custom_scores)
+        if not _close(traced, expected_scores[first:stop]):
+            raise Unavailable(
+                "the traced graph's output on the unoccluded inputs differs from the model's "
+                "(the forward pass does something torch.fx does not record)"
+            )
+        if (
+            sums is not None
+            and expected_sums is not None
+            and not _close(sums, expected_sums[first:stop])
+        ):
+            assert view is not None
+            raise Unavailable(f"layer {view.name!r} outputs other values in the traced graph")
+
+    try:
+        engine = build(
+            trace(model, inputs, view),
+            inputs,
+            baseline,
+            geometry.origins(),
+            geometry.window,
+            view,
+            budget,
+            batch_size,
+            check,
+        )
+    except Unavailable as reason:
+        _refuse(mode, reason)
+        return None
+    if mode == "auto" and engine.incremental_macs > AUTO_SHARE * engine.plain_macs:
+        return None  # too little to save: the plain path is as fast and simpler
+    return engine
+
+
+def _close(found: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Equal up to the rounding of the same operations run in another batch."""
+    if found.shape != expected.shape:
+        return False
+    tolerance = {torch.float64: 1e-9, torch.float32: 1e-4}.get(expected.dtype, 1e-2)
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    return bool(torch.allclose(found, expected, rtol=tolerance, atol=tolerance * scale))
 
 
 def _tracked(channel_index: torch.Tensor, channels: list[int] | None) -> torch.Tensor:
