@@ -205,7 +205,9 @@ class OcclusionMap(Plottable):
         self._check_drawable()
         rows, cols = len(chosen), 4 if self.feature_activation is None else 5
         if axes is None:
-            fig = new_figure(2.7 * cols, 2.5 * rows)
+            # about 1.9 inches a panel: the figure fits a page's text column at full size, so
+            # that titles, ticks and the legend stay legible (>= 8 pt) where it is shown
+            fig = new_figure(1.9 * cols + 0.8, 1.9 * rows + 0.2)
             grid = np.asarray(fig.subplots(rows, cols, squeeze=False))
         else:
             grid = np.asarray(axes, dtype=object).reshape(-1)
@@ -220,10 +222,12 @@ class OcclusionMap(Plottable):
             line = list(grid[row])
             target = int(self.target[sample])
             self._draw_input(line[0], sample)
-            line[0].set_title(f"input {sample} (target {_class_name(target, class_names)})")
+            line[0].set_title(
+                f"input {sample} (target {_class_name(target, class_names)})", fontsize="medium"
+            )
             image = self._draw_map(line[1], self.probability[sample], cmap=cmap)
             fig.colorbar(image, ax=line[1], shrink=0.8)
-            line[1].set_title(f"score of {_class_name(target, class_names)}")
+            line[1].set_title(f"score of {_class_name(target, class_names)}", fontsize="medium")
             present, codes = torch.unique(self.predicted_class[sample], return_inverse=True)
             classes = [int(c) for c in present.tolist()]
             palette = _class_colours(classes)
@@ -241,17 +245,17 @@ class OcclusionMap(Plottable):
                 ],
                 loc="upper left",
                 bbox_to_anchor=(1.0, 1.0),
-                fontsize="x-small",
+                fontsize="small",
                 frameon=False,
             )
-            line[2].set_title("most probable class")
+            line[2].set_title("most probable class", fontsize="medium")
             if self.feature_activation is not None:
                 values, number = self._feature_map(sample, None)
                 image = self._draw_map(line[3], values, cmap=cmap)
                 fig.colorbar(image, ax=line[3], shrink=0.8)
-                line[3].set_title(f"{self.layer} channel {number}")
+                line[3].set_title(f"{self.layer} channel {number}", fontsize="medium")
             self.plot(line[-1], sample=sample)
-            line[-1].set_title("attribution on the input")
+            line[-1].set_title("attribution", fontsize="medium")
         return fig, grid
 
     # -- drawing helpers ---------------------------------------------------------------------
