@@ -28,7 +28,7 @@ def first_of_each_class(targets: torch.Tensor) -> list[int]:
 def cifar_figure(root: Path) -> Figure:
     colour = CIFAR10(root, train=False, grey=False, size=None)
     grey = CIFAR10(root, train=False)
-    figure = Figure(figsize=(10, 2.4), dpi=80)
+    figure = Figure(figsize=(9, 2.2), dpi=100)
     axes = figure.subplots(2, 10)
     for column, index in enumerate(first_of_each_class(grey.targets)):
         rgb = (colour.data[index].permute(1, 2, 0) + 1) / 2
@@ -46,7 +46,7 @@ def cifar_figure(root: Path) -> Figure:
 
 def mnist_figure(root: Path) -> Figure:
     digits = MNIST(root, train=False)
-    figure = Figure(figsize=(10, 1.3), dpi=80)
+    figure = Figure(figsize=(9, 1.2), dpi=100)
     axes = figure.subplots(1, 10)
     for ax, index in zip(axes, first_of_each_class(digits.targets), strict=True):
         ax.imshow(digits.data[index].numpy(), cmap="gray", vmin=0, vmax=1)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     for name, figure in (("cifar10", cifar), ("mnist", mnist)):
-        figure.savefig(OUT / f"{name}.png")
+        figure.savefig(OUT / f"{name}.png", dpi=100)
         print(f"wrote {OUT / f'{name}.png'}")
     return 0
 

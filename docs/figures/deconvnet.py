@@ -15,8 +15,8 @@ writes docs/_static/deconvnet/*.png:
 - ``top9_conv1.png``: the same for eight conv1 channels (5x5 receptive fields).
 
 The eight channels of each layer are those whose 9th-strongest activation over the images is
-largest, every eighth in that order (the checkpoint, trained for 3 epochs, has channels that
-never fire: projecting those shows nothing).
+largest, every eighth in that order, leaving out channels that never fire (projecting those
+shows nothing).
 
 Prints the timings. Exits non-zero, saying why, when the checkpoint or the data is missing.
 """
@@ -28,8 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from _common import load, require
+from _common import DPI, fit, load, pixel_figure, require
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 import netlens as nl
@@ -40,8 +42,8 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "_static" / "deconvnet"
 
 
-def save(figure: Figure, name: str, dpi: int = 80) -> None:
-    figure.savefig(OUT / name, dpi=dpi)
+def save(figure: Figure, name: str) -> None:
+    fit(figure).savefig(OUT / name, dpi=DPI)
     size = (OUT / name).stat().st_size
     print(f"wrote {OUT / name} ({size / 1024:.0f} KB)")
 
@@ -114,7 +116,34 @@ def top_figure(model: LeNet5, data: torch.Tensor, layer: str, channels: list[int
     print(f"top_activations over {len(data)} images, {layer}: {time.perf_counter() - start:.1f} s")
     strongest = [round(value, 2) for value in top.activations[:, 0].tolist()]
     print(f"  patches {tuple(top.patches.shape)}; strongest per channel: {strongest}")
-    figure, _ = top.plot(ncols=2)
+    _, ax = top.plot(ncols=2)
+    return integral(ax)
+
+
+def integral(ax: Axes) -> Figure:
+    """The montage of ``ax`` redrawn pixel for pixel at the largest integer scale that fits.
+
+    ``TopActivations.plot`` shows one montage image; resampled to an arbitrary figure size, its
+    5x5 patches come out with unequal pixel sizes. Repeating each pixel k times and writing the
+    array unresampled keeps every tile the same size; the channel labels are put back in place.
+    """
+    montage = np.asarray(ax.images[0].get_array())
+    scale = max(1, 880 // montage.shape[1])
+    pixels = (np.clip(montage, 0, 1) * 255).round().astype(np.uint8)
+    pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
+    figure = pixel_figure([(pixels, ax.get_title())])
+    width, height = (figure.get_size_inches() * DPI).tolist()
+    bottom = 4  # pixel_figure's margin under the montage
+    for text in ax.texts:
+        # data coordinates are pixel centres of the montage, rows counted from the top
+        x, y = text.get_position()
+        figure.text(
+            (x + 0.5) * scale / width,
+            (bottom + pixels.shape[0] - (y + 0.5) * scale) / height,
+            text.get_text(),
+            fontsize=9,
+            va="bottom",
+        )
     return figure
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import load, require
+from _common import DPI, fit, load, pixel_figure, require
 from matplotlib.figure import Figure
 
 import netlens as nl
@@ -28,8 +28,8 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "_static" / "grids"
 
 
-def save(figure: Figure, name: str, dpi: int = 80) -> None:
-    figure.savefig(OUT / name, dpi=dpi)
+def save(figure: Figure, name: str) -> None:
+    figure.savefig(OUT / name, dpi=DPI)
     size = (OUT / name).stat().st_size
     print(f"wrote {OUT / name} ({size / 1024:.0f} KB)")
 
@@ -66,21 +66,31 @@ def main(argv: list[str] | None = None) -> int:
     lstm = load(RowClassifier("lstm"), lstm_path)
 
     # -- weights --------------------------------------------------------------------------------
-    figure, _ = nl.FilterGrid(lenet.conv1).plot()
-    figure.suptitle("LeNet5 conv1: 32 filters, each on its own grey range", fontsize=10)
-    save(figure, "conv1_filters.png")
+    # Tile grids are composed at an integer scale and written pixel for pixel (pixel_figure), so
+    # every 5x5 filter is the same number of screen pixels in the page.
+    conv1 = nl.FilterGrid(lenet.conv1)
+    save(pixel_figure([(conv1.to_array(scale=20), "")], numbered=conv1.shape), "conv1_filters.png")
 
-    figure, _ = nl.FilterGrid(lenet.conv1, normalize="symmetric").plot()
-    figure.suptitle("conv1, one range centred at zero", fontsize=10)
+    symmetric = nl.FilterGrid(lenet.conv1, normalize="symmetric", cmap="RdBu_r")
+    low, high = symmetric.value_range or (-1.0, 1.0)
+    figure = pixel_figure(
+        [(symmetric.to_array(scale=20), "")],
+        numbered=symmetric.shape,
+        colorbar=(low, high, "RdBu_r"),
+    )
     save(figure, "conv1_symmetric.png")
 
-    figure = Figure(figsize=(9, 4.6), layout="constrained")
-    left, right = figure.subplots(1, 2, width_ratios=[1, 1.25])
-    nl.FilterGrid(lenet.conv2, titles=False).plot(left)
-    left.set_title("conv2: mean over the 32 input channels", fontsize=9)
+    mean = nl.FilterGrid(lenet.conv2, titles=False)
     first = lenet.conv2.weight[:10, :8]
-    nl.FilterGrid(first, in_channels="separate", normalize="symmetric").plot(right)
-    right.set_title("filters 0-9 (columns) x input channels 0-7 (rows)", fontsize=9)
+    separate = nl.FilterGrid(first, in_channels="separate", normalize="symmetric", cmap="RdBu_r")
+    low, high = separate.value_range or (-1.0, 1.0)
+    figure = pixel_figure(
+        [
+            (mean.to_array(scale=8), "conv2: mean over the 32 input channels"),
+            (separate.to_array(scale=8), "filters 0-9 (columns) x input channels 0-7 (rows)"),
+        ],
+        colorbar=(low, high, "RdBu_r"),
+    )
     save(figure, "conv2_filters.png")
 
     figure = Figure(figsize=(9, 5), layout="constrained")
@@ -89,37 +99,40 @@ def main(argv: list[str] | None = None) -> int:
     left.set_title("LSTM weight_ih_l0 (512 x 28)", fontsize=9)
     nl.FilterGrid(lstm.rnn, weight="weight_hh_l0", normalize="symmetric").plot(right)
     right.set_title("LSTM weight_hh_l0 (512 x 128)", fontsize=9)
-    save(figure, "lstm_weights.png", dpi=60)  # noise-like weights compress badly
+    save(figure, "lstm_weights.png")
 
     # -- activations ----------------------------------------------------------------------------
-    figure, _ = nl.ActivationGrid(cifar.data[:16], normalize=(-1.0, 1.0)).plot()
-    save(figure, "cifar_inputs.png")
+    inputs = nl.ActivationGrid(cifar.data[:16], normalize=(-1.0, 1.0))
+    save(pixel_figure([(inputs.to_array(scale=5), "")], numbered=inputs.shape), "cifar_inputs.png")
 
     index = 7
     with torch.no_grad(), nl.record(lenet, ["relu1", "relu2"]) as recorder:
         lenet(cifar.data[index : index + 1])
-    figure = Figure(figsize=(11, 4.4), layout="constrained")
-    axes = figure.subplots(1, 3, width_ratios=[0.6, 1, 1])
-    nl.ActivationGrid(cifar.data[index : index + 1], titles=False).plot(axes[0])
-    axes[0].set_title(
-        f"test image {index} ({cifar.classes[int(cifar.targets[index])]})", fontsize=9
+    image = nl.ActivationGrid(cifar.data[index : index + 1], titles=False)
+    relu1 = nl.ActivationGrid(recorder["relu1"][0], titles=False)
+    relu2 = nl.ActivationGrid(recorder["relu2"][0], titles=False, normalize="global")
+    label = cifar.classes[int(cifar.targets[index])]
+    figure = pixel_figure(
+        [
+            (image.to_array(scale=6), f"test image {index} ({label})"),
+            (relu1.to_array(scale=2), "relu1: 32 maps, 28 x 28"),
+            (relu2.to_array(scale=3), "relu2: 64 maps, 14 x 14, one range"),
+        ]
     )
-    nl.ActivationGrid(recorder["relu1"][0], titles=False).plot(axes[1])
-    axes[1].set_title("relu1: 32 maps, 28 x 28", fontsize=9)
-    nl.ActivationGrid(recorder["relu2"][0], titles=False, normalize="global").plot(axes[2])
-    axes[2].set_title("relu2: 64 maps, 14 x 14, one range", fontsize=9)
     save(figure, "lenet_activations.png")
 
     with torch.no_grad(), nl.record(lstm, "rnn") as recorder:
         lstm(mnist.data[:1])
-    figure = Figure(figsize=(9, 3.2), layout="constrained")
-    left, right = figure.subplots(1, 2, width_ratios=[1, 3.5])
-    nl.ActivationGrid(mnist.data[:1, None], titles=False).plot(left)
-    left.set_title(f"digit {int(mnist.targets[0])}, read row by row", fontsize=9)
-    nl.ActivationGrid(recorder["rnn"][0], normalize="symmetric").plot(right)
-    right.set_title("LSTM output: 28 steps (rows) x 128 hidden units", fontsize=9)
-    right.set_xlabel("hidden unit")
-    right.set_ylabel("time step (image row)")
+    digit = nl.ActivationGrid(mnist.data[:1, None], titles=False)
+    hidden = nl.ActivationGrid(recorder["rnn"][0], normalize="symmetric", cmap="RdBu_r")
+    low, high = hidden.value_range or (-1.0, 1.0)
+    figure = pixel_figure(
+        [
+            (digit.to_array(scale=5), f"digit {int(mnist.targets[0])}, by rows"),
+            (hidden.to_array(scale=5), "LSTM output: 28 time steps (rows) x 128 hidden units"),
+        ],
+        colorbar=(low, high, "RdBu_r"),
+    )
     save(figure, "lstm_hidden.png")
 
     # -- statistics -----------------------------------------------------------------------------
@@ -135,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{float(found.zero_fraction.mean()):.3f} on average"
         )
     figure, _ = stats["relu1"].plot()
-    save(figure, "relu1_stats.png")
+    save(fit(figure), "relu1_stats.png")
     figure, _ = stats["relu2"].plot()
-    save(figure, "relu2_stats.png")
+    save(fit(figure), "relu2_stats.png")
     write_head(stats["relu1"], OUT / "relu1_stats_head.csv", rows=8)
     print(stats["relu1"].to_markdown(digits=3))
 
@@ -151,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.perf_counter() - start:.1f} s"
     )
     figure, _ = recurrent.plot()
-    save(figure, "lstm_stats.png")
+    save(fit(figure), "lstm_stats.png")
     saturated = int(((recurrent.max > 0.99) | (recurrent.min < -0.99)).sum())
     print(
         f"rnn: {recurrent.num_channels} hidden units; mean |mean| "

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from _common import load, require
+from _common import DPI, fit, load, pixel_figure, require
 from matplotlib.figure import Figure
 
 import netlens as nl
@@ -37,7 +37,7 @@ MNIST_RANGE = ((0 - MNIST_MEAN) / MNIST_STD, (1 - MNIST_MEAN) / MNIST_STD)
 
 
 def save(figure: Figure, name: str) -> None:
-    figure.savefig(OUT / name, dpi=80)
+    fit(figure).savefig(OUT / name, dpi=DPI)
     size = (OUT / name).stat().st_size
     print(f"wrote {OUT / name} ({size / 1024:.0f} KB)")
 
@@ -51,25 +51,29 @@ def run(label: str, model: torch.nn.Module, layer: str | None, **kwargs: object)
     return result
 
 
-def class_figure(
-    result: nl.Maximization, model: torch.nn.Module, names: Sequence[str], title: str
-) -> Figure:
-    """The class images in a row, each titled with its class and the softmax probability."""
+def integral(pixels: torch.Tensor, ncols: int | None = None) -> Figure:
+    """The grey pictures as ``Maximization.plot`` shows them (each on its own range), composed
+    at three screen pixels per input pixel, with row and column numbers instead of titles."""
+    grid = nl.ActivationGrid(pixels, ncols=ncols)
+    return pixel_figure([(grid.to_array(scale=3), "")], numbered=grid.shape)
+
+
+def class_figure(result: nl.Maximization, model: torch.nn.Module, names: Sequence[str]) -> Figure:
+    """The class images in a row, each titled with its class and the softmax probability.
+
+    Each 28x28 picture (on its own grey range) is drawn at exactly three screen pixels a pixel.
+    """
     with torch.no_grad():
         probabilities = model(result.images).softmax(-1)
-    figure = Figure(figsize=(12, 2.1), layout="constrained")
-    axes = figure.subplots(1, len(result.channels))
     channels = result.channels.tolist()
-    for ax, image, channel in zip(axes, result.images, channels, strict=True):
+    panels = []
+    for image, channel in zip(result.images, channels, strict=True):
         picture = image[0] if image.dim() == 3 else image
-        ax.imshow(picture.numpy(), cmap="gray", interpolation="nearest")
-        ax.set_title(f"{names[channel]}\np={probabilities[channel, channel]:.2f}", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    figure.suptitle(title, fontsize=9)
+        tile = nl.ActivationGrid(picture[None, None], titles=False).to_array(scale=3)
+        panels.append((tile, f"{names[channel]}\np={probabilities[channel, channel]:.2f}"))
     summary = ", ".join(f"{names[c]} {probabilities[i, c]:.3f}" for i, c in enumerate(channels))
     print(f"  softmax of the own class: {summary}")
-    return figure
+    return pixel_figure(panels, gap=6, band=40)
 
 
 def grey(args: argparse.Namespace) -> None:
@@ -82,27 +86,26 @@ def grey(args: argparse.Namespace) -> None:
     image = {"input_shape": (1, 28, 28), "value_range": (-1.0, 1.0), "steps": args.steps}
 
     conv1 = run("LeNet5 conv1", lenet, "conv1", seed=0, **image)
-    figure, _ = conv1.plot()
-    save(figure, "lenet_conv1.png")
+    save(integral(conv1.pixels), "lenet_conv1.png")
 
     conv1_centre = run(
         "LeNet5 conv1 centre", lenet, "conv1", objective="center", transforms=None, seed=0, **image
     )
-    figure = Figure(figsize=(8, 4.2), layout="constrained")
-    left, right = figure.subplots(1, 2)
+    # 7x7 crops at scale 10 and 5x5 filters at scale 14: both grids 70 px a tile, unresampled
     crops = conv1_centre.images[:, :, 11:18, 11:18]
-    nl.ActivationGrid(crops, titles=False).plot(left)
-    left.set_title("centre 7x7 of the synthesised inputs", fontsize=9)
-    nl.FilterGrid(lenet.conv1, titles=False).plot(right)
-    right.set_title("conv1 filters", fontsize=9)
+    figure = pixel_figure(
+        [
+            (nl.ActivationGrid(crops).to_array(scale=10), "centre 7x7 of the synthesised inputs"),
+            (nl.FilterGrid(lenet.conv1).to_array(scale=14), "conv1 filters"),
+        ]
+    )
     save(figure, "lenet_conv1_center.png")
     optimum = lenet.conv1.weight.detach().abs().flatten(1).sum(1) + lenet.conv1.bias.detach()
     fraction = conv1_centre.activations / optimum
     print(f"  centre unit / (sum|w| + b): min {fraction.min():.4f}, max {fraction.max():.4f}")
 
     conv2 = run("LeNet5 conv2", lenet, "conv2", seed=0, tv=0.05, **image)
-    figure, _ = conv2.plot(ncols=8)
-    save(figure, "lenet_conv2.png")
+    save(integral(conv2.pixels, ncols=8), "lenet_conv2.png")
 
     logits = run(
         "LeNet5 fc2",
@@ -115,10 +118,10 @@ def grey(args: argparse.Namespace) -> None:
         **image,
     )
     save(
-        class_figure(logits, lenet, CIFAR10_CLASSES, "LeNet5 (grey CIFAR-10): class logits"),
+        class_figure(logits, lenet, CIFAR10_CLASSES),
         "lenet_classes.png",
     )
-    figure = Figure(figsize=(11, 5), layout="constrained")
+    figure = Figure(figsize=(9, 4.2), layout="constrained")
     left, right = figure.subplots(1, 2)
     logits.plot(left)
     logits.plot_curves(right)
@@ -135,7 +138,7 @@ def grey(args: argparse.Namespace) -> None:
         tv=0.05,
     )
     save(
-        class_figure(digits, lstm, [str(d) for d in range(10)], "row-LSTM (MNIST): class logits"),
+        class_figure(digits, lstm, [str(d) for d in range(10)]),
         "lstm_classes.png",
     )
 
