@@ -205,9 +205,9 @@ class OcclusionMap(Plottable):
         self._check_drawable()
         rows, cols = len(chosen), 4 if self.feature_activation is None else 5
         if axes is None:
-            # about 1.9 inches a panel: the figure fits a page's text column at full size, so
+            # about 1.8 inches a panel: the figure fits a page's text column at full size, so
             # that titles, ticks and the legend stay legible (>= 8 pt) where it is shown
-            fig = new_figure(1.9 * cols + 0.8, 1.9 * rows + 0.2)
+            fig = new_figure(1.75 * cols + 0.6, 1.8 * rows + 0.2)
             grid = np.asarray(fig.subplots(rows, cols, squeeze=False))
         else:
             grid = np.asarray(axes, dtype=object).reshape(-1)
@@ -223,7 +223,7 @@ class OcclusionMap(Plottable):
             target = int(self.target[sample])
             self._draw_input(line[0], sample)
             line[0].set_title(
-                f"input {sample} (target {_class_name(target, class_names)})", fontsize="medium"
+                f"input {sample}: {_class_name(target, class_names)}", fontsize="medium"
             )
             image = self._draw_map(line[1], self.probability[sample], cmap=cmap)
             fig.colorbar(image, ax=line[1], shrink=0.8)
