@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ._errors import NetlensTypeError, NetlensValueError, describe
+from ._model import model_dtype_device
 
 __all__ = [
     "InputInfo",
@@ -184,7 +185,7 @@ def prepare_inputs(
         )
     check_not_meta(inputs, name)
     info = InputInfo(inputs.device, inputs.dtype)
-    dtype, device = _model_dtype_device(model)
+    dtype, device = model_dtype_device(model)
     check_not_meta(model)
     target_dtype = dtype if (dtype is not None and inputs.is_floating_point()) else inputs.dtype
     moved = inputs.detach().to(device=device or inputs.device, dtype=target_dtype)
@@ -207,12 +208,6 @@ def check_not_meta(value: torch.Tensor | nn.Module, name: str = "model") -> None
             "the 'meta' device, which holds shapes only: load the weights first (for example "
             "model.to_empty(device='cpu') then load_state_dict)."
         )
-
-
-def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype | None, torch.device | None]:
-    from ._model import model_dtype_device
-
-    return model_dtype_device(model)
 
 
 def batches(data: object, *, name: str = "data") -> Iterator[torch.Tensor]:

@@ -62,7 +62,7 @@ _LAST_DIM_KINDS: tuple[type[nn.Module], ...] = (
     nn.TransformerDecoder,
     nn.Transformer,
 )
-_LAST_DIM_NAMES = ("Conv1D", "RMSNorm", "LayerNorm")
+_LAST_DIM_NAMES = ("Conv1D",)  # exact class names; LayerNorm, RMSNorm, ... match by suffix
 _LAST_DIM_SUFFIXES = ("Attention", "Embeddings", "Embedding", "LayerNorm", "RMSNorm")
 # Modules on (N, C, ...) tensors: the convolution family and what follows it.
 _FIRST_DIM_KINDS: tuple[type[nn.Module], ...] = (
