@@ -302,7 +302,7 @@ def project(
             stack.enter_context(rectify)
             hooks = stack.enter_context(Hooks())
             for module_name, module in _leaf_modules(model):
-                hooks.add(module.register_forward_hook(_note_output(module_name, module_outputs)))
+                hooks.forward(module, _note_output(module_name, module_outputs))
         # The recorder's copy-on-write mode must sit above the rectifier: it has to see an
         # in-place ReLU call before the rectifier replaces it.
         recorder = stack.enter_context(Recorder(model, {name: view}, detach=False, device=None))

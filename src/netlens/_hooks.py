@@ -1,12 +1,46 @@
-"""Hook handles that are removed together: the one cleanup idiom of netlens."""
+"""Hooks that act only for the thread that installed them, removed together.
+
+The one cleanup idiom of netlens, and its one rule for threads: a model may be shared (a served
+model, a notebook with a background job), so a hook netlens puts on it must not act on another
+thread's forward pass. Every hook goes through :meth:`Hooks.forward` or
+:meth:`Hooks.forward_pre`, which wrap it so that it does nothing (returns ``None``: the other
+thread's pass goes on untouched) when called from any thread but the one that added it, and
+mark it so that netlens can tell its own hooks from the user's (:func:`is_ours`).
+"""
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
+from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["Hooks"]
+__all__ = ["Hooks", "confined", "is_ours"]
+
+_MARK = "_netlens_thread"
+
+
+def confined(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` as a hook that acts only when called from the current thread."""
+    owner = threading.get_ident()
+
+    @functools.wraps(function)
+    def hook(*args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() != owner:
+            return None
+        return function(*args, **kwargs)
+
+    setattr(hook, _MARK, owner)
+    return hook
+
+
+def is_ours(hook: object) -> bool:
+    """Whether ``hook`` is one that netlens installed (for any thread)."""
+    return hasattr(hook, _MARK)
 
 
 class Hooks:
@@ -16,7 +50,7 @@ class Hooks:
         >>> import torch.nn as nn
         >>> net = nn.Linear(2, 2)
         >>> with Hooks() as hooks:
-        ...     _ = hooks.add(net.register_forward_hook(lambda m, i, o: None))
+        ...     _ = hooks.forward(net, lambda m, i, o: None)
         ...     len(net._forward_hooks)
         1
         >>> len(net._forward_hooks)
@@ -30,6 +64,18 @@ class Hooks:
         """Keep ``handle`` for removal; returns it."""
         self._handles.append(handle)
         return handle
+
+    def forward(
+        self, module: nn.Module, hook: Callable[..., Any], **options: Any
+    ) -> RemovableHandle:
+        """A forward hook on ``module`` for this thread's passes only (see the module's doc)."""
+        return self.add(module.register_forward_hook(confined(hook), **options))
+
+    def forward_pre(
+        self, module: nn.Module, hook: Callable[..., Any], **options: Any
+    ) -> RemovableHandle:
+        """A forward pre-hook on ``module`` for this thread's passes only."""
+        return self.add(module.register_forward_pre_hook(confined(hook), **options))
 
     def remove(self) -> None:
         """Remove every hook added so far (each once, newest first)."""

@@ -48,6 +48,7 @@ import copy
 import inspect
 import math
 import operator
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -58,6 +59,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx import Graph, Node, Tracer
 from torch.fx.node import map_arg
+
+from ._hooks import is_ours
 
 if TYPE_CHECKING:
     from ._outputs import LayerView
@@ -276,15 +279,19 @@ KEPT_SHARE = 16
 
 
 def _hooked(model: nn.Module) -> str | None:
-    """The first module with forward hooks, which the engine would bypass, or None."""
+    """The first module with forward hooks of the user's, which the engine would bypass, or None.
+
+    netlens' own hooks act only for the thread that installed them (see ``_hooks``): another
+    thread's, found here, do nothing in this thread's passes and do not count.
+    """
     from torch.nn.modules import module as module_module
 
     for attr in ("_global_forward_hooks", "_global_forward_pre_hooks"):
-        if getattr(module_module, attr, None):
+        if any(not is_ours(hook) for hook in getattr(module_module, attr, {}).values()):
             return "global forward hooks (torch.nn.modules.module.register_module_forward_hook)"
     for name, module in model.named_modules():
         for attr in ("_forward_hooks", "_forward_pre_hooks"):
-            if getattr(module, attr, None):
+            if any(not is_ours(hook) for hook in getattr(module, attr, {}).values()):
                 return f"module {name or 'model'!r} ({type(module).__name__}) has forward hooks"
     return None
 
@@ -348,16 +355,97 @@ def _put_back(value: Any, saved: Any) -> None:
         value.update(saved)
 
 
+class _PrivateTracer(Tracer):
+    """torch.fx's tracer without its process-wide patches.
+
+    ``Tracer.trace`` replaces ``nn.Module.__call__`` and ``__getattr__`` for the whole process
+    while it runs, so that a plain forward pass in another thread meanwhile gets a ``Proxy``
+    back. This tracer instead runs the model's forward on a *shadow* of its module tree: a copy
+    of every module object (sharing its parameters and buffers, with copies of its lists and
+    dicts) whose class is a subclass that routes its calls to this tracer. Nothing the user's
+    model, another thread or torch can see is changed: the shadow is this call's alone.
+    Parameters reach the graph as ``get_attr`` nodes where an operation meets them
+    (``Tracer.create_arg``), not through a patched ``__getattr__``; ``torch.fx.wrap``'ed and
+    ``math`` functions are not wrapped (a model that needs them is refused: its tracing fails).
+    """
+
+    def __init__(self, leaf: nn.Module | None) -> None:
+        super().__init__(autowrap_modules=cast(Any, ()), autowrap_functions=())
+        self.leaf = leaf
+        self.originals: dict[int, nn.Module] = {}  # id(shadow) -> the user's module
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        original = self.originals.get(id(m), m)
+        return original is self.leaf or super().is_leaf_module(original, module_qualified_name)
+
+    def shadow(self, model: nn.Module) -> nn.Module:
+        """The shadow of ``model``'s tree (a module under two names stays one module)."""
+        made: dict[int, nn.Module] = {}
+        classes: dict[type, type] = {}
+
+        def copy_of(module: nn.Module) -> nn.Module:
+            found = made.get(id(module))
+            if found is not None:
+                return found
+            cls = type(module)
+            if cls not in classes:
+                classes[cls] = type(
+                    cls.__name__,
+                    (cls,),
+                    {"__call__": _shadow_call, "__module__": cls.__module__},
+                )
+            shadow = object.__new__(classes[cls])
+            made[id(module)] = shadow
+            state = {
+                key: copy.copy(value) if type(value) in _CONTAINERS else value
+                for key, value in vars(module).items()
+            }
+            state["_modules"] = {
+                name: None if child is None else copy_of(child)
+                for name, child in module._modules.items()
+            }
+            state[_TRACER] = self
+            vars(shadow).update(state)
+            self.originals[id(shadow)] = module
+            return shadow
+
+        try:
+            return copy_of(model)
+        except Exception as error:  # a class that cannot be subclassed or copied
+            raise Unavailable(
+                f"the model's modules cannot be traced privately ({type(error).__name__}: "
+                f"{error})"
+            ) from error
+
+    def trace_shadow(self, root: nn.Module, concrete: dict[str, Any]) -> Graph:
+        """The graph of ``root`` (a shadow): what ``Tracer.trace`` does, minus its patches."""
+        self.root = root
+        self.root_module_name = root._get_name()
+        self.submodule_paths = {module: name for name, module in root.named_modules()}
+        self.graph = Graph(tracer_cls=type(self))
+        self.tensor_attrs = {}
+        forward = type(self.originals[id(root)]).forward
+        function, args = self.create_args_for_root(forward, True, concrete or None)
+        self.create_node("output", "output", (self.create_arg(function(*args)),), {})
+        self.submodule_paths = None
+        return self.graph
+
+
+_CONTAINERS = (list, dict, set, OrderedDict)
+_TRACER = "_netlens_tracer"
+
+
+def _shadow_call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """A shadow module's call: the tracer records it as one call or traces its forward."""
+    tracer: _PrivateTracer = vars(self)[_TRACER]
+    return tracer.call_module(self, self.forward, args, kwargs)
+
+
 def _trace(model: nn.Module, leaf: nn.Module | None) -> tuple[Graph, dict[str, Any]]:
     """The model's graph (``leaf`` kept as one call) and the values of its attributes."""
     hooked = _hooked(model)
     if hooked is not None:
         raise Unavailable(f"{hooked}, which incremental inference would not run")
-
-    class LeafTracer(Tracer):
-        def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-            return module is leaf or super().is_leaf_module(module, qualified_name)
-
     parameters = list(inspect.signature(model.forward).parameters.values())
     if not parameters or parameters[0].kind not in (
         inspect.Parameter.POSITIONAL_ONLY,
@@ -373,14 +461,14 @@ def _trace(model: nn.Module, leaf: nn.Module | None) -> tuple[Graph, dict[str, A
                 f"the model's forward takes more than one required argument ({parameter.name!r})"
             )
         concrete[parameter.name] = parameter.default
-    names = {module: name for name, module in model.named_modules()}
-    snapshot = _Snapshot.take(model)
-    # No autowrapping of the math module: it costs more than a small model's whole trace.
-    tracer = LeafTracer(autowrap_modules=cast(Any, ()), autowrap_functions=())
+    tracer = _PrivateTracer(leaf)
+    root = tracer.shadow(model)
+    names = {module: name for name, module in root.named_modules()}
+    snapshot = _Snapshot.take(root)
     try:
-        graph = tracer.trace(model, concrete_args=concrete or None)
+        graph = tracer.trace_shadow(root, concrete)
         attributes = {
-            str(node.target): _attribute(model, str(node.target))
+            str(node.target): _attribute(root, str(node.target))
             for node in graph.nodes
             if node.op == "get_attr"
         }
@@ -391,8 +479,9 @@ def _trace(model: nn.Module, leaf: nn.Module | None) -> tuple[Graph, dict[str, A
         raise Unavailable(
             f"torch.fx cannot trace the model ({type(error).__name__}: {text[:200]})"
         ) from error
-    finally:
-        changed = snapshot.restore(names)
+    # The shadow is thrown away; what its forward changed on it tells of side effects that a
+    # traced graph would not repeat.
+    changed = [name for name in snapshot.restore(names) if not name.endswith(f".{_TRACER}")]
     if changed:
         raise Unavailable(
             f"the model's forward changes {', '.join(sorted(set(changed)))} as it runs, which a "

@@ -466,9 +466,7 @@ def _probe(
             Hooks() as hooks,
         ):
             # added after batched_inputs' checks, so that it records only inputs they let pass
-            hooks.add(
-                target.view.module.register_forward_pre_hook(lambda m, a: reached.append(True))
-            )
+            hooks.forward_pre(target.view.module, lambda m, a: reached.append(True))
             target.probe(inputs, f"a batch of inputs of input_shape {shape}")
     except NetlensValueError as error:
         if reached:
@@ -528,7 +526,7 @@ class _SlicedTarget:
             raise StopForward
 
         with Hooks() as hooks:
-            hooks.add(self.module.register_forward_pre_hook(hook))
+            hooks.forward_pre(self.module, hook)
             yield
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -645,7 +643,7 @@ class _ExpressionTarget:
                 if not self.needs_output:
                     # registered after the recorder's hooks, so that outputs are stored first
                     for key, view in self.views.items():
-                        hooks.add(view.module.register_forward_hook(self._stop(key)))
+                        hooks.forward(view.module, self._stop(key))
                 with suppress(StopForward):
                     returned = self.model(inputs)
             outputs = {
@@ -675,8 +673,8 @@ class _ExpressionTarget:
             ):
                 for key, view in self.views.items():
                     module = view.module
-                    hooks.add(module.register_forward_pre_hook(lambda m, a: reached.append(True)))
-                    hooks.add(module.register_forward_hook(first_run(key)))
+                    hooks.forward_pre(module, lambda m, a: reached.append(True))
+                    hooks.forward(module, first_run(key))
                 try:
                     returned = self.model(inputs)
                 except NetlensValueError:

@@ -124,12 +124,12 @@ def batched_inputs(
     with Hooks() as hooks:
         for name, module in model.named_modules():
             if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-                hooks.add(module.register_forward_pre_hook(check_ids(name)))
+                hooks.forward_pre(module, check_ids(name))
             elif isinstance(module, nn.modules.conv._ConvNd):
                 spatial = len(module.kernel_size)
                 layout = "(N, C, " + ", ".join("DHW"[3 - spatial :]) + ")"
-                hooks.add(module.register_forward_pre_hook(check(name, spatial + 2, layout)))
+                hooks.forward_pre(module, check(name, spatial + 2, layout))
             elif isinstance(module, nn.RNNBase):
                 layout = "(N, T, F)" if module.batch_first else "(T, N, F)"
-                hooks.add(module.register_forward_pre_hook(check(name, 3, layout)))
+                hooks.forward_pre(module, check(name, 3, layout))
         yield

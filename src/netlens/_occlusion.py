@@ -676,7 +676,7 @@ def _output_bytes(model: nn.Module, enabled: bool) -> Iterator[list[int]]:
     with Hooks() as hooks:
         for module in model.modules():
             if next(module.children(), None) is None:
-                hooks.add(module.register_forward_hook(hook))
+                hooks.forward(module, hook)
         yield total
 
 
@@ -698,7 +698,7 @@ def _multiply_adds(model: nn.Module) -> Iterator[list[int]]:
     with Hooks() as hooks:
         for module in model.modules():
             if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
-                hooks.add(module.register_forward_hook(hook))
+                hooks.forward(module, hook)
         yield total
 
 
@@ -1157,7 +1157,7 @@ def occlusion(
                 _multiply_adds(model) as macs,
             ):
                 if feature is not None:
-                    hooks.add(feature.view.module.register_forward_hook(feature.hook))
+                    hooks.forward(feature.view.module, feature.hook)
                 for chunk in _plan(0, 0, 1, count, rows):
                     run.run(chunk)
             small = 0 < macs[0] * geometry.positions < SMALL_JOB
@@ -1233,7 +1233,7 @@ def _run_plain(
     measure = start == 0 and batch_size is None and bool(chunks)
     with Hooks() as hooks:
         if feature is not None:
-            hooks.add(feature.view.module.register_forward_hook(feature.hook))
+            hooks.forward(feature.view.module, feature.hook)
         checked = batched_inputs(model, tuple(inputs.shape)) if start == 0 else nullcontext()
         with checked, _output_bytes(model, measure) as total:
             run.run(first)

@@ -309,12 +309,12 @@ class Recorder(Mapping[str, torch.Tensor]):
                 )
             hooks = Hooks()
             try:
-                hooks.add(self._model.register_forward_pre_hook(self._start_forward))
+                hooks.forward_pre(self._model, self._start_forward)
                 for name, module in self._layers.items():
-                    hooks.add(module.register_forward_hook(self._hook(name)))
+                    hooks.forward(module, self._hook(name))
                 # after the layers' hooks, so that the model's own output is recorded first;
                 # always_call: also when the forward raises, to end the pass
-                hooks.add(self._model.register_forward_hook(self._end_forward, always_call=True))
+                hooks.forward(self._model, self._end_forward, always_call=True)
             except BaseException:
                 hooks.remove()
                 raise
@@ -467,7 +467,7 @@ class Target:
         self._seen = 0
         with self.recorder, Hooks() as hooks:
             # registered after the recorder's hook, so that the output is stored first
-            hooks.add(self.view.module.register_forward_hook(self._stop))
+            hooks.forward(self.view.module, self._stop)
             with suppress(StopForward):
                 self.model(inputs)
             output = self.recorder[self.view.name]

@@ -198,8 +198,8 @@ def _counted_pass(model: nn.Module, view: LayerView, inputs: torch.Tensor) -> tu
     with Hooks() as hooks:
         for module in model.modules():
             if next(module.children(), None) is None:
-                hooks.add(module.register_forward_hook(count))
-        hooks.add(view.module.register_forward_hook(at_call))
+                hooks.forward(module, count)
+        hooks.forward(view.module, at_call)
         model(inputs)
     return max(1, calls), max(1, at_layer // inputs.shape[0])
 
