@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx import Graph, Node, Tracer
 from torch.fx.node import map_arg
+from torch.nn.utils import parametrize
 
 from ._hooks import is_ours
 
@@ -623,6 +624,10 @@ class _Analysis:
     def _out_of_place(self, node: Node) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
         if "out" in node.kwargs:
             raise Unavailable(f"operation {_describe(node)} writes into out=")
+        if _does_nothing(node, self.modules):
+            # Eval-mode dropout and identities return their input: in place or not, on a view
+            # or not, nothing changes, so nothing needs redirecting.
+            return lambda args, kwargs: args[0]
         if node.op == "call_module":
             module = self.modules[str(node.target)]
             if getattr(module, "inplace", False) is True:
@@ -683,6 +688,53 @@ class _Analysis:
                     )
             else:
                 user.replace_input_with(mutated, node)
+
+
+def computes_as_pytorch(module: nn.Module) -> bool:
+    """Whether ``module`` computes exactly what PyTorch's own class of it computes.
+
+    The engine's box arithmetic stands in for a module only then. A subclass that overrides
+    ``forward`` or ``_conv_forward`` (weight standardisation as in BiT's ``StdConv2d``,
+    ``torch.ao.nn.qat``'s fake quantisation), a ``forward`` set on the instance, or a
+    parametrized weight computes something else: such a module runs as an opaque call, on the
+    whole map, and so does everything after it.
+    """
+    if parametrize.is_parametrized(module) or "forward" in vars(module):
+        return False
+    cls = type(module)
+    base = next((c for c in cls.__mro__ if c.__module__.startswith("torch.nn.modules.")), None)
+    if base is None:
+        return False
+    return all(getattr(cls, name, None) is getattr(base, name, None) for name in _OVERRIDABLE)
+
+
+_OVERRIDABLE = ("forward", "_conv_forward")
+_DROPOUT_FUNCTIONS = {
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    F.feature_alpha_dropout,
+}
+
+
+def _does_nothing(node: Node, modules: dict[str, nn.Module]) -> bool:
+    """An eval-mode dropout or an identity: its output is its input."""
+    if node.op == "call_module":
+        module = modules[str(node.target)]
+        if not computes_as_pytorch(module) or len(node.args) != 1 or node.kwargs:
+            return False
+        return isinstance(module, nn.Identity) or (
+            isinstance(module, nn.modules.dropout._DropoutNd) and not module.training
+        )
+    if node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS:
+        position = _TRAINING_ARGUMENT[node.target]
+        training = node.kwargs.get(
+            "training", node.args[position] if len(node.args) > position else True
+        )
+        return training is False
+    return False
 
 
 def _is_view(node: Node) -> bool:
@@ -921,9 +973,11 @@ class Engine:
         return False
 
     def _module(self, node: Node) -> nn.Module | None:
+        """The module a node calls, where box arithmetic may stand in for it; else None."""
         if node.op != "call_module":
             return None
-        return self.analysis.modules[str(node.target)]
+        module = self.analysis.modules[str(node.target)]
+        return module if computes_as_pytorch(module) else None
 
     def _patched(self, node: object) -> TypeGuard[Node]:
         return isinstance(node, Node) and (
@@ -1291,7 +1345,7 @@ class Engine:
         """Multiply-adds per row of a convolution or linear layer in the plain forward pass."""
         if not isinstance(value, torch.Tensor) or value.dim() < 2:
             return 0
-        module = self._module(node)
+        module = self.analysis.modules.get(str(node.target)) if node.op == "call_module" else None
         per_row = value[0].numel()
         if isinstance(module, nn.modules.conv._ConvNd):
             return int(per_row * module.weight[0].numel())
