@@ -414,8 +414,7 @@ class _PrivateTracer(Tracer):
             return copy_of(model)
         except Exception as error:  # a class that cannot be subclassed or copied
             raise Unavailable(
-                f"the model's modules cannot be traced privately ({type(error).__name__}: "
-                f"{error})"
+                f"the model's modules cannot be traced privately ({type(error).__name__}: {error})"
             ) from error
 
     def trace_shadow(self, root: nn.Module, concrete: dict[str, Any]) -> Graph:
@@ -803,6 +802,7 @@ class Engine:
         self.hi: dict[Node, torch.Tensor] = {}
         self.groups: list[_Group] = []
         self.rows = 1
+        self.costs: _CostModel | None = None
         self.retained_bytes = 0
         self.plain_macs = 0
         self.incremental_macs = 0.0
@@ -812,6 +812,8 @@ class Engine:
         self.release = self._releases({})
         self.pass_release = self.release
         self._location_weights: dict[Node, torch.Tensor] = {}
+        self.weight_allowance = 0  # bytes of linear weights that may be laid out by location
+        self.weight_bytes = 0  # and those that are
 
     def _releases(self, readers: dict[Node, list[Node]]) -> list[list[Node]]:
         """For each operation, the values it is the last to read (its users', or ``readers``)."""
@@ -847,6 +849,11 @@ class Engine:
             value.numel() * value.element_size()
             for node, value in self.clean.items()
             if isinstance(value, torch.Tensor) and self.steps[node].kind not in (CONST, INPUT)
+        )
+        self.weight_bytes = sum(
+            step.weight.numel() * step.weight.element_size()
+            for step in self.steps.values()
+            if step.kind == LINEAR and step.weight is not None
         )
         readers: dict[Node, list[Node]] = {}
         for node, step in self.steps.items():
@@ -952,6 +959,8 @@ class Engine:
                 and users
                 and all(self._linear_shape(u, node) for u in users)
                 and all(self._weight_count(u) >= DELTA_LINEAR_WEIGHTS for u in users)
+                and sum(self._weight_count(u) for u in users) * self.element_size
+                <= self.weight_allowance
             ):
                 step.kind, step.source = FLATTEN, source
 
@@ -1409,12 +1418,19 @@ class Engine:
     # -- groups, memory, cost ------------------------------------------------------------
 
     def plan(self, budget: int, batch_size: int | None) -> None:
-        """Group positions, size the batches, decide what to keep, estimate the cost."""
+        """Group positions, size the batches, decide what to keep, estimate the cost.
+
+        Positions whose boxes have the same sizes in every layer form a group; the groups,
+        ordered by their multiply-adds per row, are then cut into 1, 2, 4, ... runs of about
+        equal numbers of positions (every group alone last), each run merged into one group
+        (its boxes grown to the largest of its members), and the cut the cost model expects
+        to be fastest wins. Every candidate is costed at once (vectorised), so planning takes
+        time in proportion to the number of positions times log of it, not their cube.
+        """
         patched, sizes = self._sizes_matrix()
         unique, inverse = torch.unique(sizes, dim=0, return_inverse=True)
-        members = [torch.nonzero(inverse == g)[:, 0] for g in range(unique.shape[0])]
-        rows_for = self._rows_function(budget, batch_size, patched)
-        merged = self._merge(patched, unique, members, rows_for)
+        costs = self.costs = _CostModel(self, patched, budget, batch_size)
+        merged = costs.best_cut(unique, inverse)
         self.groups = []
         for group_sizes, positions in merged:
             sizes_of = self._split_sizes(patched, group_sizes)
@@ -1425,12 +1441,13 @@ class Engine:
                         if how == "box" and _same_boxes(self, node, operand, positions):
                             same.add((node, operand))
             self.groups.append(_Group(positions, sizes_of, same))
-        self.rows = rows_for(unique.amax(0) if unique.numel() else unique)
+        self.rows = costs.rows(unique.amax(0, keepdim=True))[0] if unique.numel() else 1
+        if not unique.numel() and batch_size is not None:
+            self.rows = batch_size
         self.plain_macs = sum(step.macs for step in self.steps.values()) * self.origins.shape[0]
-        self.incremental_macs = sum(
-            self._macs(self._split_sizes(patched, group_sizes)) * len(positions)
-            for group_sizes, positions in merged
-        )
+        flats = torch.stack([flat for flat, _ in merged]) if merged else unique
+        counts = torch.tensor([len(positions) for _, positions in merged], dtype=torch.float64)
+        self.incremental_macs = float((costs.macs(flats) * counts).sum())
 
     def _split_sizes(self, patched: list[Node], flat: torch.Tensor) -> dict[Node, tuple[int, ...]]:
         sizes: dict[Node, tuple[int, ...]] = {}
@@ -1444,115 +1461,6 @@ class Engine:
 
     def _full(self, node: Node, sizes: dict[Node, tuple[int, ...]]) -> bool:
         return sizes[node] == self.shapes[node][2:]
-
-    def _macs(self, sizes: dict[Node, tuple[int, ...]]) -> float:
-        """Multiply-adds per row of a group of positions of these sizes."""
-        total = 0.0
-        frontier_full = {n for n in sizes if self._full(n, sizes)}
-        for node, step in self.steps.items():
-            if step.kind == LOCAL and node in sizes:
-                assert step.local is not None
-                channels = self.shapes[node][1]
-                total += channels * math.prod(sizes[node]) * step.local.macs_per_output
-            elif step.kind == LINEAR:
-                assert step.source is not None
-                if step.source in frontier_full:
-                    total += step.macs
-                else:
-                    channels = self.shapes[step.source][1]
-                    total += step.delta_macs * channels * math.prod(sizes[step.source])
-            elif step.kind not in _PATCHED:
-                total += step.macs
-        return total
-
-    def _row_bytes(self, sizes: dict[Node, tuple[int, ...]]) -> int:
-        """Bytes of one row (one position of one input) in a pass: patches, windows, maps."""
-        total = 0
-        for node, step in self.steps.items():
-            shape = self.shapes.get(node)
-            if shape is None or step.kind in (CONST, FLATTEN):
-                continue
-            per_row = math.prod(shape[1:])
-            if node in sizes and not self._full(node, sizes):
-                per_row = shape[1] * math.prod(sizes[node])
-                if step.kind == LOCAL:
-                    assert step.local is not None and step.source is not None
-                    local = step.local
-                    region = math.prod(
-                        (z - 1) * s + d * (k - 1) + 1
-                        for z, s, d, k in zip(
-                            sizes[node], local.stride, local.dilation, local.kernel, strict=True
-                        )
-                    )
-                    per_row += 3 * self.shapes[step.source][1] * region
-            total += per_row
-        sample = math.prod(self.shapes[self.analysis.input][1:])
-        return (total + 3 * sample) * self.element_size
-
-    def _rows_function(
-        self, budget: int, batch_size: int | None, patched: list[Node]
-    ) -> Callable[[torch.Tensor], int]:
-        def rows(flat_sizes: torch.Tensor) -> int:
-            if batch_size is not None:
-                return batch_size
-            sizes = self._split_sizes(patched, flat_sizes) if flat_sizes.numel() else {}
-            # Half of what the kept activations leave: a pass's gathered windows and oneDNN's
-            # buffers add to what it counts (measured: the peak stays below the plain path's).
-            free = (budget - self.retained_bytes) // 2
-            return max(1, free // max(1, self._row_bytes(sizes)))
-
-        return rows
-
-    def _merge(
-        self,
-        patched: list[Node],
-        unique: torch.Tensor,
-        members: list[torch.Tensor],
-        rows_for: Callable[[torch.Tensor], int],
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Merge groups greedily while the cost model says a merge saves time."""
-        groups = [(unique[g], members[g]) for g in range(len(members))]
-        if len(groups) <= 1:
-            return groups
-        steps = sum(1 for step in self.steps.values() if step.kind != CONST)
-        weights = sum(
-            self.shapes[node][1] * step.local.macs_per_output
-            for node, step in self.steps.items()
-            if step.kind == LOCAL and step.local is not None
-        )
-        count = self.chunk
-
-        def cost(flat: torch.Tensor, positions: int) -> float:
-            rows = positions * count
-            per_batch = max(1, rows_for(flat))
-            passes = -(-rows // per_batch)
-            macs = self._macs(self._split_sizes(patched, flat))
-            # Each group brings new shapes (a full pass and a last one) to every convolution,
-            # for which oneDNN reorders the weights and keeps them (time and memory).
-            shapes = weights * min(passes, 2) * _SECONDS_PER_SHAPE_WEIGHT
-            return shapes + passes * steps * _SECONDS_PER_STEP + rows * macs * _SECONDS_PER_MAC
-
-        costs = [cost(flat, len(positions)) for flat, positions in groups]
-        while len(groups) > 1:
-            best: tuple[float, int, int, torch.Tensor] | None = None
-            for i in range(len(groups)):
-                for j in range(i + 1, len(groups)):
-                    flat = torch.maximum(groups[i][0], groups[j][0])
-                    size = len(groups[i][1]) + len(groups[j][1])
-                    saving = costs[i] + costs[j] - cost(flat, size)
-                    if saving > 0 and (best is None or saving > best[0]):
-                        best = (saving, i, j, flat)
-            if best is None:
-                break
-            _, i, j, flat = best
-            positions = torch.cat([groups[i][1], groups[j][1]]).sort().values
-            merged_cost = cost(flat, len(positions))
-            for index in (j, i):
-                del groups[index]
-                del costs[index]
-            groups.append((flat, positions))
-            costs.append(merged_cost)
-        return groups
 
     # -- passes ------------------------------------------------------------------------------
 
@@ -1618,6 +1526,176 @@ class Engine:
         return found
 
 
+class _CostModel:
+    """Multiply-adds, bytes per row and seconds of groups of positions, many groups at once.
+
+    A group is given by its flat box sizes (the columns of :meth:`Engine._sizes_matrix`); every
+    method takes a ``(K, columns)`` matrix of K groups and answers for each.
+    """
+
+    def __init__(
+        self, engine: Engine, patched: list[Node], budget: int, batch_size: int | None
+    ) -> None:
+        self.batch_size = batch_size
+        # Half of what the kept activations leave: a pass's gathered windows and oneDNN's
+        # buffers add to what it counts (measured: the peak stays below the plain path's).
+        self.free = (budget - engine.retained_bytes - engine.weight_bytes) // 2
+        self.element_size = engine.element_size
+        self.count = engine.chunk
+        columns: dict[Node, slice] = {}
+        offset = 0
+        for node in patched:
+            rank = engine.lo[node].shape[1]
+            columns[node] = slice(offset, offset + rank)
+            offset += rank
+        self.columns = columns
+        self.full = {node: torch.tensor(engine.shapes[node][2:]) for node in patched}
+        # Multiply-adds: a constant, per-box terms (coefficient x box volume of a node), and
+        # linear layers that take their source's change unless its box is the whole map.
+        self.fixed_macs = 0.0
+        self.box_macs: list[tuple[Node, float]] = []
+        self.delta_macs: list[tuple[Node, float, float]] = []
+        # Bytes per row, walked in the order of a pass: each value from its operation to the
+        # last one that reads it (the pass frees it then), its box (or whole map, or both where
+        # a tail step reads it whole) and a window operation's gathered windows while it runs.
+        self.input_bytes = 3 * math.prod(engine.shapes[engine.analysis.input][1:])
+        self.walk: list[tuple[Node, int, int, _Local | None, int, bool]] = []
+        self.freed: list[list[Node]] = []
+        for node, step in engine.steps.items():
+            shape = engine.shapes.get(node)
+            if step.kind == LOCAL and node in columns:
+                assert step.local is not None
+                self.box_macs.append((node, float(shape[1] * step.local.macs_per_output)))
+            elif step.kind == LINEAR:
+                assert step.source is not None
+                per_entry = step.delta_macs * engine.shapes[step.source][1]
+                self.delta_macs.append((step.source, float(step.macs), float(per_entry)))
+            elif step.kind not in _PATCHED:
+                self.fixed_macs += step.macs
+        for index, node in enumerate(engine.nodes):
+            step = engine.steps.get(node)
+            shape = engine.shapes.get(node)
+            self.freed.append(engine.pass_release[index])
+            if step is None or shape is None or step.kind in (CONST, FLATTEN):
+                self.walk.append((node, 0, 0, None, 0, False))
+                continue
+            whole = math.prod(shape[1:])
+            source = 0
+            if step.kind == LOCAL and node in columns:
+                assert step.source is not None
+                source = 3 * engine.shapes[step.source][1]
+            read_whole = node in columns and any(
+                user.op == "output" or engine.steps[user].kind == TAIL for user in node.users
+            )
+            self.walk.append((node, shape[1], whole, step.local, source, read_whole))
+        self.steps = sum(1 for step in engine.steps.values() if step.kind != CONST)
+        self.weights = sum(channels for _, channels in self.box_macs)
+
+    def _volume(self, flats: torch.Tensor, node: Node) -> torch.Tensor:
+        return flats[:, self.columns[node]].prod(1).double()
+
+    def _is_full(self, flats: torch.Tensor, node: Node) -> torch.Tensor:
+        return (flats[:, self.columns[node]] == self.full[node]).all(1)
+
+    def macs(self, flats: torch.Tensor) -> torch.Tensor:
+        """Multiply-adds per row of each group."""
+        total = torch.full((flats.shape[0],), self.fixed_macs, dtype=torch.float64)
+        for node, coefficient in self.box_macs:
+            total += coefficient * self._volume(flats, node)
+        for source, whole, per_entry in self.delta_macs:
+            delta = per_entry * self._volume(flats, source)
+            total += torch.where(self._is_full(flats, source), whole, delta)
+        return total
+
+    def row_bytes(self, flats: torch.Tensor) -> torch.Tensor:
+        """The largest bytes of one row (a position of an input) alive at once in a pass."""
+        groups = flats.shape[0]
+        live = torch.full((groups,), float(self.input_bytes), dtype=torch.float64)
+        peak = live.clone()
+        held: dict[Node, torch.Tensor] = {}
+        for (node, channels, whole, local, source, read_whole), freed in zip(
+            self.walk, self.freed, strict=True
+        ):
+            if channels:
+                value = torch.full((groups,), float(whole), dtype=torch.float64)
+                windows = torch.zeros(groups, dtype=torch.float64)
+                if node in self.columns:
+                    full = self._is_full(flats, node)
+                    box = channels * self._volume(flats, node)
+                    value = torch.where(full, value, box + (whole if read_whole else 0))
+                    if local is not None and source:
+                        region = torch.ones(groups, dtype=torch.float64)
+                        sizes = flats[:, self.columns[node]]
+                        for dim, (s, d, k) in enumerate(
+                            zip(local.stride, local.dilation, local.kernel, strict=True)
+                        ):
+                            region *= ((sizes[:, dim] - 1) * s + d * (k - 1) + 1).double()
+                        windows = torch.where(full, 0.0, source * region)
+                live = live + value
+                held[node] = value
+                peak = torch.maximum(peak, live + windows)
+            for done in freed:
+                if done in held:
+                    live = live - held.pop(done)
+        return peak * self.element_size
+
+    def rows(self, flats: torch.Tensor) -> list[int]:
+        """Rows (positions x inputs) per pass of each group within the memory budget."""
+        if self.batch_size is not None:
+            return [self.batch_size] * flats.shape[0]
+        per_row = self.row_bytes(flats).clamp(min=1)
+        return [max(1, int(self.free // b)) for b in per_row.tolist()]
+
+    def seconds(self, flats: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The expected time of each group over ``positions`` positions of every input."""
+        rows = positions.double() * self.count
+        per_pass = torch.tensor(self.rows(flats), dtype=torch.float64)
+        passes = torch.ceil(rows / per_pass)
+        # Each group brings new shapes (a full pass and a last one) to every convolution, for
+        # which oneDNN reorders the weights and keeps them (time and memory).
+        shapes = self.weights * passes.clamp(max=2) * _SECONDS_PER_SHAPE_WEIGHT
+        arithmetic = rows * self.macs(flats) * _SECONDS_PER_MAC
+        return shapes + passes * self.steps * _SECONDS_PER_STEP + arithmetic
+
+    def best_cut(
+        self, unique: torch.Tensor, inverse: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The groups of the fastest cut of the signature groups (see :meth:`Engine.plan`)."""
+        count = unique.shape[0]
+        if count <= 1:
+            return [(unique[g], torch.nonzero(inverse == g)[:, 0]) for g in range(count)]
+        members = torch.bincount(inverse, minlength=count)
+        order = torch.argsort(self.macs(unique), stable=True)
+        cumulative = torch.cumsum(members[order], 0)
+        total = int(cumulative[-1])
+        cuts = [[(index, index + 1) for index in range(count)]]  # every group alone
+        runs = 1
+        while runs < count:
+            # Cut where the running count of positions passes each k/runs of them.
+            bounds = torch.searchsorted(
+                cumulative, torch.arange(1, runs + 1, dtype=torch.long) * total / runs
+            )
+            ends = sorted({min(int(b), count - 1) + 1 for b in bounds} | {count})
+            cuts.append(list(zip([0, *ends[:-1]], ends, strict=True)))
+            runs *= 2
+        best: tuple[float, list[tuple[int, int]]] | None = None
+        for cut in cuts:
+            flats = torch.stack([unique[order[a:b]].amax(0) for a, b in cut])
+            sizes = torch.stack([members[order[a:b]].sum() for a, b in cut])
+            seconds = float(self.seconds(flats, sizes).sum())
+            if best is None or seconds < best[0]:
+                best = (seconds, cut)
+        assert best is not None
+        group_of = torch.empty(count, dtype=torch.long)
+        for index, (a, b) in enumerate(best[1]):
+            group_of[order[a:b]] = index
+        position_group = group_of[inverse]
+        return [
+            (unique[order[a:b]].amax(0), torch.nonzero(position_group == index)[:, 0])
+            for index, (a, b) in enumerate(best[1])
+        ]
+
+
 def check_inputs(inputs: torch.Tensor) -> None:
     """Refuse inputs that have no maps to keep boxes on, before anything runs.
 
@@ -1679,6 +1757,11 @@ def build(
         Unavailable: Saying which module or operation prevents incremental inference.
     """
     engine = Engine(analysis, inputs, baseline, origins, window, layer)
+    # A linear layer that takes its input's change needs its weight laid out by location (a
+    # copy, counted in the budget): only where the copies take at most a quarter of the budget
+    # (VGG's 25088 x 4096 classifier would need 392 MiB); a larger one runs whole, which costs
+    # little beside the convolutions.
+    engine.weight_allowance = budget // 4
     engine.walk(inputs[:1])  # the kinds, the boxes, and what one input keeps
     users = [user for user in analysis.input.users if user.op != "output"]
     useful = (*_PATCHED, FLATTEN, MEAN)
