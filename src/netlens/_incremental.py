@@ -395,7 +395,7 @@ class _PrivateTracer(Tracer):
                     (cls,),
                     {"__call__": _shadow_call, "__module__": cls.__module__},
                 )
-            shadow = object.__new__(classes[cls])
+            shadow: nn.Module = object.__new__(classes[cls])
             made[id(module)] = shadow
             state = {
                 key: copy.copy(value) if type(value) in _CONTAINERS else value
@@ -420,7 +420,7 @@ class _PrivateTracer(Tracer):
     def trace_shadow(self, root: nn.Module, concrete: dict[str, Any]) -> Graph:
         """The graph of ``root`` (a shadow): what ``Tracer.trace`` does, minus its patches."""
         self.root = root
-        self.root_module_name = root._get_name()
+        self.root_module_name = type(root).__name__
         self.submodule_paths = {module: name for name, module in root.named_modules()}
         self.graph = Graph(tracer_cls=type(self))
         self.tensor_attrs = {}
@@ -1490,6 +1490,25 @@ class Engine:
                             min(start + self.rows, stop),
                         )
 
+    def first_batches(self, count: int) -> list[Batch]:
+        """Up to ``count`` batches of the inputs kept now, as :meth:`batches` would start."""
+        stop = min(self.loaded + self.chunk, self.count)
+        batches = []
+        for batch in self._plan_batches(self.loaded, stop):
+            batches.append(batch)
+            if len(batches) == count:
+                break
+        return batches
+
+    def skip(self, positions: torch.Tensor) -> None:
+        """Leave out these positions (computed already): no batch holds them from now on."""
+        kept = []
+        for group in self.groups:
+            group.positions = group.positions[~torch.isin(group.positions, positions)]
+            if len(group.positions):
+                kept.append(group)
+        self.groups = kept
+
     def batch_count(self) -> int:
         """How many batches :meth:`batches` yields."""
         return sum(
@@ -1562,10 +1581,10 @@ class _CostModel:
         self.walk: list[tuple[Node, int, int, _Local | None, int, bool]] = []
         self.freed: list[list[Node]] = []
         for node, step in engine.steps.items():
-            shape = engine.shapes.get(node)
             if step.kind == LOCAL and node in columns:
                 assert step.local is not None
-                self.box_macs.append((node, float(shape[1] * step.local.macs_per_output)))
+                channels = engine.shapes[node][1]
+                self.box_macs.append((node, float(channels * step.local.macs_per_output)))
             elif step.kind == LINEAR:
                 assert step.source is not None
                 per_entry = step.delta_macs * engine.shapes[step.source][1]
@@ -1573,21 +1592,21 @@ class _CostModel:
             elif step.kind not in _PATCHED:
                 self.fixed_macs += step.macs
         for index, node in enumerate(engine.nodes):
-            step = engine.steps.get(node)
+            found = engine.steps.get(node)
             shape = engine.shapes.get(node)
             self.freed.append(engine.pass_release[index])
-            if step is None or shape is None or step.kind in (CONST, FLATTEN):
+            if found is None or shape is None or found.kind in (CONST, FLATTEN):
                 self.walk.append((node, 0, 0, None, 0, False))
                 continue
             whole = math.prod(shape[1:])
             source = 0
-            if step.kind == LOCAL and node in columns:
-                assert step.source is not None
-                source = 3 * engine.shapes[step.source][1]
+            if found.kind == LOCAL and node in columns:
+                assert found.source is not None
+                source = 3 * engine.shapes[found.source][1]
             read_whole = node in columns and any(
                 user.op == "output" or engine.steps[user].kind == TAIL for user in node.users
             )
-            self.walk.append((node, shape[1], whole, step.local, source, read_whole))
+            self.walk.append((node, shape[1], whole, found.local, source, read_whole))
         self.steps = sum(1 for step in engine.steps.values() if step.kind != CONST)
         self.weights = sum(channels for _, channels in self.box_macs)
 

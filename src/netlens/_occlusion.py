@@ -8,8 +8,9 @@ in passes whose size is ``batch_size`` or follows a memory budget.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
@@ -1146,7 +1147,7 @@ def occlusion(
                 _refuse(mode, reason)
                 candidate = False
         if not candidate:
-            _run_plain(run, model, inputs, feature, slots, rows, budget, batch_size, progress, 0)
+            _run_all_plain(run, model, inputs, feature, slots, rows, budget, batch_size, progress)
         else:
             # The unoccluded inputs alone go through the model: the reference of every map, what
             # the traced graph must reproduce before it is trusted, and the size of the job.
@@ -1161,7 +1162,18 @@ def occlusion(
                 for chunk in _plan(0, 0, 1, count, rows):
                     run.run(chunk)
             small = 0 < macs[0] * geometry.positions < SMALL_JOB
-            if mode is True or not small:
+            if batch_size is None:
+                rows = max(1, int(budget // (3 * sample_bytes + total[0] / count)))
+            chunks = _plan(1, 0, slots, count, rows)
+            done = 0  # chunks of the plain path already run
+            plain_seconds = math.inf
+            if mode == "auto" and not small and len(chunks) > 1:
+                # Time the plain path on its first chunk: what the incremental one must beat.
+                started = time.perf_counter()
+                _run_plain(run, chunks[:1], feature, False)
+                plain_seconds = (time.perf_counter() - started) / _copies(chunks[0])
+                done = 1
+            if mode is True or (not small and len(chunks) > done):
                 lead = prepared[0].numel() // geometry.plane_size
                 full_baseline = baseline_planes.expand(
                     baseline_planes.shape[0], lead, geometry.plane_size
@@ -1169,22 +1181,13 @@ def occlusion(
                 engine = _engine(
                     model, run, mode, prepared, full_baseline, geometry, feature, budget, batch_size
                 )
+            if engine is not None and done:
+                engine.skip(_whole_positions(chunks[0], count))
+                engine = _faster(engine, run, plain_seconds)
             if engine is None:
-                if batch_size is None:
-                    rows = max(1, int(budget // (3 * sample_bytes + total[0] / count)))
-                _run_plain(
-                    run, model, inputs, feature, slots, rows, budget, batch_size, progress, 1
-                )
+                _run_plain(run, chunks[done:], feature, progress)
             else:
-                for batch in progress_bar(
-                    engine.batches(),
-                    enabled=progress,
-                    desc="occlusion",
-                    unit="batch",
-                    total=engine.batch_count(),
-                ):
-                    output, sums = engine.evaluate(batch)
-                    run.record(batch.positions, batch.first, batch.stop, output, sums)
+                _run_incremental(engine, run, progress)
 
     grid = geometry.grid
     activation = None
@@ -1209,7 +1212,7 @@ def occlusion(
     )
 
 
-def _run_plain(
+def _run_all_plain(
     run: _Run,
     model: nn.Module,
     inputs: torch.Tensor,
@@ -1219,33 +1222,88 @@ def _run_plain(
     budget: int,
     batch_size: int | None,
     progress: bool,
-    start: int,
 ) -> None:
-    """Every occluded copy from slot ``start`` on through the whole model, ``rows`` at a time.
+    """Every occluded copy through the whole model, ``rows`` at a time, from slot 0 on.
 
-    From slot 0 (the unoccluded inputs ride along in the first pass) and without
-    ``batch_size``, the first pass measures the model's activations to size the passes after
-    it; from slot 1, ``rows`` is already measured.
+    The unoccluded inputs ride along in the first pass; without ``batch_size``, that pass
+    measures the model's activations to size the passes after it.
     """
     count = run.count
     sample_bytes = run.copies.planes[0].numel() * run.copies.planes.element_size()
-    first, *chunks = _plan(start, 0, slots, count, rows)
-    measure = start == 0 and batch_size is None and bool(chunks)
+    first, *chunks = _plan(0, 0, slots, count, rows)
+    measure = batch_size is None and bool(chunks)
     with Hooks() as hooks:
         if feature is not None:
             hooks.forward(feature.view.module, feature.hook)
-        checked = batched_inputs(model, tuple(inputs.shape)) if start == 0 else nullcontext()
-        with checked, _output_bytes(model, measure) as total:
+        with batched_inputs(model, tuple(inputs.shape)), _output_bytes(model, measure) as total:
             run.run(first)
-        if measure:
-            copies = (first[1] - first[0]) * (first[3] - first[2])
-            rows = max(1, int(budget // (3 * sample_bytes + total[0] / copies)))
-            resume, offset = (first[1], 0) if first[3] == count else (first[0], first[3])
-            chunks = _plan(resume, offset, slots, count, rows)
+    if measure:
+        copies = (first[1] - first[0]) * (first[3] - first[2])
+        rows = max(1, int(budget // (3 * sample_bytes + total[0] / copies)))
+        resume, offset = (first[1], 0) if first[3] == count else (first[0], first[3])
+        chunks = _plan(resume, offset, slots, count, rows)
+    _run_plain(run, chunks, feature, progress)
+
+
+def _run_plain(run: _Run, chunks: list[Chunk], feature: _Feature | None, progress: bool) -> None:
+    """These chunks of occluded copies through the whole model."""
+    with Hooks() as hooks:
+        if feature is not None:
+            hooks.forward(feature.view.module, feature.hook)
         for chunk in progress_bar(
             chunks, enabled=progress, desc="occlusion", unit="batch", total=len(chunks)
         ):
             run.run(chunk)
+
+
+def _run_incremental(engine: Engine, run: _Run, progress: bool) -> None:
+    """Every batch the engine has left, by incremental inference."""
+    for batch in progress_bar(
+        engine.batches(),
+        enabled=progress,
+        desc="occlusion",
+        unit="batch",
+        total=engine.batch_count(),
+    ):
+        output, sums = engine.evaluate(batch)
+        run.record(batch.positions, batch.first, batch.stop, output, sums)
+
+
+def _copies(chunk: Chunk) -> int:
+    return (chunk[1] - chunk[0]) * (chunk[3] - chunk[2])
+
+
+def _whole_positions(chunk: Chunk, count: int) -> torch.Tensor:
+    """The positions a plain chunk computed for every input (slot ``k`` is position ``k - 1``)."""
+    if chunk[2] != 0 or chunk[3] != count:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.arange(chunk[0] - 1, chunk[1] - 1)
+
+
+def _faster(engine: Engine, run: _Run, plain_seconds: float) -> Engine | None:
+    """The engine if its passes are faster per copy than the plain path's; else None.
+
+    Under ``incremental="auto"``: the engine runs its first batches (what they compute is kept)
+    and the second one is timed (the first also pays for new shapes, once per run), against the
+    plain path's first chunk, timed before. Planning and tracing are spent either way; the
+    choice is about what is left.
+    """
+    batches = engine.first_batches(2)
+    if not batches:
+        return engine
+    timed = batches[: 2 if len(batches) > 1 and batches[1].group == batches[0].group else 1]
+    seconds = 0.0
+    for batch in timed:
+        started = time.perf_counter()
+        output, sums = engine.evaluate(batch)
+        seconds = time.perf_counter() - started
+        run.record(batch.positions, batch.first, batch.stop, output, sums)
+    last = timed[-1]
+    per_copy = seconds / (len(last.positions) * (last.stop - last.first))
+    if per_copy >= plain_seconds:
+        return None
+    engine.skip(torch.cat([batch.positions for batch in timed]))
+    return engine
 
 
 def _check_incremental(value: object) -> bool | Literal["auto"]:
@@ -1317,7 +1375,7 @@ def _engine(
         _refuse(mode, reason)
         return None
     if mode == "auto" and engine.incremental_macs > AUTO_SHARE * engine.plain_macs:
-        return None  # too little to save: the plain path is as fast and simpler
+        return None  # too little to save: not worth timing
     return engine
 
 
