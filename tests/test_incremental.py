@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import netlens as nl
-from netlens import _incremental
+from netlens import _incremental, _occlusion
 from netlens.models import LeNet5
 from netlens.testing import ZooModel, contract_zoo, model_unchanged, model_zoo
 
@@ -783,3 +784,52 @@ def test_plain_multiply_adds_are_counted_right() -> None:
     assert engine.plain_macs == per_copy * 13 * 13
     assert 0 < engine.incremental_macs < 0.5 * engine.plain_macs
     assert math.isfinite(engine.incremental_macs)
+
+
+# -- "auto" times both paths; the planner is bounded -----------------------------------------
+
+
+def _slowed(monkeypatch: pytest.MonkeyPatch, target: Any, name: str, seconds: float) -> None:
+    """Make ``target.name`` take ``seconds`` longer per call (the results stay the same)."""
+    original = getattr(target, name)
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, slow)
+
+
+def test_auto_carries_on_with_the_faster_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, inputs = _build("lenet", torch.float32)  # 169 positions, where incremental pays
+    plain = nl.occlusion(model, inputs, window=4, stride=2, incremental=False)
+    assert nl.occlusion(model, inputs, window=4, stride=2).incremental
+    with monkeypatch.context() as patch:  # incremental passes made slow: auto leaves them
+        _slowed(patch, _incremental._Pass, "run", 0.05)
+        chosen = nl.occlusion(model, inputs, window=4, stride=2, batch_size=16)
+    assert not chosen.incremental
+    _assert_same(chosen, plain)  # what the timed batches computed is kept, and exact
+    with monkeypatch.context() as patch:  # plain passes made slow: auto keeps incremental
+        _slowed(patch, _occlusion._Run, "run", 0.05)
+        chosen = nl.occlusion(model, inputs, window=4, stride=2, batch_size=16)
+    assert chosen.incremental
+    _assert_same(chosen, plain)
+
+
+def test_the_planner_costs_a_logarithmic_number_of_cuts(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, inputs = _build("resnet", torch.float32)
+    calls = []
+    original = _incremental._CostModel.seconds
+
+    def counted(self: Any, flats: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        calls.append(flats.shape[0])
+        return original(self, flats, positions)
+
+    monkeypatch.setattr(_incremental._CostModel, "seconds", counted)
+    engine = _engine(model, inputs, 2, 1, budget=2**30, batch_size=None)
+    _, sizes = engine._sizes_matrix()
+    signatures = torch.unique(sizes, dim=0).shape[0]
+    assert signatures > 8  # many groups to plan
+    # every group alone, then 1, 2, 4, ... runs: at most log2(groups) + 2 candidates
+    assert len(calls) <= math.log2(signatures) + 2
+    assert max(calls) == signatures

@@ -1609,6 +1609,7 @@ class _CostModel:
             self.walk.append((node, shape[1], whole, found.local, source, read_whole))
         self.steps = sum(1 for step in engine.steps.values() if step.kind != CONST)
         self.weights = sum(channels for _, channels in self.box_macs)
+        self._alive: torch.Tensor | None = None
 
     def _volume(self, flats: torch.Tensor, node: Node) -> torch.Tensor:
         return flats[:, self.columns[node]].prod(1).double()
@@ -1628,35 +1629,61 @@ class _CostModel:
 
     def row_bytes(self, flats: torch.Tensor) -> torch.Tensor:
         """The largest bytes of one row (a position of an input) alive at once in a pass."""
+        if self._alive is None:
+            self._prepare_walk()
+        assert self._alive is not None
         groups = flats.shape[0]
-        live = torch.full((groups,), float(self.input_bytes), dtype=torch.float64)
-        peak = live.clone()
-        held: dict[Node, torch.Tensor] = {}
-        for (node, channels, whole, local, source, read_whole), freed in zip(
-            self.walk, self.freed, strict=True
-        ):
-            if channels:
-                value = torch.full((groups,), float(whole), dtype=torch.float64)
-                windows = torch.zeros(groups, dtype=torch.float64)
-                if node in self.columns:
-                    full = self._is_full(flats, node)
-                    box = channels * self._volume(flats, node)
-                    value = torch.where(full, value, box + (whole if read_whole else 0))
-                    if local is not None and source:
-                        region = torch.ones(groups, dtype=torch.float64)
-                        sizes = flats[:, self.columns[node]]
-                        for dim, (s, d, k) in enumerate(
-                            zip(local.stride, local.dilation, local.kernel, strict=True)
-                        ):
-                            region *= ((sizes[:, dim] - 1) * s + d * (k - 1) + 1).double()
-                        windows = torch.where(full, 0.0, source * region)
-                live = live + value
-                held[node] = value
-                peak = torch.maximum(peak, live + windows)
-            for done in freed:
-                if done in held:
-                    live = live - held.pop(done)
-        return peak * self.element_size
+        padded = torch.cat([flats, torch.ones(groups, 1, dtype=flats.dtype)], 1).double()
+        sizes = padded[:, self._gather]  # (K, values, rank): the box of each value
+        full = (sizes == self._full_sizes).all(-1)
+        box = self._channels * sizes.prod(-1) + self._read_whole
+        values = torch.where(full | ~self._patched, self._whole, box)  # (K, values)
+        regions = ((sizes - 1) * self._stride + self._reach + 1).prod(-1)
+        windows = torch.where(full, 0.0, self._source * regions)
+        live = values @ self._alive  # (K, steps): bytes alive after each step of the pass
+        during = live.clone()
+        during[:, self._made_at] += windows  # a window operation's gathered windows
+        return (self.input_bytes + during.amax(1)) * self.element_size
+
+    def _prepare_walk(self) -> None:
+        """The tables :meth:`row_bytes` reads: per value, its box columns and when it lives."""
+        entries = [(index, entry) for index, entry in enumerate(self.walk) if entry[1]]
+        rank = max((len(self.full.get(e[0], ())) for _, e in entries), default=0) or 1
+        none = sum(s.stop - s.start for s in self.columns.values())  # the column of ones
+        gather, full_sizes, stride, reach = [], [], [], []
+        for _, (node, _channels, _whole, local, _source, _read) in entries:
+            columns = list(range(*self.columns[node].indices(none))) if node in self.columns else []
+            sizes = self.full[node].tolist() if node in self.columns else []
+            pad = rank - len(columns)
+            gather.append(columns + [none] * pad)
+            full_sizes.append(sizes + [1] * pad)
+            if local is not None and node in self.columns:
+                stride.append(list(local.stride) + [1] * pad)
+                reach.append(
+                    [d * (k - 1) for d, k in zip(local.dilation, local.kernel)] + [0] * pad
+                )
+            else:
+                stride.append([1] * rank)
+                reach.append([0] * rank)
+        self._gather = torch.tensor(gather, dtype=torch.long).reshape(len(entries), rank)
+        self._full_sizes = torch.tensor(full_sizes, dtype=torch.float64).reshape(-1, rank)
+        self._stride = torch.tensor(stride, dtype=torch.float64).reshape(-1, rank)
+        self._reach = torch.tensor(reach, dtype=torch.float64).reshape(-1, rank)
+        self._patched = torch.tensor([e[0] in self.columns for _, e in entries], dtype=torch.bool)
+        self._channels = torch.tensor([float(e[1]) for _, e in entries], dtype=torch.float64)
+        self._whole = torch.tensor([float(e[2]) for _, e in entries], dtype=torch.float64)
+        self._read_whole = torch.tensor(
+            [float(e[2]) if e[5] else 0.0 for _, e in entries], dtype=torch.float64
+        )
+        self._source = torch.tensor([float(e[4]) for _, e in entries], dtype=torch.float64)
+        # alive[v, t]: value v exists after step t (made at its step, freed after its last reader)
+        steps = len(self.walk)
+        freed_at = {node: index for index, done in enumerate(self.freed) for node in done}
+        alive = torch.zeros(len(entries), steps, dtype=torch.float64)
+        for row, (index, entry) in enumerate(entries):
+            alive[row, index : freed_at.get(entry[0], steps - 1) + 1] = 1.0
+        self._alive = alive
+        self._made_at = torch.tensor([index for index, _ in entries], dtype=torch.long)
 
     def rows(self, flats: torch.Tensor) -> list[int]:
         """Rows (positions x inputs) per pass of each group within the memory budget."""
