@@ -372,7 +372,7 @@ def test_auto_leaves_small_jobs_to_the_plain_path(monkeypatch: pytest.MonkeyPatc
     zoo = model_zoo()["conv"]  # 36 positions of a tiny model: tracing would cost more
     assert not nl.occlusion(zoo.model, zoo.inputs, window=3, stride=1).incremental
     assert nl.occlusion(zoo.model, zoo.inputs, window=3, stride=1, incremental=True).incremental
-    monkeypatch.setattr("netlens._occlusion.SMALL_JOB", 0)
+    monkeypatch.setattr(_incremental, "TRY_SHARE", math.inf)  # building it deemed free
     assert nl.occlusion(zoo.model, zoo.inputs, window=3, stride=1).incremental
 
 

@@ -68,13 +68,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTO_SHARE",
-    "SMALL_JOB",
     "Batch",
     "Engine",
     "Unavailable",
     "build",
     "check_inputs",
     "trace",
+    "worth_trying",
 ]
 
 
@@ -263,11 +263,27 @@ _CAT = {torch.cat, torch.concat, torch.concatenate}
 _SECONDS_PER_MAC = 1 / 20e9
 _SECONDS_PER_STEP = 150e-6
 _SECONDS_PER_SHAPE_WEIGHT = 2e-8
-# Under incremental="auto", the incremental path runs when it needs at most this share of the
-# plain path's multiply-adds, and not for jobs whose plain path takes fewer multiply-adds than
-# SMALL_JOB: tracing and planning cost a few milliseconds, as much as such a job.
+# Under incremental="auto", the incremental path is tried only where building it (tracing, two
+# op-by-op passes over the unoccluded inputs, planning) is expected to cost at most TRY_SHARE of
+# the plain path: the plain path's time is estimated from the unoccluded pass (per copy, with
+# BATCH_GAIN for running copies in batches), the build's as two such passes plus
+# SECONDS_PER_MODULE for each module (tracing, classifying and planning work per operation;
+# measured on torchvision's models, where it ranges 0.3-1 ms). Then it is kept only where it
+# needs at most AUTO_SHARE of the plain path's multiply-adds and its passes, timed, are faster.
+TRY_SHARE = 0.08
+BATCH_GAIN = 0.75
+SECONDS_PER_MODULE = 6e-4
 AUTO_SHARE = 0.8
-SMALL_JOB = 10**9
+
+
+def worth_trying(model: nn.Module, unoccluded_seconds: float, positions: int) -> bool:
+    """Whether ``"auto"`` should build the engine, from the unoccluded pass's time."""
+    plain = unoccluded_seconds * positions * BATCH_GAIN
+    modules = sum(1 for _ in model.modules())
+    build = 2 * unoccluded_seconds + modules * SECONDS_PER_MODULE
+    return build <= TRY_SHARE * plain
+
+
 # A linear layer after a flatten takes the change of its input (a Python loop over the map's
 # positions in every pass) when it has at least this many weights; a smaller one runs whole.
 DELTA_LINEAR_WEIGHTS = 2**20
@@ -1660,7 +1676,8 @@ class _CostModel:
             if local is not None and node in self.columns:
                 stride.append(list(local.stride) + [1] * pad)
                 reach.append(
-                    [d * (k - 1) for d, k in zip(local.dilation, local.kernel)] + [0] * pad
+                    [d * (k - 1) for d, k in zip(local.dilation, local.kernel, strict=True)]
+                    + [0] * pad
                 )
             else:
                 stride.append([1] * rank)

@@ -29,7 +29,15 @@ from ._checks import (
 )
 from ._errors import NetlensTypeError, NetlensValueError, describe
 from ._hooks import Hooks
-from ._incremental import AUTO_SHARE, SMALL_JOB, Engine, Unavailable, build, check_inputs, trace
+from ._incremental import (
+    AUTO_SHARE,
+    Engine,
+    Unavailable,
+    build,
+    check_inputs,
+    trace,
+    worth_trying,
+)
 from ._layers import LayerSpec, check_model
 from ._model import batched_inputs, evaluating, progress_bar
 from ._outputs import LayerView, Select, first_tensor, layer_view
@@ -681,28 +689,6 @@ def _output_bytes(model: nn.Module, enabled: bool) -> Iterator[list[int]]:
         yield total
 
 
-@contextmanager
-def _multiply_adds(model: nn.Module) -> Iterator[list[int]]:
-    """Count the multiply-adds of the model's convolution and linear modules in the block.
-
-    Only to tell a small job from a large one: functional convolutions are not seen.
-    """
-    total = [0]
-
-    def hook(module: nn.Module, args: Any, output: Any) -> None:
-        weight = getattr(module, "weight", None)
-        if isinstance(output, torch.Tensor) and isinstance(weight, torch.Tensor):
-            total[0] += output.numel() * (
-                weight[0].numel() if weight.dim() > 2 else weight.shape[1]
-            )
-
-    with Hooks() as hooks:
-        for module in model.modules():
-            if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
-                hooks.forward(module, hook)
-        yield total
-
-
 Chunk: TypeAlias = tuple[int, int, int, int]
 
 
@@ -1151,17 +1137,18 @@ def occlusion(
         else:
             # The unoccluded inputs alone go through the model: the reference of every map, what
             # the traced graph must reproduce before it is trusted, and the size of the job.
+            started = time.perf_counter()
             with (
                 Hooks() as hooks,
                 batched_inputs(model, tuple(inputs.shape)),
                 _output_bytes(model, batch_size is None) as total,
-                _multiply_adds(model) as macs,
             ):
                 if feature is not None:
                     hooks.forward(feature.view.module, feature.hook)
                 for chunk in _plan(0, 0, 1, count, rows):
                     run.run(chunk)
-            small = 0 < macs[0] * geometry.positions < SMALL_JOB
+            unoccluded = time.perf_counter() - started
+            small = mode == "auto" and not worth_trying(model, unoccluded, geometry.positions)
             if batch_size is None:
                 rows = max(1, int(budget // (3 * sample_bytes + total[0] / count)))
             chunks = _plan(1, 0, slots, count, rows)
