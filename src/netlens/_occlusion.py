@@ -1152,6 +1152,11 @@ def occlusion(
             if batch_size is None:
                 rows = max(1, int(budget // (3 * sample_bytes + total[0] / count)))
             chunks = _plan(1, 0, slots, count, rows)
+            if mode == "auto" and not small and len(chunks) < 4:
+                # A quarter of the copies at most in the timed chunk, so that timing it leaves
+                # the rest to the faster path.
+                rows = max(1, -(-geometry.positions * count // 4))
+                chunks = _plan(1, 0, slots, count, rows)
             done = 0  # chunks of the plain path already run
             plain_seconds = math.inf
             if mode == "auto" and not small and len(chunks) > 1:
