@@ -581,6 +581,32 @@ def _baseline(baseline: object, inputs: torch.Tensor, plane_size: int) -> torch.
     return torch.full((1, 1, 1), number, dtype=inputs.dtype, device=inputs.device)
 
 
+def _check_token_baseline(model: nn.Module, baseline: torch.Tensor) -> None:
+    """A token-id baseline must be in the vocabulary of the model's first embedding."""
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            vocabulary = module.num_embeddings
+            outside = (baseline < 0) | (baseline >= vocabulary)
+            if bool(outside.any()):
+                raise NetlensValueError(
+                    f"Expected baseline token ids in [0, {vocabulary}) (the vocabulary of "
+                    f"embedding {name!r}), but got {int(baseline[outside][0])}."
+                )
+            return
+
+
+def _batch_statistics(model: nn.Module) -> str | None:
+    """The first normalisation that uses each batch's statistics in eval mode, named; or None."""
+    for name, module in model.named_modules():
+        if (
+            isinstance(module, nn.modules.batchnorm._NormBase)
+            and not isinstance(module, nn.modules.instancenorm._InstanceNorm)
+            and module.running_mean is None
+        ):
+            return f"{name!r} ({type(module).__name__})"
+    return None
+
+
 def _softmax(output: torch.Tensor) -> torch.Tensor:
     return torch.softmax(output, dim=1)
 
@@ -640,6 +666,17 @@ def _per_input(value: object, name: str, count: int, device: torch.device) -> to
     return values
 
 
+def check_finite_sums(sums: torch.Tensor, layer: str) -> None:
+    """The summed activations of a layer must be finite (the NaN rule of every technique)."""
+    if sums.is_floating_point() and not bool(torch.isfinite(sums).all()):
+        bad = int((~torch.isfinite(sums)).any(1).sum()) if sums.dim() > 1 else 1
+        raise NetlensValueError(
+            f"Expected finite activations of layer {layer!r}, but its output on {bad} of the "
+            f"{sums.shape[0]} inputs of a forward pass holds NaN or inf values, which would make "
+            "feature_activation NaN there."
+        )
+
+
 class _Feature:
     """The channel sums of one layer's output in the latest forward pass.
 
@@ -666,6 +703,7 @@ class _Feature:
                 f"Expected layer {self.view.name!r} to run in the model's forward pass, but it "
                 "did not run."
             )
+        check_finite_sums(sums, self.view.name)
         return sums
 
 
@@ -857,12 +895,24 @@ class _Run:
         """Store what incremental inference computed for some positions of some inputs."""
         count, members = positions.shape[0], n_stop - n_first
         scores = self._scores(output, count * members).reshape(count, members, -1)
+        if sums is not None and self.feature is not None:
+            check_finite_sums(sums, self.feature.view.name)
         if sums is not None:
             sums = sums.reshape(count, members, -1)
         self._store(positions.to(scores.device), n_first, n_stop, scores, sums)
 
     def _scores(self, output: Any, rows: int) -> torch.Tensor:
         scores = _checked_scores(self.scores, output, rows, self.custom_scores)
+        finite = torch.isfinite(scores).all(1) if scores.is_floating_point() else None
+        if finite is not None and not bool(finite.all()):
+            # One rule for every technique: no NaN or inf returned without a word.
+            raise NetlensValueError(
+                "Expected finite scores from the model, but its output on "
+                f"{int((~finite).sum())} of the {rows} inputs of a forward pass (occluded copies "
+                "or the inputs themselves) holds NaN or inf values, which would make the maps "
+                "NaN there. Check the model on occluded inputs (a division by something the "
+                "occluder can make zero, a log of it) or try another baseline."
+            )
         if self.classes < 0:
             self._allocate(scores)
         if scores.shape[1] != self.classes:
@@ -1084,6 +1134,8 @@ def occlusion(
     count, device = prepared.shape[0], prepared.device
     geometry = _geometry(prepared, window, stride)
     baseline_planes = _baseline(baseline, prepared, geometry.plane_size)
+    if not prepared.is_floating_point():
+        _check_token_baseline(model, baseline_planes)
     score_function, custom_scores = _scores_function(scores)
     requested_target = None
     if isinstance(target, str):
@@ -1106,6 +1158,23 @@ def occlusion(
         )
     channels, listed = (None, False) if channel is None else check_channels("channel", channel)
     mode = _check_incremental(incremental)
+    batch_statistics = _batch_statistics(model)
+    if batch_statistics is not None:
+        if batch_size is None:
+            raise NetlensValueError(
+                "Expected a model whose output on one input does not depend on the other inputs "
+                f"of its batch, but module {batch_statistics} normalises with the statistics of "
+                "each batch (track_running_stats=False), so the maps would depend on how the "
+                "occluded copies are batched (on memory_budget). Pass batch_size=1 to run each "
+                "copy on its own, or another batch_size to choose the batching yourself."
+            )
+        if mode is True:
+            raise NetlensValueError(
+                "Expected a model that incremental inference can run on (incremental=True), but "
+                f"module {batch_statistics} normalises with the statistics of each batch. Pass "
+                "incremental=False."
+            )
+        mode = False
 
     run = _Run(
         model,
