@@ -370,10 +370,23 @@ def test_auto_is_the_default_where_it_pays() -> None:
 
 def test_auto_leaves_small_jobs_to_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
     zoo = model_zoo()["conv"]  # 36 positions of a tiny model: tracing would cost more
+    built = []
+    original = _occlusion.build
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        built.append(True)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_occlusion, "build", counted)
     assert not nl.occlusion(zoo.model, zoo.inputs, window=3, stride=1).incremental
+    assert not built  # not even tried
     assert nl.occlusion(zoo.model, zoo.inputs, window=3, stride=1, incremental=True).incremental
+    assert len(built) == 1
     monkeypatch.setattr(_incremental, "TRY_SHARE", math.inf)  # building it deemed free
-    assert nl.occlusion(zoo.model, zoo.inputs, window=3, stride=1).incremental
+    expected = nl.occlusion(zoo.model, zoo.inputs, window=3, stride=1, incremental=False)
+    tried = nl.occlusion(zoo.model, zoo.inputs, window=3, stride=1)
+    assert len(built) == 2  # tried; kept or not by the timing of its first batches
+    _assert_same(tried, expected)
 
 
 class CountMultiplyAdds(TorchDispatchMode):

@@ -1488,29 +1488,30 @@ class Engine:
         ]
         return sorted(ranges, key=lambda chunk: chunk[0] != self.loaded)
 
-    def _plan_batches(self, first: int, stop: int) -> Iterator[Batch]:
+    def _plan_batches(self, first: int, stop: int, rows: int | None = None) -> Iterator[Batch]:
         members = stop - first
+        rows = self.rows if rows is None else rows
         for index, group in enumerate(self.groups):
             positions = group.positions
-            if self.rows >= members:
-                step = self.rows // members
+            if rows >= members:
+                step = rows // members
                 for start in range(0, len(positions), step):
                     yield Batch(index, positions[start : start + step], first, stop)
             else:
                 for position in range(len(positions)):
-                    for start in range(first, stop, self.rows):
+                    for start in range(first, stop, rows):
                         yield Batch(
                             index,
                             positions[position : position + 1],
                             start,
-                            min(start + self.rows, stop),
+                            min(start + rows, stop),
                         )
 
-    def first_batches(self, count: int) -> list[Batch]:
-        """Up to ``count`` batches of the inputs kept now, as :meth:`batches` would start."""
+    def first_batches(self, count: int, rows: int) -> list[Batch]:
+        """Up to ``count`` batches of at most ``rows`` rows of the inputs kept now."""
         stop = min(self.loaded + self.chunk, self.count)
         batches = []
-        for batch in self._plan_batches(self.loaded, stop):
+        for batch in self._plan_batches(self.loaded, stop, min(rows, self.rows)):
             batches.append(batch)
             if len(batches) == count:
                 break

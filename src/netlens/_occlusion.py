@@ -1244,7 +1244,7 @@ def occlusion(
                 )
             if engine is not None and done:
                 engine.skip(_whole_positions(chunks[0], count))
-                engine = _faster(engine, run, plain_seconds)
+                engine = _faster(engine, run, plain_seconds, _copies(chunks[0]))
             if engine is None:
                 _run_plain(run, chunks[done:], feature, progress)
             else:
@@ -1341,29 +1341,30 @@ def _whole_positions(chunk: Chunk, count: int) -> torch.Tensor:
     return torch.arange(chunk[0] - 1, chunk[1] - 1)
 
 
-def _faster(engine: Engine, run: _Run, plain_seconds: float) -> Engine | None:
+def _faster(engine: Engine, run: _Run, plain_seconds: float, rows: int) -> Engine | None:
     """The engine if its passes are faster per copy than the plain path's; else None.
 
-    Under ``incremental="auto"``: the engine runs its first batches (what they compute is kept)
-    and the second one is timed (the first also pays for new shapes, once per run), against the
-    plain path's first chunk, timed before. Planning and tracing are spent either way; the
-    choice is about what is left.
+    Under ``incremental="auto"``: the engine runs its first two batches of at most ``rows``
+    copies (the plain path's timed chunk; what they compute is kept) and the second one is
+    timed (the first also pays for new shapes, once per run), against the plain path's first
+    chunk, timed before. Tracing and planning are spent either way; the choice is about what
+    is left.
     """
-    batches = engine.first_batches(2)
-    if not batches:
-        return engine
-    timed = batches[: 2 if len(batches) > 1 and batches[1].group == batches[0].group else 1]
+    timed = engine.first_batches(2, rows)
+    if len(timed) > 1 and timed[1].group != timed[0].group:
+        timed = timed[:1]
     seconds = 0.0
     for batch in timed:
         started = time.perf_counter()
         output, sums = engine.evaluate(batch)
         seconds = time.perf_counter() - started
         run.record(batch.positions, batch.first, batch.stop, output, sums)
-    last = timed[-1]
-    per_copy = seconds / (len(last.positions) * (last.stop - last.first))
-    if per_copy >= plain_seconds:
-        return None
-    engine.skip(torch.cat([batch.positions for batch in timed]))
+    if timed:
+        engine.skip(torch.cat([batch.positions for batch in timed]))
+        last = timed[-1]
+        per_copy = seconds / (len(last.positions) * (last.stop - last.first))
+        if engine.groups and per_copy >= plain_seconds:
+            return None
     return engine
 
 
