@@ -221,10 +221,10 @@ def test_bad_sources_and_options() -> None:
         nl.FilterGrid(nn.Linear(2, 2), weight="weight_hh")
     with pytest.raises(nl.NetlensTypeError, match="module with a weight"):
         nl.FilterGrid([[1.0]])  # type: ignore[arg-type]
-    for bad in ("per-filter", (1.0, 0.0), (0.0,), (0.0, "1")):
+    for bad in ("per-filter", (1.0, 0.0), (0.0,), (0.0, float("inf"))):
         with pytest.raises(nl.NetlensValueError, match="normalize"):
             nl.FilterGrid(nn.Conv2d(1, 2, 3), normalize=bad)  # type: ignore[arg-type]
-    for wrong_type in (None, [0.0, 1.0]):
+    for wrong_type in (None, [0.0, 1.0], (0.0, "1")):
         with pytest.raises(nl.NetlensTypeError, match="normalize"):
             nl.FilterGrid(nn.Conv2d(1, 2, 3), normalize=wrong_type)  # type: ignore[arg-type]
     with pytest.raises(nl.NetlensValueError, match="in_channels"):
@@ -290,9 +290,11 @@ def test_batch_of_feature_maps_one_row_per_input() -> None:
 
 def test_linear_activations_heatmap_and_bad_shapes() -> None:
     assert nl.ActivationGrid(torch.randn(4, 10)).to_array().shape == (4, 10, 3)
-    for bad in (torch.randn(5), torch.randn(1, 2, 3, 4, 5), torch.randn(0, 3, 3)):
+    for bad in (torch.randn(5), torch.randn(1, 2, 3, 4, 5)):
         with pytest.raises(nl.NetlensValueError, match="Expected activations of shape"):
             nl.ActivationGrid(bad)
+    with pytest.raises(nl.NetlensValueError, match=r"empty tensor of shape \(0, 3, 3\)"):
+        nl.ActivationGrid(torch.randn(0, 3, 3))
     with pytest.raises(nl.NetlensTypeError):
         nl.ActivationGrid(np.zeros((3, 4, 4)))  # type: ignore[arg-type]
 

@@ -101,7 +101,7 @@ def test_objectives_compose_with_plus_minus_and_numbers() -> None:
     assert repr(sum([a, b])) == "channel('conv2', 3) + neuron('conv1', 0, (2, 1))"
     assert repr(a * np.float64(0.5)) == "0.5 * channel('conv2', 3)"
     assert str(obj.class_logit(2, log_probability=True)) == "log p(2)"
-    assert str(obj.neuron("rnn", 1, -1)) == "rnn:1@-1"
+    assert str(obj.neuron("rnn", 1, 7)) == "rnn:1@7"
     assert str(obj.direction(nn.Linear, [1.0, 2.0])) == "Linear:direction"
     # the parts are not changed by combining them
     assert repr(a) == "channel('conv2', 3)"
@@ -122,6 +122,8 @@ def test_objectives_compose_with_plus_minus_and_numbers() -> None:
         (lambda: obj.channel("conv2", 1, select=1.5), nl.NetlensTypeError, "select"),
         (lambda: obj.neuron("conv2", 1, "centre"), nl.NetlensTypeError, "position"),
         (lambda: obj.neuron("conv2", 1, (1, 2.5)), nl.NetlensTypeError, "position"),
+        (lambda: obj.neuron("conv2", 1, (1, -2)), nl.NetlensValueError, "non-negative"),
+        (lambda: obj.neuron("rnn", 1, -1), nl.NetlensValueError, "T - 1"),
         (lambda: obj.direction("conv2", torch.ones(2, 2)), nl.NetlensValueError, "1-D"),
         (lambda: obj.direction("conv2", []), nl.NetlensValueError, "1-D"),
         (lambda: obj.direction("conv2", "abc"), nl.NetlensTypeError, "vector"),
@@ -151,7 +153,7 @@ def test_each_kind_of_term_against_a_reference(rgb: nn.Module) -> None:
         obj.channel("conv2", 4),
         obj.channel("relu1", 1),
         obj.neuron("conv2", 2),  # the centre of the 4x4 map: (2, 2)
-        obj.neuron("conv1", 3, (1, -2)),
+        obj.neuron("conv1", 3, (1, 6)),
         obj.direction("conv2", vector),
         obj.direction("conv2", vector, cosine=True),
         obj.class_logit(3),
@@ -327,7 +329,7 @@ def test_terms_take_select_and_channel_dim() -> None:
 def test_recurrent_unit_at_the_last_step() -> None:
     zoo = model_zoo()["lstm"]
     result = nl.maximize_activation(
-        zoo.model, objective=obj.neuron("rnn", 4, -1), input_shape=(8, 8), steps=5, seed=0
+        zoo.model, objective=obj.neuron("rnn", 4, 7), input_shape=(8, 8), steps=5, seed=0
     )
     with torch.no_grad():
         output, _ = zoo.model.rnn(result.images[None])

@@ -7,6 +7,7 @@ import math
 import socket
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -498,16 +499,45 @@ class _Log(nn.Module):
         return torch.log(x)  # NaN for negative inputs, -inf for zeros
 
 
-def test_activation_stats_reports_non_finite_activations() -> None:
+def test_activation_stats_counts_non_finite_activations_when_asked() -> None:
     model = nn.Sequential(_Log())
     data = [torch.tensor([[1.0, -1.0], [0.0, 2.0]]), torch.tensor([[4.0, 1.0]])]
     with model_unchanged(model), pytest.warns(RuntimeWarning, match="NaN or inf"):
-        found = nl.activation_stats(model, data, "0")["0"]
+        found = nl.activation_stats(model, data, "0", nonfinite="count")["0"]
     assert found.nan_count.tolist() == [0, 1]
     assert found.inf_count.tolist() == [1, 0]
     torch.testing.assert_close(
         found.mean, torch.tensor([math.log(4.0) / 2, math.log(2.0) / 2], dtype=torch.float64)
     )
+
+
+def test_activation_stats_refuses_non_finite_activations_at_the_batch_that_gives_them() -> None:
+    model = nn.Sequential(_Log(), nn.Identity())
+    consumed: list[int] = []
+
+    def data() -> Iterator[torch.Tensor]:
+        batches = [
+            torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),
+            torch.tensor([[1.0, -1.0, 0.0], [0.0, -2.0, 2.0]]),  # 2 NaN, 2 -inf in 3 channels
+            torch.tensor([[1.0, 1.0, 1.0]]),
+        ]
+        for number, batch in enumerate(batches):
+            consumed.append(number)
+            yield batch
+
+    with model_unchanged(model), pytest.raises(nl.NetlensValueError) as raised:
+        nl.activation_stats(model, data(), ["0", "1"])
+    message = str(raised.value)
+    assert "layer '0'" in message and "batch 1 " in message
+    assert "2 NaN and 2 infinite values, in 3 of its 3 channels (0, 1, 2)" in message
+    assert 'nonfinite="count"' in message
+    assert consumed == [0, 1]  # checked batch by batch: the third batch was never read
+    with pytest.raises(nl.NetlensValueError, match="nonfinite"):
+        nl.activation_stats(model, data(), "0", nonfinite="ignore")  # type: ignore[arg-type]
+    # the accumulator fed by hand keeps counting them, as documented
+    stats = nl.ActivationStats().update(torch.tensor([[math.nan, 1.0]]))
+    with pytest.warns(RuntimeWarning, match="NaN or inf"):
+        assert stats.compute().nan_count.tolist() == [1, 0]
 
 
 @pytest.mark.parametrize("offset", [0.0, 50.0], ids=["unshifted", "shifted"])

@@ -601,12 +601,12 @@ def _every_key(model: nn.Module, layer: str, sample: torch.Tensor, **read: Any) 
 def _new_boxes(
     model: nn.Module, layer: str, sample: torch.Tensor, keys: torch.Tensor, how: str, **read: Any
 ) -> tuple[torch.Tensor, bool]:
-    from netlens._model import evaluating, frozen
+    from netlens._model import evaluating
     from netlens._outputs import layer_view
     from netlens._receptive import _geometry, _probe, receptive_fields
 
     view = layer_view(model, layer, **read)
-    with evaluating(model), frozen(model):
+    with evaluating(model):
         with nl.record(model, layer, **read) as rec, torch.no_grad():
             model(sample)
         calls = len(rec.calls(view.name))

@@ -240,3 +240,63 @@ def check_callable(name: str, value: object) -> Callable[..., Any]:
     if not callable(value):
         raise NetlensTypeError(f"Expected {name} to be callable, but got {describe(value)}.")
     return value
+
+
+def as_number(value: object) -> float | None:
+    """``value`` as a float when it is a real number: as :func:`as_real`, or a 0-d real tensor.
+
+    A 0-d tensor (``x.max()``) stands for its number; a bool, complex or meta tensor does not.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.is_complex() or value.dtype == torch.bool or value.is_meta:
+            return None
+        return float(value.item())
+    return as_real(value)
+
+
+def non_finite(values: torch.Tensor) -> str | None:
+    """How many NaN and infinite values ``values`` holds ("2 NaN and 1 infinite"), or None."""
+    if not (values.is_floating_point() or values.is_complex()):
+        return None
+    nan = int(torch.isnan(values).sum())
+    infinite = int(torch.isinf(values).sum())
+    if not nan and not infinite:
+        return None
+    parts = ([f"{nan} NaN"] if nan else []) + ([f"{infinite} infinite"] if infinite else [])
+    return " and ".join(parts)
+
+
+def check_position(name: str, value: object) -> tuple[int, ...]:
+    """A position in a channel's map: non-negative int indices, one per map dimension.
+
+    One rule for every technique that takes a position (``deconvnet``, ``objectives.neuron``):
+    an int (a 1-d map, such as a time step) or a tuple, list or ``torch.Size`` of ints (numpy
+    and 0-d integer tensors count as ints; bools do not). Indices count from the start of each
+    dimension: negative ones are refused rather than read from the end. Whether the position
+    fits a map is checked where the map's shape is known.
+    """
+    single = as_int(value)
+    items: list[object]
+    if single is not None:
+        items = [single]
+    elif isinstance(value, (tuple, list, torch.Size)):
+        items = list(value)
+    else:
+        raise NetlensTypeError(
+            f"Expected {name} to be an int or a tuple of ints (one index per dimension of the "
+            f"channel's map), but got {describe(value)}."
+        )
+    indices = [as_int(item) for item in items]
+    if any(index is None for index in indices):
+        raise NetlensTypeError(
+            f"Expected {name} to be an int or a tuple of ints (one index per dimension of the "
+            f"channel's map), but got {describe(value)}."
+        )
+    position = tuple(index for index in indices if index is not None)
+    if any(index < 0 for index in position):
+        shown = position[0] if single is not None else position
+        raise NetlensValueError(
+            f"Expected {name} to hold non-negative indices into the channel's map, counted from "
+            f"its start (the last of T steps is T - 1), but got {shown}."
+        )
+    return position

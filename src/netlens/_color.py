@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._checks import as_int, batches
+from ._checks import as_int, batches, check_not_meta, non_finite
 from ._errors import NetlensTypeError, NetlensValueError, describe
 
 __all__ = ["IMAGENET_COLOR_SQRT", "ColorStats", "color_matrix", "color_stats", "to_colors"]
@@ -59,19 +59,55 @@ class ColorStats:
         Each column is a principal colour direction (sign chosen so that its largest entry is
         positive) scaled by the root of the variance along it, strongest first, as Lucid's
         ``color_correlation_svd_sqrt``; ``basis @ basis.T`` is the covariance.
+
+        Raises:
+            NetlensTypeError: For a covariance that is not a real tensor.
+            NetlensValueError: For a covariance that is not 3x3 or holds NaN or infinite values.
         """
-        values, vectors = torch.linalg.eigh(self.covariance)
+        covariance = _check_covariance(self.covariance)
+        # Decomposed at unit scale: a finite covariance near float64's limit (1e300) would
+        # overflow inside the eigendecomposition, which then fails to converge.
+        scale = float(covariance.abs().max()) or 1.0
+        try:
+            values, vectors = torch.linalg.eigh(covariance / scale)
+        except RuntimeError as error:  # torch.linalg.LinAlgError
+            raise NetlensValueError(
+                f"Expected a colour covariance that can be decomposed, but got "
+                f"{covariance.tolist()}: {error}"
+            ) from error
         order = torch.argsort(values, descending=True)
         values, vectors = values[order].clamp_min(0.0), vectors[:, order]
         largest = vectors.abs().argmax(0)
         signs = torch.sign(vectors[largest, torch.arange(3)])
-        basis: torch.Tensor = vectors * signs * values.sqrt()
+        basis: torch.Tensor = vectors * signs * (values.sqrt() * math.sqrt(scale))
         return basis
 
     def __repr__(self) -> str:
         mean = ", ".join(f"{value:.4f}" for value in self.mean.tolist())
         std = ", ".join(f"{value:.4f}" for value in self.std.tolist())
         return f"ColorStats(mean=({mean}), std=({std}), count={self.count})"
+
+
+def _check_covariance(covariance: object) -> torch.Tensor:
+    """A ColorStats' covariance as a finite float64 3x3 tensor on the CPU."""
+    if not isinstance(covariance, torch.Tensor) or covariance.is_complex():
+        raise NetlensTypeError(
+            f"Expected a ColorStats whose covariance is a real 3x3 tensor, but got "
+            f"{describe(covariance)}."
+        )
+    check_not_meta(covariance, "a ColorStats' covariance")
+    if covariance.shape != (3, 3):
+        raise NetlensValueError(
+            f"Expected a ColorStats whose covariance is 3x3, but got {describe(covariance)}."
+        )
+    values = covariance.detach().to("cpu", torch.float64)
+    bad = non_finite(values)
+    if bad is not None:
+        raise NetlensValueError(
+            f"Expected a ColorStats with a finite covariance, but its covariance holds {bad} "
+            f"values: {values.tolist()}. Were there NaN or infinite pixels in its data?"
+        )
+    return values
 
 
 def color_stats(data: object, *, channel_dim: int = 1) -> ColorStats:
@@ -81,7 +117,9 @@ def color_stats(data: object, *, channel_dim: int = 1) -> ColorStats:
     as the model sees them *before* normalisation (pixels in [0, 1] for torchvision's
     ``ToTensor()``); ``(stats.mean, stats.std)`` is then the ``Normalize`` of a model trained on
     the images standardised by their own statistics, and ``decorrelate=stats`` optimises in the
-    data's own colour basis. A few thousand images are plenty. Streaming, in float64.
+    data's own colour basis. A few thousand images are plenty. Streaming, in float64. Empty
+    batches are skipped; a NaN or infinite pixel is an error that names its batch, never a NaN
+    statistic.
 
     Args:
         data: A tensor of RGB images ``(N, 3, H, W)``, or any iterable of such batches or of
@@ -92,8 +130,11 @@ def color_stats(data: object, *, channel_dim: int = 1) -> ColorStats:
         A :class:`ColorStats`.
 
     Raises:
-        NetlensTypeError: For data that is not a tensor or an iterable of tensors.
-        NetlensValueError: For batches without 3 colour channels on ``channel_dim``, or no data.
+        NetlensTypeError: For data that is not a tensor or an iterable of tensors, or complex
+            images.
+        NetlensValueError: For batches without 3 colour channels on ``channel_dim``, fewer than
+            2 pixels in all, a batch with NaN or infinite pixels (named by its index, counting
+            from 0), images on the meta device, or statistics beyond what float64 holds.
 
     Example:
         >>> import torch
@@ -114,7 +155,14 @@ def color_stats(data: object, *, channel_dim: int = 1) -> ColorStats:
     shift: torch.Tensor | None = None
     total = torch.zeros(3, dtype=torch.float64)
     outer = torch.zeros(3, 3, dtype=torch.float64)
-    for images in batches(data):
+    largest = 0.0
+    for index, images in enumerate(batches(data)):
+        if images.is_complex():
+            raise NetlensTypeError(
+                f"Expected real images, but batch {index} (counting from 0) of data is "
+                f"{describe(images)}: its imaginary part would be lost."
+            )
+        check_not_meta(images, f"batch {index} of data")
         if images.dim() < 2 or not -images.dim() <= dim < images.dim():
             raise NetlensValueError(
                 f"Expected batches of images with their colours on dim {dim}, such as (N, 3, H, "
@@ -125,7 +173,17 @@ def color_stats(data: object, *, channel_dim: int = 1) -> ColorStats:
                 f"Expected images with 3 colour channels on dim {dim}, but got a batch of shape "
                 f"{tuple(images.shape)}."
             )
+        if images.numel() == 0:
+            continue  # no pixels; its mean, a NaN, would poison the shift below
         pixels = images.detach().movedim(dim, -1).reshape(-1, 3).to("cpu", torch.float64)
+        bad = non_finite(pixels)
+        if bad is not None:
+            raise NetlensValueError(
+                f"Expected finite pixel values, but batch {index} (counting from 0) of data "
+                f"holds {bad} values, of {pixels.numel()}: find and drop the broken images "
+                "(torch.isfinite(images).flatten(1).all(1) tells them apart)."
+            )
+        largest = max(largest, float(pixels.abs().max()))
         if shift is None:
             # Sums about a value near the mean keep the covariance exact in float64.
             shift = pixels.mean(0)
@@ -135,12 +193,20 @@ def color_stats(data: object, *, channel_dim: int = 1) -> ColorStats:
         count += pixels.shape[0]
     if shift is None or count < 2:
         raise NetlensValueError(
-            f"Expected data with at least 2 pixels, but got {count} from {describe(data)}."
+            f"Expected data with at least 2 pixels (empty batches are skipped), but got {count} "
+            f"from {describe(data)}."
         )
     mean_offset = total / count
     covariance = (outer - count * torch.outer(mean_offset, mean_offset)) / (count - 1)
+    mean = shift + mean_offset
+    if non_finite(covariance) is not None or non_finite(mean) is not None:
+        raise NetlensValueError(
+            "Expected colour statistics that float64 can hold, but the covariance of pixel "
+            f"values up to {largest:g} in magnitude overflows float64: rescale the images "
+            "(to [0, 1], as the model sees them before normalisation)."
+        )
     return ColorStats(
-        mean=shift + mean_offset,
+        mean=mean,
         std=covariance.diagonal().clamp_min(0.0).sqrt(),
         covariance=covariance,
         count=count,
@@ -160,7 +226,17 @@ def color_matrix(decorrelate: object) -> torch.Tensor | None:
         matrix = torch.tensor(IMAGENET_COLOR_SQRT, dtype=torch.float64)
     elif isinstance(decorrelate, ColorStats):
         matrix = decorrelate.basis
+    elif isinstance(decorrelate, torch.Tensor) and not decorrelate.is_complex():
+        check_not_meta(decorrelate, "decorrelate")
+        matrix = decorrelate.detach().to("cpu", torch.float64)
     elif isinstance(decorrelate, (torch.Tensor, np.ndarray, list, tuple)):
+        if (isinstance(decorrelate, torch.Tensor) and decorrelate.is_complex()) or (
+            np.iscomplexobj(decorrelate)
+        ):
+            raise NetlensTypeError(
+                "Expected decorrelate to be a real 3x3 matrix, but got complex values "
+                f"({describe(decorrelate)}), whose imaginary part would be lost."
+            )
         try:
             matrix = torch.as_tensor(np.asarray(decorrelate, dtype=np.float64))
         except (TypeError, ValueError) as error:
@@ -168,22 +244,31 @@ def color_matrix(decorrelate: object) -> torch.Tensor | None:
                 "Expected decorrelate to be a bool, a ColorStats or a 3x3 matrix of numbers, but "
                 f"got {describe(decorrelate)}."
             ) from error
-        if matrix.shape != (3, 3):
-            raise NetlensValueError(
-                "Expected decorrelate to be a 3x3 matrix (the square root of a colour "
-                f"covariance), but got one of shape {tuple(matrix.shape)}."
-            )
     else:
         raise NetlensTypeError(
             "Expected decorrelate to be a bool, a ColorStats or a 3x3 matrix, but got "
             f"{describe(decorrelate)}."
         )
-    largest = float(matrix.norm(dim=0).max())
-    if not math.isfinite(largest) or largest == 0.0 or not bool(torch.isfinite(matrix).all()):
+    if matrix.shape != (3, 3):
+        raise NetlensValueError(
+            "Expected decorrelate to be a 3x3 matrix (the square root of a colour "
+            f"covariance), but got one of shape {tuple(matrix.shape)}."
+        )
+    bad = non_finite(matrix)
+    if bad is not None:
+        raise NetlensValueError(
+            f"Expected decorrelate's matrix to be finite, but it holds {bad} values: "
+            f"{matrix.tolist()}."
+        )
+    # Scaled to unit entries first, so that the column norms of a huge matrix do not overflow.
+    entries = float(matrix.abs().max())
+    if entries == 0.0:
         raise NetlensValueError(
             f"Expected decorrelate's matrix to be finite and not zero, but got {matrix.tolist()}."
         )
-    return matrix / largest
+    matrix = matrix / entries
+    scaled: torch.Tensor = matrix / matrix.norm(dim=0).max()
+    return scaled
 
 
 def to_colors(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:

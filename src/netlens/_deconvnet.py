@@ -34,13 +34,13 @@ from ._checks import (
     check_channels_fit,
     check_choice,
     check_gradients_allowed,
-    check_index,
+    check_position,
     prepare_inputs,
 )
 from ._errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
 from ._hooks import Hooks
 from ._layers import LayerSpec, check_model
-from ._model import batched_inputs, evaluating, frozen
+from ._model import autograd_ancestors, batched_inputs, depends_on, evaluating
 from ._outputs import LayerView, Select, first_tensor, layer_view
 from ._record import Recorder, _mutated_tensors
 from ._render import Plottable, display, figure_axes, montage
@@ -207,7 +207,7 @@ def _check_position(position: object) -> str | tuple[int, ...]:
     if isinstance(position, str):
         return check_choice("position", position, ("max", "all"))
     if isinstance(position, (tuple, list, torch.Size)):
-        return tuple(check_index("each index of position", index) for index in position)
+        return check_position("position", position)
     raise NetlensTypeError(
         'Expected position to be "max", "all" or a tuple of indices into the channel\'s map, '
         f"but got {describe(position)}."
@@ -223,24 +223,12 @@ def _leaf_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
-def _ancestors(node: Any) -> set[Any]:
-    seen: set[Any] = set()
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if current is None or current in seen:
-            continue
-        seen.add(current)
-        stack.extend(parent for parent, _ in current.next_functions)
-    return seen
-
-
 def _nonlinear_on_path(
     nonlinear: list[tuple[str, Any]], module_outputs: dict[Any, str], output: torch.Tensor
 ) -> list[str]:
     if not nonlinear:
         return []
-    path = _ancestors(output.grad_fn)
+    path = autograd_ancestors(output.grad_fn)
     labels: list[str] = []
     for name, node in nonlinear:
         if node in path:
@@ -297,7 +285,9 @@ def project(
     leaf = inputs.detach().requires_grad_(True)
     module_outputs: dict[Any, str] = {}
     rectify = _Rectify(guided=rule == "guided") if rule != "gradient" else None
-    with evaluating(model), frozen(model), ExitStack() as stack:
+    # The parameters keep requires_grad (another thread may be training with them): the
+    # backward asks for the gradient of the input leaf alone.
+    with evaluating(model), ExitStack() as stack:
         if rectify is not None:
             stack.enter_context(rectify)
             hooks = stack.enter_context(Hooks())
@@ -310,7 +300,7 @@ def project(
             model(leaf.clone())  # a clone: the model may write into its input
         output = recorded(recorder, name)
         stack.close()
-    if not output.requires_grad:
+    if not depends_on(output, leaf):
         raise NetlensValueError(
             f"Expected the output of layer {name!r} to depend on the inputs, but it does not (it "
             "has no autograd history from them): pick a layer between the inputs and the output."
@@ -480,10 +470,12 @@ def deconvnet(
     for ``batch_first=False``). A position indexes the remaining axes in their order: for
     ``nn.Linear`` on ``(N, T, D)`` tokens, ``(t,)`` is token ``t``.
 
-    The model runs in eval mode with its parameters frozen; its training flags and
-    ``requires_grad`` are restored afterwards and no ``.grad`` is touched, neither the
-    parameters' nor that of ``inputs``. A layer that runs several times in one forward pass is
-    projected from its last call.
+    The model runs in eval mode; each module's training flag is restored afterwards, also when
+    several threads run techniques on the model at once (the last one out restores them). The
+    parameters are left alone (``requires_grad`` included): the gradient is taken with respect
+    to the inputs only, so no ``.grad`` is touched, neither the parameters' nor that of
+    ``inputs``. A layer that runs several times in one forward pass is projected from its last
+    call.
 
     Args:
         model: The network.

@@ -17,7 +17,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from ._checks import as_real, check_choice, check_int
+from ._checks import as_number, check_choice, check_int, check_not_meta
 from ._errors import NetlensTypeError, NetlensValueError, describe
 from ._outputs import check_channel_dim
 from ._render import Plottable, figure_axes
@@ -159,24 +159,58 @@ def image_grid(
 
 
 def _check_normalize(normalize: object) -> Normalize:
-    expected = "'filter', 'global', 'symmetric' or a (low, high) tuple with low < high"
+    expected = (
+        "'filter', 'global', 'symmetric' or a (low, high) tuple of finite numbers with low < high"
+    )
     if isinstance(normalize, str) and normalize in _NORMALIZE_NAMES:
         return normalize  # type: ignore[return-value]
     if not isinstance(normalize, (str, tuple)):
         raise NetlensTypeError(
             f"Expected normalize to be {expected}, but got {describe(normalize)}."
         )
-    bounds = [as_real(value) for value in normalize] if isinstance(normalize, tuple) else []
-    low, high = bounds if len(bounds) == 2 else (None, None)
-    if low is not None and high is not None and low < high:
-        return (low, high)
-    raise NetlensValueError(f"Expected normalize to be {expected}, but got {normalize!r}.")
+    if isinstance(normalize, str) or len(normalize) != 2:
+        raise NetlensValueError(f"Expected normalize to be {expected}, but got {normalize!r}.")
+    bounds = [as_number(value) for value in normalize]
+    if bounds[0] is None or bounds[1] is None:
+        raise NetlensTypeError(
+            f"Expected normalize to be {expected}, but got a tuple of {describe(normalize)}."
+        )
+    low, high = bounds[0], bounds[1]
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise NetlensValueError(
+            f"Expected normalize to be {expected}, but got the bounds ({low}, {high})."
+        )
+    return (low, high)
 
 
-def _as_array(tensor: torch.Tensor) -> NDArray[np.float64]:
+def _as_array(tensor: torch.Tensor, name: str) -> NDArray[np.float64]:
+    """``tensor`` as float64 numpy values; refuses what cannot be drawn (complex, meta, empty)."""
     if tensor.is_complex():
-        raise NetlensTypeError(f"Expected real values to draw, but got {describe(tensor)}.")
+        raise NetlensTypeError(
+            f"Expected real values to draw as {name}, but got complex values "
+            f"({describe(tensor)}), whose imaginary part would be lost: draw .real, .imag or "
+            ".abs()."
+        )
+    check_not_meta(tensor, name)
+    if tensor.numel() == 0:
+        raise NetlensValueError(
+            f"Expected {name} with at least one value to draw, but got an empty tensor of shape "
+            f"{tuple(tensor.shape)}" + (f" ({_empty_parts(tensor)})." if tensor.dim() == 4 else ".")
+        )
     return tensor.detach().to("cpu", torch.float64).numpy()
+
+
+def _empty_parts(weight: torch.Tensor) -> str:
+    """What an empty 4-D conv weight lacks, for messages."""
+    out, inputs, height, width = weight.shape
+    parts = []
+    if out == 0:
+        parts.append("no filters")
+    if inputs == 0:
+        parts.append("no input channels")
+    if height == 0 or width == 0:
+        parts.append(f"an empty {height}x{width} kernel")
+    return ", ".join(parts)
 
 
 def _normalized(
@@ -434,7 +468,8 @@ class FilterGrid(_Grid):
             4-D or 2-D tensor.
         normalize: ``"filter"`` puts each tile on its own range, ``"global"`` puts all tiles
             on one range, ``"symmetric"`` on one range ``[-m, m]`` with a diverging colormap
-            centred at zero and a colorbar; a ``(low, high)`` tuple fixes the range.
+            centred at zero and a colorbar; a ``(low, high)`` tuple fixes the range (finite
+            numbers or 0-d tensors, ``low < high``).
         cmap: Matplotlib colormap (name or object) for single-channel tiles; grey by default,
             ``"RdBu_r"`` for ``"symmetric"``. Ignored for RGB tiles.
         ncols: Number of columns; by default the grid is near-square in pixels. Ignored for
@@ -449,8 +484,11 @@ class FilterGrid(_Grid):
             modules, give them for a bare tensor.
 
     Raises:
-        NetlensTypeError: For a source that is neither a tensor nor a module with a weight.
-        NetlensValueError: For a weight that is neither 2-D nor 4-D, or an unknown option.
+        NetlensTypeError: For a source that is neither a tensor nor a module with a weight, or
+            a complex weight.
+        NetlensValueError: For a weight that is neither 2-D nor 4-D, an empty one (such as a
+            ``(4, 1, 0, 0)`` kernel), one on the meta device (no values), a ``normalize`` range
+            that is not finite or has ``low >= high``, or an unknown option.
 
     Example:
         >>> import torch.nn as nn
@@ -476,7 +514,12 @@ class FilterGrid(_Grid):
     ) -> None:
         tensor, found_gates = _find_weight(source, weight)
         gates = found_gates if gates is None else list(gates)
-        values = _as_array(tensor)
+        what = (
+            "the weight"
+            if isinstance(source, torch.Tensor)
+            else f"the weight {weight or _default_weight(source)!r} of {type(source).__name__}"
+        )
+        values = _as_array(tensor, what)
         if values.ndim == 2:
             tiles, labels = _heatmap_tiles(values, gates)
             # gate blocks stacked as PyTorch stores them, unless asked otherwise
@@ -551,12 +594,7 @@ def _find_weight(source: object, name: str | None) -> tuple[torch.Tensor, list[s
         )
     recurrent = isinstance(source, (nn.RNNBase, nn.RNNCellBase))
     if name is None:
-        if isinstance(source, nn.RNNBase):
-            name = "weight_ih_l0"
-        elif isinstance(source, nn.RNNCellBase):
-            name = "weight_ih"
-        else:
-            name = "weight"
+        name = _default_weight(source)
     weight = getattr(source, name, None)
     if not isinstance(weight, torch.Tensor):
         weights = [n for n, p in source.named_parameters(recurse=False) if n.startswith("weight")]
@@ -578,6 +616,14 @@ def _find_weight(source: object, name: str | None) -> tuple[torch.Tensor, list[s
             )
         gates = list(_GATES[kind]) if kind in _GATES else None
     return weight, gates
+
+
+def _default_weight(source: nn.Module) -> str:
+    if isinstance(source, nn.RNNBase):
+        return "weight_ih_l0"
+    if isinstance(source, nn.RNNCellBase):
+        return "weight_ih"
+    return "weight"
 
 
 class ActivationGrid(_Grid):
@@ -606,9 +652,10 @@ class ActivationGrid(_Grid):
             default 1 for 4-D and 2-D tensors, 0 for one input's ``(C, H, W)``.
 
     Raises:
-        NetlensTypeError: For a non-tensor, or an option of the wrong type.
-        NetlensValueError: For a tensor that is not 2-, 3- or 4-D, a ``channel_dim`` outside
-            it, or an unknown option.
+        NetlensTypeError: For a non-tensor, complex values, or an option of the wrong type.
+        NetlensValueError: For a tensor that is not 2-, 3- or 4-D, an empty one, one on the meta
+            device, a ``channel_dim`` outside it, a ``normalize`` range that is not finite or
+            has ``low >= high``, or an unknown option.
 
     Example:
         >>> import torch
@@ -637,7 +684,9 @@ class ActivationGrid(_Grid):
             )
         if rgb is not None and not isinstance(rgb, bool):
             raise NetlensTypeError(f"Expected rgb to be None or a bool, but got {describe(rgb)}.")
-        values = _as_array(_channels_in_place(activations, check_channel_dim(channel_dim)))
+        values = _as_array(
+            _channels_in_place(activations, check_channel_dim(channel_dim)), "activations"
+        )
         if values.ndim == 2:
             super().__init__(
                 values[None],

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from typing import TypeAlias, cast
 
+import torch
 from torch import nn
 
 from ._errors import (
@@ -18,7 +19,14 @@ from ._errors import (
     describe,
 )
 
-__all__ = ["LayerSpec", "check_model", "find_layer", "find_layers", "unwrap_parallel"]
+__all__ = [
+    "LayerSpec",
+    "check_model",
+    "find_layer",
+    "find_layers",
+    "named_modules",
+    "unwrap_parallel",
+]
 
 #: What :func:`find_layers` accepts: a dotted name, a glob, a module class, a module object, or
 #: a list of these.
@@ -46,7 +54,72 @@ def check_model(model: object) -> nn.Module:
             "silently see nothing. Pass the original module instead (model._orig_mod) and call "
             "that one while netlens is working."
         )
+    if isinstance(model, torch.jit.ScriptModule):
+        raise NetlensTypeError(_torchscript_message("model", model))
+    _check_tree(model)
     return model
+
+
+def _torchscript_message(what: str, module: nn.Module) -> str:
+    return (
+        f"Expected {what} to be an eager nn.Module, but got a TorchScript module "
+        f"({type(module).__name__}, from torch.jit.script or torch.jit.trace): TorchScript "
+        "modules cannot be hooked (scripted ones refuse hooks, traced ones never run them), so "
+        "netlens cannot see their layers. Pass the original nn.Module, the one that was "
+        "scripted or traced."
+    )
+
+
+def _check_tree(model: nn.Module) -> None:
+    """Raise if a module contains itself: a submodule that refers back to one of its parents.
+
+    torch's own recursive walks (``train``, ``eval``, ``to``, ``state_dict``) never end on such a
+    model; netlens says where the loop is instead.
+    """
+    # Depth first, iteratively; a module shared by several parents (a DAG) is no loop, a
+    # module met again while it is still on the path is.
+    on_path: set[int] = set()
+    done: set[int] = set()
+    stack: list[tuple[str, nn.Module, bool]] = [("", model, False)]
+    names: dict[int, str] = {}
+    while stack:
+        name, module, leaving = stack.pop()
+        key = id(module)
+        if leaving:
+            on_path.discard(key)
+            done.add(key)
+            continue
+        if key in done:
+            continue
+        on_path.add(key)
+        names[key] = name
+        stack.append((name, module, True))
+        for child_name, child in module._modules.items():
+            if child is None:
+                continue
+            path = f"{name}.{child_name}" if name else child_name
+            if id(child) in on_path:
+                parent = names[id(child)]
+                raise NetlensValueError(
+                    "Expected the model's modules to form a tree, but "
+                    f"{path!r} is {'the model itself' if not parent else repr(parent)}, "
+                    "which contains it: a module registered inside itself (for example "
+                    "self.block.owner = self). torch's own train(), eval(), to() and state_dict() "
+                    "recurse forever on such a model. Keep the back reference out of the module "
+                    "tree (a weakref.ref, or object.__setattr__(self.block, 'owner', self))."
+                )
+            if id(child) not in done:
+                stack.append((path, child, False))
+
+
+def named_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every ``name -> module`` of ``model``, a module registered under several names once each.
+
+    Unlike ``model.named_modules()``, which lists a shared module under its first name only,
+    every name works (``model.b = model.a``: both ``"a"`` and ``"b"``). The model must be a tree
+    (:func:`check_model`).
+    """
+    return dict(model.named_modules(remove_duplicate=False))
 
 
 def unwrap_parallel(model: nn.Module) -> nn.Module:
@@ -103,6 +176,22 @@ def _unknown_name_message(spec: str, names: list[str]) -> str:
     return message
 
 
+def _once(found: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """``found`` with each module once, under its first name (in model order)."""
+    seen: set[int] = set()
+    kept = {}
+    for name, module in found.items():
+        if id(module) not in seen:
+            seen.add(id(module))
+            kept[name] = module
+    return kept
+
+
+def _first_names(named: dict[str, nn.Module]) -> list[str]:
+    """The names to show: each module under its first name, the model itself left out."""
+    return [name for name in _once(named) if name]
+
+
 def _find_one(
     model: nn.Module, spec: str | type[nn.Module] | nn.Module, named: dict[str, nn.Module]
 ) -> dict[str, nn.Module]:
@@ -120,7 +209,7 @@ def _find_one(
 def _find_spec(
     model: nn.Module, spec: str | type[nn.Module] | nn.Module, named: dict[str, nn.Module]
 ) -> dict[str, nn.Module]:
-    names = [name for name in named if name]
+    names = _first_names(named)
     if isinstance(spec, str):
         if not spec.strip():
             raise NetlensValueError(
@@ -129,9 +218,9 @@ def _find_spec(
         if spec in named:
             return {spec: named[spec]}
         if _GLOB_CHARS & set(spec):
-            found = {
-                name: module for name, module in named.items() if name and _glob_match(spec, name)
-            }
+            found = _once(
+                {name: module for name, module in named.items() if name and _glob_match(spec, name)}
+            )
             if not found:
                 raise LayerNotFoundError(
                     f"Expected the glob {spec!r} to match at least one layer, but it matched none "
@@ -145,9 +234,9 @@ def _find_spec(
             raise NetlensTypeError(
                 f"Expected a subclass of torch.nn.Module as layer type, but got {spec.__name__}."
             )
-        found = {
-            name: module for name, module in named.items() if name and isinstance(module, spec)
-        }
+        found = _once(
+            {name: module for name, module in named.items() if name and isinstance(module, spec)}
+        )
         if not found and isinstance(model, spec):
             found = {"": model}
         if not found:
@@ -191,13 +280,17 @@ def find_layers(model: nn.Module, spec: LayerSpec) -> dict[str, nn.Module]:
     Returns:
         An ordered ``{name: module}`` dict in the order of ``model.named_modules()`` for one spec,
         and in the order of the list for a list. A module registered under several names
-        appears once, under its first name.
+        (``model.b = model.a``) is found by each of them; a glob or a type matches it once,
+        under its first name.
 
     Raises:
         LayerNotFoundError: An unknown name (the message lists close matches), or a glob or type
             that matches nothing.
-        NetlensValueError: An empty spec.
-        NetlensTypeError: A model that is not an ``nn.Module`` or a spec of another type.
+        NetlensTypeError: A model that is not an ``nn.Module``, a TorchScript model or layer
+            (``torch.jit.script``, ``torch.jit.trace``: hooks cannot see into them), or a spec
+            of another type.
+        NetlensValueError: An empty spec, or a model that contains itself (a submodule that
+            refers back to one of its parents).
         UnsupportedModelError: A ``torch.compile``'d model, whose hooks would never run.
 
     Example:
@@ -213,7 +306,7 @@ def find_layers(model: nn.Module, spec: LayerSpec) -> dict[str, nn.Module]:
     """
     check_model(model)
     model = unwrap_parallel(model)
-    named = dict(model.named_modules())
+    named = named_modules(model)
     specs: Sequence[str | type[nn.Module] | nn.Module]
     if isinstance(spec, (list, tuple)):
         if not spec:
@@ -246,12 +339,14 @@ def _check_not_inside_compiled(model: nn.Module, name: str) -> None:
     parts = name.split(".") if name else []
     module = model
     for part in parts:
-        if _is_compiled(module):
+        if _is_compiled(module) or isinstance(module, torch.jit.ScriptModule):
             break
         module = getattr(module, part)
     else:
-        if not _is_compiled(module):
+        if not _is_compiled(module) and not isinstance(module, torch.jit.ScriptModule):
             return
+    if isinstance(module, torch.jit.ScriptModule):
+        raise NetlensTypeError(_torchscript_message(f"layer {name!r} and its parents", module))
     raise UnsupportedModelError(
         f"Expected layer {name!r} to run eagerly, but it lies inside a torch.compile'd module: "
         "hooks added after compilation are ignored (pytorch#117758). Record from the module "

@@ -34,13 +34,21 @@ from ._checks import (
     check_int,
     check_not_meta,
     check_real,
+    non_finite,
 )
 from ._color import ColorStats, color_matrix, to_colors
-from ._errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
+from ._errors import NetlensTypeError, NetlensValueError, describe
 from ._grid import ActivationGrid, Normalize
-from ._hooks import Hooks
+from ._hooks import Hooks, is_ours
 from ._layers import LayerSpec, check_model
-from ._model import batched_inputs, evaluating, frozen, model_dtype_device, progress_bar
+from ._model import (
+    batched_inputs,
+    cudnn_off,
+    depends_on,
+    evaluating,
+    model_dtype_device,
+    progress_bar,
+)
 from ._outputs import LayerView, Select, first_tensor, layer_view
 from ._record import Recorder, StopForward, Target
 from ._render import Plottable, figure_axes
@@ -83,14 +91,18 @@ _LONGEST_SIDE = 7.0
 _CHANNELS_LAST = True
 # The name a result gives the model's output when an objective reads it (class_logit).
 _OUTPUT = "output"
+# Off the CPU, how many steps run between checks that everything stayed finite (a check waits
+# for the device); a NaN is still reported at the step it appeared.
+_CHECK_EVERY = 16
 
 
 @dataclass(frozen=True, eq=False)
 class Maximization(Plottable):
     """The synthesised inputs, with the objective they reach and its history.
 
-    Activation maximisation has no inputs of the user's: every tensor here is in the model's
-    dtype and on the model's device (``channels`` excepted: int64 on the CPU).
+    Activation maximisation has no inputs of the user's: every tensor here is in the dtype and
+    on the device of the model's first layer, as the model takes its inputs (``channels``
+    excepted: int64 on the CPU).
 
     Shapes, for ``K`` channels (or objectives) and ``input_shape`` ``S``:
 
@@ -539,8 +551,9 @@ class _SlicedTarget:
                 "Expected the target layer to run in every forward pass, but it did not run."
             )
         features = self._captured.pop()
-        weight = self.module.weight[self.channels]
-        bias = self.module.bias[self.channels] if self.module.bias is not None else None
+        # detached: the gradient goes to the inputs alone, the parameters keep requires_grad
+        weight = self.module.weight.detach()[self.channels]
+        bias = self.module.bias.detach()[self.channels] if self.module.bias is not None else None
         if isinstance(self.module, nn.Linear):
             shape = (features.shape[0],) + (1,) * (features.dim() - 2) + (-1,)
             out = (features * weight.view(shape)).sum(-1)
@@ -646,11 +659,23 @@ class _ExpressionTarget:
                         hooks.forward(view.module, self._stop(key))
                 with suppress(StopForward):
                     returned = self.model(inputs)
+            missing = [key for key in self.views if key not in self.recorder]
+            if missing:
+                raise NetlensValueError(
+                    f"Expected every layer the objective reads to run in every forward pass, "
+                    f"as in the first one, but {self._names(missing)} did not run in this one."
+                )
             outputs = {
                 key: view.arrange(self.recorder[key], inputs.shape[0])
                 for key, view in self.views.items()
             }
         return outputs, _arrange_output(returned, inputs.shape[0]) if self.needs_output else None
+
+    def _names(self, keys: list[str]) -> str:
+        """The layers of recorder keys as the user named them ("layer 'spare'"), for messages."""
+        names = list(dict.fromkeys(self.views[key].name for key in keys))
+        listed = ", ".join(repr(name) for name in names)
+        return f"layer {listed}" if len(names) == 1 else f"layers {listed}"
 
     def probe(self, inputs: torch.Tensor, shape: tuple[int, ...], note: str = "") -> None:
         """Run the whole model once: check ``input_shape``, count calls, check the objectives.
@@ -688,11 +713,6 @@ class _ExpressionTarget:
                             f"Expected the model to run on a batch of inputs of input_shape "
                             f"{shape}, but it raised {type(error).__name__}: {error}"
                         ) from error
-                self.calls = {key: len(self.recorder.calls(key)) for key in self.views}
-                outputs = {
-                    key: view.arrange(self.recorder[key], inputs.shape[0])
-                    for key, view in self.views.items()
-                }
         except NetlensValueError as error:
             if reached:
                 raise
@@ -701,11 +721,17 @@ class _ExpressionTarget:
                 f"batch dimension, but got {shape}{note}: a batch of such inputs, "
                 f"{tuple(inputs.shape)}, does not fit the model. {error}"
             ) from error
-        except NotRecordedError as error:
+        missing = [key for key in self.views if key not in ran]
+        if missing:
             raise NetlensValueError(
                 "Expected every layer the objective reads to run in the model's forward pass, "
-                f"but one did not run on inputs of input_shape {shape}: {error}"
-            ) from error
+                f"but {self._names(missing)} did not run on inputs of input_shape {shape}{note}."
+            )
+        self.calls = {key: len(self.recorder.calls(key)) for key in self.views}
+        outputs = {
+            key: view.arrange(self.recorder[key], inputs.shape[0])
+            for key, view in self.views.items()
+        }
         self.order = ran
         self.recorder.clear()
         output = _arrange_output(returned, inputs.shape[0]) if self.needs_output else None
@@ -777,6 +803,104 @@ def _objective_values(objective: Objective, maps: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def _input_names(labels: list[int], expressions: bool) -> list[str]:
+    """What each channel or objective is called in messages ("channel 3", "objective 0")."""
+    kind = "objective" if expressions else "channel"
+    return [f"{kind} {label}" for label in labels]
+
+
+class _FiniteWatch:
+    """Stops the optimisation at the step where a NaN or infinite value appears.
+
+    Each step records, per input, whether its pixels (before transforms), its objective value
+    and its gradient are finite. On the CPU they are checked at once; elsewhere every
+    ``_CHECK_EVERY`` steps (a check waits for the device), still naming the first bad step.
+    """
+
+    _KINDS = ("inputs", "objective", "gradient")
+
+    def __init__(
+        self,
+        steps: int,
+        copies: int,
+        names: list[str],
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.steps = steps
+        self.copies = copies
+        self.names = names
+        self.dtype = dtype
+        self.every = 1 if device.type == "cpu" else _CHECK_EVERY
+        self.flags: list[torch.Tensor] = []  # per step: (3, n) bools
+        self.checked = 0
+
+    def check(
+        self,
+        step: int,
+        current: torch.Tensor,
+        history: list[torch.Tensor],
+        gradient: torch.Tensor,
+    ) -> None:
+        """Record step ``step``'s flags; raise if a checked step holds a non-finite value."""
+        self.flags.append(
+            torch.stack(
+                [
+                    torch.isfinite(current).flatten(1).all(1),
+                    torch.isfinite(history[step]),
+                    torch.isfinite(gradient).flatten(1).all(1),
+                ]
+            )
+        )
+        if (step + 1) % self.every == 0:
+            self.flush(history)
+
+    def flush(self, history: list[torch.Tensor]) -> None:
+        """Check every step recorded since the last check."""
+        pending = self.flags[self.checked :]
+        if not pending:
+            return
+        stacked = torch.stack(pending)  # (k, 3, n)
+        self.checked = len(self.flags)
+        if bool(stacked.all()):
+            return
+        flat = stacked.flatten(1).all(1).tolist()
+        offset = flat.index(False)
+        step = self.checked - len(pending) + offset
+        flags = stacked[offset].cpu()
+        kind = next(k for k in range(3) if not bool(flags[k].all()))
+        bad = (~flags[kind]).nonzero().flatten().tolist()
+        raise NetlensValueError(self._message(step, self._KINDS[kind], bad, history[step]))
+
+    def _message(self, step: int, kind: str, bad: list[int], values: torch.Tensor) -> str:
+        total = len(self.names) * self.copies
+        which = list(dict.fromkeys(self.names[index // self.copies] for index in bad))
+        where = ", ".join(which[:8]) + (", ..." if len(which) > 8 else "")
+        inputs = f"{len(bad)} of the {total} inputs ({where})"
+        when = f"at step {step + 1} of {self.steps}"
+        if kind == "inputs":
+            return (
+                f"Expected finite inputs throughout the optimisation, but {when} the inputs of "
+                f"{inputs} became NaN or infinite: stopped there. Lower lr, bound the inputs "
+                "with value_range=, or add l2=."
+            )
+        if kind == "objective":
+            counted = non_finite(values[bad].cpu()) or "NaN or infinite"
+            half = self.dtype.itemsize < 4
+            return (
+                f"Expected a finite objective throughout the optimisation, but {when} the "
+                f"objective of {inputs} was not finite ({counted} values) on finite inputs: "
+                f"the model (in {self.dtype}) or the objective produced it. Stopped there; "
+                "look for an overflow, a division by zero or a log of zero"
+                + (", or run the model in float32." if half else ".")
+            )
+        return (
+            f"Expected a finite gradient throughout the optimisation, but {when} the gradient "
+            f"of the objective for {inputs} was NaN or infinite while the objective was "
+            f"finite: the model's backward pass (in {self.dtype}) produced it. Stopped there."
+        )
+
+
 def _total_variation(images: torch.Tensor, spatial: int) -> torch.Tensor:
     """Mean absolute difference of neighbours along each spatial dim, per input."""
     total = images.new_zeros(images.shape[0])
@@ -805,7 +929,11 @@ def _layer_objective(
     """
     shape, note = shape_note
     module = view.module
-    hooked = bool(module._forward_hooks or module._forward_pre_hooks)
+    # the user's own hooks only: netlens' hooks of a call in another thread act not here
+    hooked = any(
+        not is_ours(hook)
+        for hook in (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
+    )
     target = Target(model, view)
     _probe(target, shape, dtype, device, note)
     output = target.recorder[view.name]
@@ -994,6 +1122,13 @@ def _check_normalize(
         )
     pair = []
     for name, value in zip(("mean", "std"), normalize, strict=True):
+        if (isinstance(value, torch.Tensor) and value.is_complex()) or (
+            isinstance(value, (np.ndarray, np.generic)) and np.iscomplexobj(value)
+        ):
+            raise NetlensTypeError(
+                f"Expected normalize's {name} to hold real numbers, but got complex values "
+                f"({describe(value)}), whose imaginary part would be lost."
+            )
         try:
             tensor = torch.as_tensor(
                 value.detach().cpu() if isinstance(value, torch.Tensor) else value,
@@ -1018,6 +1153,49 @@ def _check_normalize(
     if not bool((std > 0).all()):
         raise NetlensValueError(f"Expected normalize's std to be > 0, but got {std.tolist()}.")
     return mean, std
+
+
+def _check_normalize_in(
+    normalization: tuple[torch.Tensor, torch.Tensor] | None,
+    bounds: tuple[float, float] | None,
+    work: torch.dtype,
+    dtype: torch.dtype,
+) -> None:
+    """Refuse a ``normalize`` that is finite in float64 but not where it is used.
+
+    ``(x - mean) / std`` is computed in ``work`` (float32 at least) and handed to the model in
+    ``dtype``: a std of 1e-50 is 0 in float32, 1e-40 has an infinite reciprocal there, and a
+    std of 1e-6 maps pixels in (0, 1) beyond what float16 holds.
+    """
+    if normalization is None:
+        return
+    mean, std = normalization
+    for name, value in (("mean", mean), ("std", std)):
+        bad = non_finite(value.to(work))
+        if bad is not None:
+            raise NetlensValueError(
+                f"Expected normalize's {name} to be finite in {work}, the dtype the inputs are "
+                f"computed in, but got {value.tolist()}, with {bad} values there."
+            )
+    cast = std.to(work)
+    if not bool((cast > 0).all()) or non_finite(1 / cast) is not None:
+        raise NetlensValueError(
+            f"Expected normalize's std to be at least {torch.finfo(work).tiny:g} in {work}, the "
+            f"dtype the inputs are computed in (so that 1 / std is finite there), but got "
+            f"{std.tolist()}, which is {cast.tolist()} in {work}."
+        )
+    if bounds is None:
+        return
+    low, high = bounds
+    extremes = torch.stack([(low - mean) / std, (high - mean) / std])
+    if non_finite(extremes.to(work)) is not None or non_finite(extremes.to(dtype)) is not None:
+        limit = torch.finfo(dtype).max
+        raise NetlensValueError(
+            f"Expected normalize to map the value range ({low:g}, {high:g}) to inputs that the "
+            f"model's dtype {dtype} holds (up to {limit:g}), but (x - mean) / std reaches "
+            f"{float(extremes.abs().max()):g}: check normalize's mean and std, and the value "
+            "range (the pictures' units)."
+        )
 
 
 def _check_batch(batch: object) -> int | None:
@@ -1148,8 +1326,8 @@ def maximize_activation(
 
     Returns:
         A :class:`Maximization` with the inputs, the objective reached and its history, in the
-        model's dtype and on its device (there are no user inputs to follow); see there for
-        the shapes.
+        dtype and on the device of the model's first layer (there are no user inputs to
+        follow); see there for the shapes.
 
     Raises:
         LayerNotFoundError: See :func:`find_layers`.
@@ -1159,9 +1337,15 @@ def maximize_activation(
             or objective name, an objective function that does not return one value per
             channel, ``layer``, ``channels``, ``select`` or ``channel_dim`` given with objective
             expressions (or no ``layer`` without them), ``diversity`` with fewer than 2 inputs
-            per objective, ``decorrelate`` for inputs without 3 channels, a ``std`` not
-            positive, or a call inside ``torch.inference_mode()`` (which allows no gradients).
-        NetlensTypeError: Arguments of the wrong type.
+            per objective, ``decorrelate`` for inputs without 3 channels or with a NaN or
+            infinite matrix or :class:`ColorStats`, a ``normalize`` that is not finite, or whose
+            ``std`` is not positive, in the dtype it is used in (float32 at least; the model's
+            for the inputs it makes), a layer the objective reads that does not run, or a call
+            inside ``torch.inference_mode()`` (which allows no gradients). Also, during the
+            run, as soon as the inputs, the objective or its gradient become NaN or infinite:
+            the message names the step and the channels or objectives (nothing is returned).
+        NetlensTypeError: Arguments of the wrong type, complex ``normalize`` or
+            ``decorrelate`` values among them.
 
     Example:
         >>> import netlens as nl
@@ -1255,19 +1439,26 @@ def maximize_activation(
     check_gradients_allowed("maximize_activation")
     check_not_meta(model)
 
+    # the dtype the model takes its inputs in: its first layer's, not a float64 temperature's
     dtype, device = model_dtype_device(model)
     dtype = dtype or torch.get_default_dtype()
     device = device or torch.device("cpu")
     spatial = _spatial_dims(len(shape))
+    # The parametrisation and Adam's state live in at least float32 whatever the model's
+    # dtype: in float16 Adam's eps (1e-8) rounds to 0 and squared gradients underflow, and
+    # the images turned NaN from step 2. Inputs are cast to the model's dtype on the way in.
+    work = torch.promote_types(dtype, torch.float32)
+    _check_normalize_in(normalization, bounds, work, dtype)
 
     with ExitStack() as stack:
+        # The parameters keep requires_grad (shared with every thread); the gradient is asked
+        # for the parametrisation alone, so their .grad is never written.
         stack.enter_context(evaluating(model))
-        stack.enter_context(frozen(model))
         stack.enter_context(torch.enable_grad())  # also when called under torch.no_grad()
         if device.type == "cuda" and any(isinstance(m, nn.RNNBase) for m in model.modules()):
             # cuDNN computes an RNN's backward only in training mode; the native kernels do
             # it in eval mode too, so dropout stays off and results are those of eval mode.
-            stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+            stack.enter_context(cudnn_off())
         values_of: Callable[[torch.Tensor], torch.Tensor]
         if view is not None:
             labels, name, values_of, clear = _layer_objective(
@@ -1291,10 +1482,6 @@ def maximize_activation(
             for copy in range(copies)
         ]
         raw_shape = shape if param == "pixel" else _spectrum_shape(shape)
-        # The parametrisation and Adam's state live in at least float32 whatever the model's
-        # dtype: in float16 Adam's eps (1e-8) rounds to 0 and squared gradients underflow, and
-        # the images turned NaN from step 2. Inputs are cast to the model's dtype on the way in.
-        work = torch.promote_types(dtype, torch.float32)
         noise = torch.stack(
             [_INIT_STD * torch.randn(raw_shape, generator=g, dtype=work) for g in generators]
         ).to(device)
@@ -1322,6 +1509,9 @@ def maximize_activation(
         channels_last = _CHANNELS_LAST and device.type == "cpu" and len(shape) == 3
         optimizer = _Adam(parametrization.raw, lr)
         history: list[torch.Tensor] = []
+        watch = _FiniteWatch(
+            steps, copies, _input_names(labels, expressions is not None), dtype, device
+        )
         for step in progress_bar(range(steps), enabled=progress, desc=f"maximize {name}"):
             current = images()
             inputs = current
@@ -1334,7 +1524,7 @@ def maximize_activation(
             if channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             values = values_of(inputs)
-            if not values.requires_grad:
+            if step == 0 and not depends_on(values, parametrization.raw):
                 raise NetlensValueError(
                     "Expected the objective to depend on the input through the model, but its "
                     "values carry no gradient (does the objective function detach them?)."
@@ -1344,11 +1534,15 @@ def maximize_activation(
                 loss = loss + l2 * current.pow(2).flatten(1).mean(1).sum()
             if tv:
                 loss = loss + tv * _total_variation(current, spatial).sum()
-            (gradient,) = torch.autograd.grad(loss, [parametrization.raw], allow_unused=True)
-            optimizer.step(torch.zeros_like(parametrization.raw) if gradient is None else gradient)
+            (found,) = torch.autograd.grad(loss, [parametrization.raw], allow_unused=True)
+            gradient = torch.zeros_like(parametrization.raw) if found is None else found
             history.append(values.detach())
+            # before the step: a NaN gradient would make every later input NaN
+            watch.check(step, current.detach(), history, gradient)
+            optimizer.step(gradient)
             if blur_every and (step + 1) % blur_every == 0 and step + 1 < steps:
                 parametrization.blur_(blur_sigma, spatial)
+        watch.flush(history)
         with torch.no_grad():
             final = images().detach().to(dtype)
             reached = values_of(final).detach()

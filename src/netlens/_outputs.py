@@ -10,7 +10,11 @@ Every technique that takes a layer reads the layer's output through :class:`Laye
   attention, transformer layers) and for the state of a recurrent layer (``select=1``). It is
   never inferred by comparing sizes.
 - **Channel (unit) axis**: by the module's kind (:func:`default_channel_dim`), or what the user
-  says with ``channel_dim=``.
+  says with ``channel_dim=``. A module of no kind of its own (an activation, dropout, a block)
+  takes the axis of the module whose output it consumes (a block: that produced its output),
+  found on the data's path: :class:`_Reader` reads the parent's ``forward`` to see which
+  module's output is passed to which module. Registration order stands in only where that code
+  cannot be read.
 
 Techniques work on the output *arranged* as ``(N, C, *rest)`` (:meth:`LayerView.arrange`) and
 map back with :meth:`LayerView.unarrange`, so no technique keeps a rule of its own.
@@ -18,8 +22,13 @@ map back with :meth:`LayerView.unarrange`, so no technique keeps a rule of its o
 
 from __future__ import annotations
 
+import ast
+import enum
+import inspect
+import textwrap
+import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import torch
@@ -133,16 +142,43 @@ def check_channel_dim(channel_dim: object) -> int | None:
     return number
 
 
+def _computes_its_own_way(module: nn.Module) -> bool:
+    """A ``LayerNorm`` subclass with a forward of its own: what it normalises is its business.
+
+    torchvision's ``LayerNorm2d`` (ConvNeXt) subclasses ``nn.LayerNorm`` to normalise the
+    channels of ``(N, C, H, W)`` maps: dim 1, not the last. Such a norm has no axis of its own
+    kind; it keeps that of what it normalises (the data's path, see :func:`_input_kind`).
+    """
+    return isinstance(module, nn.LayerNorm) and type(module).forward is not nn.LayerNorm.forward
+
+
 def _kind(module: nn.Module) -> int | None:
-    """The channel dim a module's kind implies: 1, -1, or None for kind-neutral modules."""
+    """The channel dim a module's kind implies: 1, -1, or None for kind-neutral modules.
+
+    A block (a module with children) named like a kind (``ConvNextEmbeddings``) is read by what
+    produced its output first: the name is a guess about a library netlens does not import.
+    """
+    data_format = getattr(module, "data_format", None)  # Hugging Face's ConvNextLayerNorm, ...
+    if data_format == "channels_first":
+        return 1
+    if data_format == "channels_last":
+        return -1
+    if _computes_its_own_way(module):
+        return None
     if isinstance(module, _LAST_DIM_KINDS):
         return -1
     if isinstance(module, _FIRST_DIM_KINDS):
         return 1
-    name = type(module).__name__
-    if name in _LAST_DIM_NAMES or name.endswith(_LAST_DIM_SUFFIXES):
+    if type(module).__name__ in _LAST_DIM_NAMES:
         return -1
-    return None
+    if not module._modules:
+        return _named_kind(module)
+    return None  # a block named like a kind: by its data first (see _output_kind)
+
+
+def _named_kind(module: nn.Module) -> int | None:
+    """-1 for a class named like attention, an embedding or a norm (``BertSelfAttention``)."""
+    return -1 if type(module).__name__.endswith(_LAST_DIM_SUFFIXES) else None
 
 
 def _permutation(module: nn.Module) -> tuple[int, ...] | None:
@@ -189,55 +225,572 @@ def _width(module: nn.Module) -> int | None:
 _Kind: TypeAlias = tuple[int, int | None]
 
 
-def _last_kind(module: nn.Module, after: list[tuple[int, ...]]) -> _Kind | None:
-    """The channel dim of a container's output: that of its last module of a definite kind.
+# -- the data's path -----------------------------------------------------------------------------
+#
+# Which module's output a module consumes, and which module produced a block's output, read from
+# the code of the forward that calls them: in ``h = self.c_fc(x); h = self.act(h)`` the
+# activation consumes c_fc's output wherever the two are registered. The reader follows plain
+# assignments, calls of submodules (``self.fc``, ``self.layers[0]``, a local alias of one) and of
+# the class's own methods, elementwise arithmetic, layout-keeping functions, ``torch.cat`` and
+# ``permute``/``transpose`` with constant dims; anything else (a reshape, a matmul, a loop over a
+# ModuleList, code without source) is "unknown", and there registration order stands in for
+# the data's path. Nothing is run: no hook, no trace, nothing process-wide; what is read is
+# cached per class.
 
-    ``after`` collects the permute modules met on the way back, in forward order.
+
+class _Path(enum.Enum):
+    """The data's path is not known here (code that cannot be read, or too dynamic)."""
+
+    UNKNOWN = "unknown"
+
+
+_UNKNOWN = _Path.UNKNOWN
+
+# A value in a forward, as the reader knows it:
+#   ("input", i)                  the forward's i-th argument (after self)
+#   ("call", path, value)         what submodule ``self.<path>`` returned when called on ``value``
+#   ("permute", dims, value)      ``value.permute(*dims)``
+#   ("transpose", a, b, value)    ``value.transpose(a, b)``
+#   ("ref", path)                 the attribute ``self.<path>`` itself (a submodule, a parameter)
+#   None                          anything else
+_Value: TypeAlias = tuple[Any, ...] | None
+
+# Functions and tensor methods that keep a tensor's layout: their result is read as their
+# (first) operand's.
+_SAME_LAYOUT = frozenset(
+    {
+        "relu",
+        "relu_",
+        "gelu",
+        "silu",
+        "mish",
+        "elu",
+        "selu",
+        "celu",
+        "leaky_relu",
+        "hardswish",
+        "hardsigmoid",
+        "hardtanh",
+        "relu6",
+        "softplus",
+        "sigmoid",
+        "tanh",
+        "dropout",
+        "contiguous",
+        "clone",
+        "detach",
+        "float",
+        "half",
+        "double",
+        "bfloat16",
+        "to",
+        "type_as",
+    }
+)
+_ELEMENTWISE = (ast.Add, ast.Sub, ast.Mult, ast.Div)
+_MAX_INLINE_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class _Flow:
+    """What a module's forward passes where (paths relative to the module).
+
+    Attributes:
+        consumes: For each submodule path it calls, the value passed to it, per call in the
+            order of the code.
+        returns: The value of each ``return`` in the order of the code (for a tuple or a
+            mapping: its first item, as the output rule reads it).
     """
+
+    consumes: Mapping[str, tuple[_Value, ...]]
+    returns: tuple[_Value, ...]
+
+
+class _Reader:
+    """Reads the data's path out of one class's ``forward`` (and the methods it calls)."""
+
+    def __init__(self, owner: type[nn.Module]) -> None:
+        self.owner = owner
+        self.consumes: dict[str, list[_Value]] = {}
+        self.active: list[Any] = []  # the functions being read, against recursion
+
+    def read(self) -> _Flow | None:
+        returns = self.function(self.owner.forward, None)
+        if returns is None:
+            return None
+        return _Flow({k: tuple(v) for k, v in self.consumes.items()}, tuple(returns))
+
+    def function(self, function: Any, arguments: list[_Value] | None) -> list[_Value] | None:
+        """The values a function returns; None if its code cannot be read.
+
+        ``arguments`` are the values passed after ``self`` (None: the forward itself, whose
+        arguments are its inputs).
+        """
+        definition = _definition(function)
+        if definition is None or function in self.active or len(self.active) > _MAX_INLINE_DEPTH:
+            return None
+        parameters = [*definition.args.posonlyargs, *definition.args.args]
+        if not parameters:
+            return None
+        env: dict[str, _Value] = {}
+        for index, parameter in enumerate(parameters[1:]):
+            if arguments is None:
+                env[parameter.arg] = ("input", index)
+            else:
+                env[parameter.arg] = arguments[index] if index < len(arguments) else None
+        returns: list[_Value] = []
+        self.active.append(function)
+        try:
+            self.block(definition.body, env, parameters[0].arg, returns)
+        finally:
+            self.active.pop()
+        return returns
+
+    # -- statements ----------------------------------------------------------------------------
+
+    def block(
+        self, body: list[ast.stmt], env: dict[str, _Value], me: str, returns: list[_Value]
+    ) -> None:
+        for statement in body:
+            self.statement(statement, env, me, returns)
+
+    def statement(
+        self, node: ast.stmt, env: dict[str, _Value], me: str, returns: list[_Value]
+    ) -> None:
+        if isinstance(node, ast.Assign):
+            value = self.expr(node.value, env, me)
+            for target in node.targets:
+                self.assign(target, value, env)
+        elif isinstance(node, ast.AnnAssign):
+            if node.value is not None:
+                self.assign(node.target, self.expr(node.value, env, me), env)
+        elif isinstance(node, ast.AugAssign):
+            value = self.expr(node.value, env, me)
+            if isinstance(node.target, ast.Name):
+                current = env.get(node.target.id)
+                elementwise = isinstance(node.op, _ELEMENTWISE)
+                env[node.target.id] = _either(current, value) if elementwise else None
+        elif isinstance(node, ast.Return):
+            returns.append(None if node.value is None else self.first(node.value, env, me))
+        elif isinstance(node, ast.Expr):
+            self.expr(node.value, env, me)
+        elif isinstance(node, ast.If):
+            self.expr(node.test, env, me)
+            branches = [dict(env), dict(env)]
+            self.block(node.body, branches[0], me, returns)
+            self.block(node.orelse, branches[1], me, returns)
+            _merge(env, branches)
+        elif isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
+            # run zero or more times: what the body changes is unknown after the loop
+            if isinstance(node, ast.While):
+                self.expr(node.test, env, me)
+            else:
+                self.expr(node.iter, env, me)
+            inside = dict(env)
+            if not isinstance(node, ast.While):
+                self.assign(node.target, None, inside)
+            self.block(node.body, inside, me, returns)
+            self.block(node.orelse, inside, me, returns)
+            _merge(env, [dict(env), inside])
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            for item in node.items:
+                self.expr(item.context_expr, env, me)
+                if item.optional_vars is not None:
+                    self.assign(item.optional_vars, None, env)
+            self.block(node.body, env, me, returns)
+        elif isinstance(node, ast.Try):
+            self.block(node.body, env, me, returns)
+            branches = [dict(env)]
+            for handler in node.handlers:
+                branch = dict(env)
+                self.block(handler.body, branch, me, returns)
+                branches.append(branch)
+            otherwise = dict(env)
+            self.block(node.orelse, otherwise, me, returns)
+            branches.append(otherwise)
+            _merge(env, branches)
+            self.block(node.finalbody, env, me, returns)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            env[node.name] = None
+        else:  # assert, raise, del, ...: only their calls matter
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.expr):
+                    self.expr(child, env, me)
+
+    def assign(self, target: ast.expr, value: _Value, env: dict[str, _Value]) -> None:
+        if isinstance(target, ast.Name):
+            env[target.id] = value
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            # ``out, state = self.lstm(x)``: the first item is what the output rule reads
+            first = value if value is not None and value[0] == "call" else None
+            for index, item in enumerate(target.elts):
+                self.assign(item, first if index == 0 else None, env)
+        elif isinstance(target, ast.Starred):
+            self.assign(target.value, None, env)
+
+    # -- expressions ---------------------------------------------------------------------------
+
+    def first(self, node: ast.expr, env: dict[str, _Value], me: str) -> _Value:
+        """A returned value as the output rule reads it: a tuple's or a dict's first item."""
+        if isinstance(node, (ast.Tuple, ast.List)) and node.elts:
+            values = [self.expr(item, env, me) for item in node.elts]
+            return values[0]
+        if isinstance(node, ast.Dict) and node.values:
+            values = [self.expr(item, env, me) for item in node.values]
+            for key in node.keys:
+                if key is not None:
+                    self.expr(key, env, me)
+            return values[0] if node.keys[0] is not None else None
+        return self.expr(node, env, me)
+
+    def expr(self, node: ast.expr, env: dict[str, _Value], me: str) -> _Value:
+        if isinstance(node, ast.Name):
+            return env.get(node.id)
+        path = _path_on(node, me)
+        if path is not None:
+            return ("ref", path)
+        if isinstance(node, ast.Call):
+            return self.call(node, env, me)
+        if isinstance(node, ast.BinOp):
+            left = self.expr(node.left, env, me)
+            right = self.expr(node.right, env, me)
+            return _either(left, right) if isinstance(node.op, _ELEMENTWISE) else None
+        if isinstance(node, ast.IfExp):
+            self.expr(node.test, env, me)
+            body, orelse = self.expr(node.body, env, me), self.expr(node.orelse, env, me)
+            return body if body == orelse else None
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.expr):
+                self.expr(child, env, me)
+        return None
+
+    def call(self, node: ast.Call, env: dict[str, _Value], me: str) -> _Value:
+        callee = node.func
+        receiver: _Value = None
+        if isinstance(callee, ast.Attribute) and _path_on(callee, me) is None:
+            receiver = self.expr(callee.value, env, me)
+            function: _Value = None
+        else:
+            function = self.expr(callee, env, me)
+        arguments: list[_Value] = []
+        parts: list[_Value] = []  # the items of a first argument that is a list or tuple
+        for index, argument in enumerate(node.args):
+            if index == 0 and isinstance(argument, (ast.List, ast.Tuple)):
+                parts = [self.expr(item, env, me) for item in argument.elts]
+                arguments.append(None)
+            else:
+                arguments.append(self.expr(argument, env, me))
+        keywords = [self.expr(keyword.value, env, me) for keyword in node.keywords]
+        if function is not None and function[0] == "ref":
+            path = function[1]
+            own = _method(self.owner, path)
+            if own is not None:
+                returns = self.function(own, arguments)
+                known = [value for value in returns or () if value is not None]
+                return known[-1] if known and all(v == known[0] for v in known) else None
+            given = arguments[0] if arguments else keywords[0] if keywords else None
+            self.consumes.setdefault(path, []).append(given)
+            return ("call", path, given)
+        name = callee.attr if isinstance(callee, ast.Attribute) else getattr(callee, "id", None)
+        if name in ("cat", "concat", "concatenate"):
+            # joined along some dim, the layout stays: read as its first part the reader knows
+            return next((value for value in parts if _is_tensor(value)), None)
+        method = _is_tensor(receiver)  # x.relu(), rather than F.relu(x)
+        operand = receiver if method else arguments[0] if arguments else None
+        if not _is_tensor(operand):
+            return None
+        if name in _SAME_LAYOUT:
+            return operand
+        rest = node.args if method else node.args[1:]
+        if name == "permute":
+            dims = _ints(rest)
+            if dims is not None and sorted(d % len(dims) for d in dims) == list(range(len(dims))):
+                return ("permute", dims, operand)
+        if name in ("transpose", "swapaxes", "swapdims"):
+            pair = _ints(rest)
+            if pair is not None and len(pair) == 2:
+                return ("transpose", pair[0], pair[1], operand)
+        return None
+
+
+def _is_tensor(value: _Value) -> bool:
+    """Whether a value is a tensor the reader follows (not an attribute, not unknown)."""
+    return value is not None and value[0] != "ref"
+
+
+def _ints(nodes: list[ast.expr]) -> tuple[int, ...] | None:
+    """Constant ints written as arguments (``1, 2`` or ``(0, 2, 3, 1)``), else None."""
+    if len(nodes) == 1 and isinstance(nodes[0], (ast.Tuple, ast.List)):
+        nodes = nodes[0].elts
+    numbers = []
+    for node in nodes:
+        sign = 1
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            sign, node = -1, node.operand
+        if not isinstance(node, ast.Constant) or type(node.value) is not int:
+            return None
+        numbers.append(sign * node.value)
+    return tuple(numbers) if numbers else None
+
+
+def _path_on(node: ast.expr, me: str) -> str | None:
+    """``"a.b.0"`` for ``self.a.b[0]`` (``me`` is the name of ``self``), else None."""
+    parts: list[str] = []
+    while True:
+        if isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            key = node.slice.value
+            if not isinstance(key, (int, str)) or isinstance(key, bool):
+                return None
+            parts.append(str(key))
+            node = node.value
+        elif isinstance(node, ast.Name) and node.id == me and parts:
+            return ".".join(reversed(parts))
+        else:
+            return None
+
+
+def _either(left: _Value, right: _Value) -> _Value:
+    """The operand whose layout an elementwise result has: a submodule's output first.
+
+    In ``x + self.mlp(x)`` both have the same layout; the branch's module says more about it
+    than the block's input.
+    """
+    tensors = [value for value in (left, right) if _is_tensor(value)]
+    made = [value for value in tensors if value is not None and value[0] != "input"]
+    return (made or tensors or [None])[0]
+
+
+def _merge(env: dict[str, _Value], branches: list[dict[str, _Value]]) -> None:
+    """After branches: a name keeps its value only where every branch agrees on it."""
+    for key in {key for branch in branches for key in branch}:
+        values = [branch.get(key) for branch in branches]
+        env[key] = values[0] if all(value == values[0] for value in values) else None
+
+
+def _method(owner: type[nn.Module], path: str) -> Any:
+    """The plain function behind ``self.<path>(...)`` when it is a method of the class."""
+    if "." in path:
+        return None
+    function = inspect.getattr_static(owner, path, None)
+    return function if inspect.isfunction(function) else None
+
+
+# Caches of pure functions of a class's code; weak, so that classes made on the fly can go.
+_DEFINITIONS: weakref.WeakKeyDictionary[Any, ast.FunctionDef | ast.AsyncFunctionDef | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _definition(function: Any) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    """The parsed code of a function, or None where there is no source to read."""
+    if not inspect.isfunction(function):
+        return None  # a builtin, a partial, ...: no code of the kind the reader reads
+    if function in _DEFINITIONS:
+        return _DEFINITIONS[function]
+    definition = None
+    try:
+        source = textwrap.dedent(inspect.getsource(inspect.unwrap(function)))
+        tree = ast.parse(source)
+    except (OSError, TypeError, SyntaxError, ValueError):
+        tree = None
+    if tree is not None and tree.body:
+        node = tree.body[0]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            definition = node
+    _DEFINITIONS[function] = definition
+    return definition
+
+
+_FLOWS: weakref.WeakKeyDictionary[type[nn.Module], _Flow | None] = weakref.WeakKeyDictionary()
+
+
+def _flow(module: nn.Module) -> _Flow | None:
+    """What ``module``'s forward passes where, or None where it cannot be read."""
+    owner = type(module)
+    if isinstance(module, nn.Sequential) and owner.forward is nn.Sequential.forward:
+        # Sequential's forward is the chain of its children, in order
+        names = [name for name, child in module._modules.items() if child is not None]
+        consumes: dict[str, tuple[_Value, ...]] = {}
+        value: _Value = ("input", 0)
+        for name in names:
+            consumes[name] = (value,)
+            value = ("call", name, value)
+        return _Flow(consumes, (value,))
+    if owner.forward is nn.Module.forward:  # ModuleList, ModuleDict: no forward of their own
+        return None
+    if owner not in _FLOWS:
+        _FLOWS[owner] = _Reader(owner).read()
+    return _FLOWS[owner]
+
+
+def _child(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name) if name else model
+    except AttributeError:
+        return None
+
+
+def _join(owner: str, path: str) -> str:
+    return f"{owner}.{path}" if owner else path
+
+
+def _resolve(
+    model: nn.Module, owner: str, value: _Value, visiting: set[tuple[str, str]]
+) -> _Kind | _Path | None:
+    """The kind of a value of the forward of module ``owner``."""
+    if value is None or value[0] == "ref":
+        return _UNKNOWN
+    if value[0] == "input":
+        return _input_kind(model, owner, visiting) if value[1] == 0 else _UNKNOWN
+    if value[0] in ("permute", "transpose"):
+        inner = _resolve(model, owner, value[-1], visiting)
+        if inner is None or inner is _UNKNOWN:
+            return inner
+        dim, width = inner
+        moved = _moved(dim, value)
+        return _UNKNOWN if moved is None else (moved, width)
+    name = _join(owner, value[1])
+    if _child(model, name) is None:
+        # a function kept on the module (``self.act_fn = F.gelu``): read as layout-keeping
+        return _resolve(model, owner, value[2], visiting)
+    return _output_kind(model, name, visiting)
+
+
+def _moved(dim: int, value: tuple[Any, ...]) -> int | None:
+    """Where dim ``dim`` goes through a permute or transpose value; None if that is unknown."""
+    if value[0] == "permute":
+        dims: tuple[int, ...] = value[1]
+        return _through(dim, [dims]) if -len(dims) <= dim < len(dims) else None
+    first, second = value[1], value[2]
+    if not (dim >= 0) == (first >= 0) == (second >= 0):
+        return None  # -1 and 2 may or may not be the same dim: the rank is not known here
+    return second if dim == first else first if dim == second else dim
+
+
+def _consumed(model: nn.Module, name: str, visiting: set[tuple[str, str]]) -> _Kind | _Path | None:
+    """The kind of what layer ``name`` consumes, on the data's path: _UNKNOWN if not known."""
+    parts = name.split(".")
+    # The forward that calls the layer: its parent's, or above a ModuleList or ModuleDict
+    for level in range(len(parts) - 1, -1, -1):
+        owner = ".".join(parts[:level])
+        module = _child(model, owner)
+        if module is None:
+            return _UNKNOWN
+        flow = _flow(module)
+        if flow is None:
+            if type(module).forward is nn.Module.forward:
+                continue
+            return _UNKNOWN
+        for value in flow.consumes.get(".".join(parts[level:]), ()):
+            found = _resolve(model, owner, value, visiting)
+            if found is not _UNKNOWN:
+                return found
+        return _UNKNOWN
+    return _UNKNOWN
+
+
+def _produced(model: nn.Module, name: str, visiting: set[tuple[str, str]]) -> _Kind | _Path | None:
+    """The kind of block ``name``'s output: that of the module that produced it."""
+    module = _child(model, name)
+    flow = None if module is None else _flow(module)
+    if flow is None:
+        return _UNKNOWN
+    known = [value for value in flow.returns if value is not None]
+    if not known:
+        return _UNKNOWN
+    return _resolve(model, name, known[-1], visiting)  # the last return: the main path
+
+
+def _input_kind(model: nn.Module, name: str, visiting: set[tuple[str, str]]) -> _Kind | None:
+    """The kind of what layer ``name`` consumes (None: the model's input, or nothing known).
+
+    On the data's path where the code that calls the layer can be read; else what the module
+    registered before it in its parent outputs (for the first child: what its parent consumes).
+    """
+    if not name:
+        return None  # the model's own input
+    key = ("input", name)
+    if key in visiting:
+        return None
+    visiting.add(key)
+    try:
+        found = _consumed(model, name, visiting)
+        if found is not _UNKNOWN:
+            return found
+        parent, _, own = name.rpartition(".")
+        siblings = [key for key, child in _children(model, parent) if child is not None]
+        position = siblings.index(own) if own in siblings else 0
+        if position == 0:
+            return _input_kind(model, parent, visiting)
+        return _output_kind(model, _join(parent, siblings[position - 1]), visiting)
+    finally:
+        visiting.discard(key)
+
+
+def _children(model: nn.Module, name: str) -> list[tuple[str, nn.Module | None]]:
+    module = _child(model, name)
+    return [] if module is None else list(module._modules.items())
+
+
+def _output_kind(model: nn.Module, name: str, visiting: set[tuple[str, str]]) -> _Kind | None:
+    """The channel dim (and width) of layer ``name``'s output, by kind or inherited."""
+    module = _child(model, name)
+    key = ("output", name)
+    if module is None or key in visiting:
+        return None
     own = _kind(module)
     if own is not None:
-        return _through(own, after), _width(module)
-    permutation = _permutation(module)
-    if permutation is not None:
-        after.insert(0, permutation)
-        return None
-    for child in reversed(list(module.children())):
-        found = _last_kind(child, after)
-        if found is not None:
-            return found
-    return None
+        return own, _width(module)
+    visiting.add(key)
+    try:
+        permutation = _permutation(module)
+        if permutation is not None:
+            inner = _input_kind(model, name, visiting)
+            return None if inner is None else (_through(inner[0], [permutation]), inner[1])
+        if _computes_its_own_way(module):
+            inner = _input_kind(model, name, visiting)
+            return None if inner is None else (inner[0], _width(module))
+        named = _named_kind(module)
+        children = [key for key, child in module._modules.items() if child is not None]
+        if children:
+            # a block: the module that produced its output; where that cannot be read, its
+            # last module (registration order)
+            produced = _produced(model, name, visiting)
+            if produced is not _UNKNOWN and produced is not None:
+                return produced
+            if named is not None:
+                return named, None
+            if produced is None:
+                return None
+            return _output_kind(model, _join(name, children[-1]), visiting)
+        if named is not None:
+            return named, _width(module)
+        return _input_kind(model, name, visiting)
+    finally:
+        visiting.discard(key)
 
 
 def _inherited_kind(model: nn.Module, name: str) -> _Kind | None:
     """The kind of layer ``name`` when it has none of its own (see default_channel_dim)."""
-    module = model.get_submodule(name) if name else model
-    permutation = _permutation(module)
-    after: list[tuple[int, ...]] = [] if permutation is None else [permutation]
-    for child in reversed(list(module.children())):
-        found = _last_kind(child, after)
-        if found is not None:
-            return found
-    parts = name.split(".") if name else []
-    while parts:
-        parent = model.get_submodule(".".join(parts[:-1])) if len(parts) > 1 else model
-        siblings = list(parent.named_children())
-        position = next(i for i, (child, _) in enumerate(siblings) if child == parts[-1])
-        for _, sibling in reversed(siblings[:position]):
-            found = _last_kind(sibling, after)
-            if found is not None:
-                return found
-        parts = parts[:-1]
-    return (_through(1, after), None) if after else None
+    return _output_kind(model, name, set())
 
 
 def default_channel_dim(model: nn.Module, name: str) -> int:
     """The channel dim of layer ``name`` by its kind, before seeing its output.
 
     A module of a definite kind gives it (convolution family: 1; Linear, Conv1D, LayerNorm,
-    Embedding, attention, recurrent: -1). A container takes the kind of its last module of a
-    definite kind, mapped through parameter-free permute modules after it. A kind-neutral module
-    (an activation, dropout, a block of unknown kind) inherits the kind of the module registered
-    before it in its parent, and so on up the parents. With nothing to go by: 1.
+    Embedding, attention, recurrent: -1; a ``data_format`` attribute of ``"channels_first"`` or
+    ``"channels_last"``: 1 or -1). A module of no kind of its own takes it from the data's
+    path: an activation, dropout, a module of unknown kind or a ``LayerNorm`` subclass with a
+    forward of its own (torchvision's ``LayerNorm2d``) that of the module whose output it
+    consumes; a block that of the module that produced its output (a block whose class name
+    says attention, embedding or norm: by the name where the path says nothing); a permute
+    module that of its input, permuted. The path is read from the forward of the module that
+    calls them; where it cannot be read, registration order stands in for it (the module
+    registered before, a block's last module). With nothing to go by: 1.
     :meth:`LayerView.dims` also checks an inherited kind against the output.
     """
     module = model.get_submodule(name) if name else model
@@ -248,10 +801,24 @@ def default_channel_dim(model: nn.Module, name: str) -> int:
     return 1 if inherited is None else inherited[0]
 
 
+def _batch_first(module: nn.Module) -> bool | None:
+    """The module's ``batch_first``, also where it sits on its attention or its layers."""
+    value = getattr(module, "batch_first", None)
+    if isinstance(value, bool):
+        return value
+    if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+        return bool(module.self_attn.batch_first)
+    if isinstance(module, (nn.TransformerEncoder, nn.TransformerDecoder)):
+        # no batch_first of its own: its layers (all alike) say it
+        layers = list(module.layers)
+        return _batch_first(layers[0]) if layers else None
+    return None
+
+
 def _batch_dim(module: nn.Module, select: Select | None) -> int:
     if isinstance(module, nn.RNNBase) and select == 1:
         return 1  # the state (h_n or (h_n, c_n)): (layers * directions, N, H)
-    return 1 if getattr(module, "batch_first", True) is False else 0
+    return 1 if _batch_first(module) is False else 0
 
 
 @dataclass(frozen=True)
@@ -264,11 +831,13 @@ class LayerView:
         select: What the user passed as ``select=`` (None: the default rule).
         channel_dim: The channel axis as the user gave it or the module's kind implies.
         batch_dim: The batch axis of the selected output.
-        inherited_width: For a channel axis inherited from another module (a block's last
-            module, the module before an activation), that module's channel count: an output
-            whose size on that axis differs is not explained by the inherited kind, and is read
-            with its channels on dim 1 instead. None when the axis is the module's own or the
-            user's.
+        inherited_width: For a channel axis inherited from another module (the module that
+            produced a block's output, the one whose output an activation consumes), that
+            module's channel count: an output whose size on that axis differs is not explained
+            by the inherited kind, and is read with its channels on dim 1 instead. None when
+            the axis is the module's own or the user's. Not an argument: set by
+            :func:`layer_view` only, so that a view made from another with a ``channel_dim`` of
+            the user's (``dataclasses.replace(view, channel_dim=-1)``) reads that axis as given.
     """
 
     name: str
@@ -276,7 +845,7 @@ class LayerView:
     select: Select | None
     channel_dim: int
     batch_dim: int
-    inherited_width: int | None = None
+    inherited_width: int | None = field(default=None, init=False)
 
     def tensor(self, output: Any) -> torch.Tensor:
         """The tensor of a raw output that the technique looks at."""
@@ -400,7 +969,9 @@ def _view(
     inherited = _inherited_kind(model, name)
     if inherited is None:
         return LayerView(name, module, select, 1, batch_dim)
-    return LayerView(name, module, select, inherited[0], batch_dim, inherited[1])
+    view = LayerView(name, module, select, inherited[0], batch_dim)
+    object.__setattr__(view, "inherited_width", inherited[1])  # frozen: set once, here
+    return view
 
 
 def layer_view(

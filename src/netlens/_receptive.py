@@ -37,6 +37,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._deconvnet import ELEMENTWISE, RELU_NAMES, function_name, writes_first_argument
 from ._errors import NetlensValueError
+from ._hooks import Hooks
 from ._outputs import LayerView
 from ._record import StopForward, _mutated_tensors
 
@@ -66,12 +67,10 @@ def run_to_layer(model: nn.Module, module: nn.Module, calls: int, inputs: torch.
         if seen >= calls:
             raise StopForward
 
-    handle = module.register_forward_hook(stop)
-    try:
-        with suppress(StopForward):
-            model(inputs)
-    finally:
-        handle.remove()
+    with Hooks() as hooks, suppress(StopForward):
+        # this thread's passes only: another thread's pass of a shared model must not stop
+        hooks.forward(module, stop)
+        model(inputs)
 
 
 def receptive_fields(
@@ -89,7 +88,8 @@ def receptive_fields(
     hardly matter, but a model that normalises its input by statistics of it needs a real one).
     ``keys`` are ``(channel, *position)`` rows indexing the layer's arranged output
     ``(N, C, *map)``; ``calls`` is how many times the layer runs per forward pass (the last
-    call is the one meant). The model must be in eval mode with frozen parameters. ``rows``
+    call is the one meant). The model must be in eval mode (its parameters may require
+    gradients: the probe uses stand-ins for them and differentiates to the input only). ``rows``
     bounds the activations one gradient probe handles at once (its memory). Returned on
     the CPU as ``(M, sample.dim() - 1, 2)``, ``[start, stop)`` per input dimension after the
     batch one; an activation that depends on no input element gets the whole input.
@@ -438,14 +438,12 @@ def _geometry(
         captured.append(output)
 
     geometry = _Geometry(leaf)
-    handle = view.module.register_forward_hook(keep)
     try:
-        with torch.no_grad(), geometry:
+        with Hooks() as hooks, torch.no_grad(), geometry:
+            hooks.forward(view.module, keep)
             run_to_layer(model, view.module, calls, leaf)
     except Exception:  # whatever stops the trace, the probe can still try
         return None
-    finally:
-        handle.remove()
     if not captured:
         return None
     try:
@@ -629,17 +627,22 @@ def _probe(
     except (RuntimeError, TypeError):
         # a device without float64: run in the inputs' dtype
         output, leaf = _linear_forward(model, view, inputs, calls, inputs.dtype)
+    unrelated = NetlensValueError(
+        f"Expected the output of layer {view.name!r} to depend on the inputs, but it does "
+        "not (it has no autograd history from them): pick a layer between the inputs and "
+        "the output."
+    )
     if not output.requires_grad:
-        raise NetlensValueError(
-            f"Expected the output of layer {view.name!r} to depend on the inputs, but it does "
-            "not (it has no autograd history from them): pick a layer between the inputs and "
-            "the output."
-        )
+        raise unrelated
     arranged = view.arrange(output, inputs.shape[0])
     seed = torch.zeros_like(arranged)
     rows = torch.arange(keys.shape[0], device=output.device)
     seed[(rows, *keys.to(output.device).unbind(1))] = 1
-    (grad,) = torch.autograd.grad(output, leaf, view.unarrange(seed, output))
+    # to the input only: parameters that require gradients (the model's own, left as they
+    # are) get none, and their .grad is never touched
+    (grad,) = torch.autograd.grad(output, leaf, view.unarrange(seed, output), allow_unused=True)
+    if grad is None:
+        raise unrelated
     support = (grad != 0).to(torch.uint8)
     boxes = []
     for dim in range(1, support.dim()):
@@ -667,12 +670,9 @@ def _linear_forward(
     def keep(module: nn.Module, args: Any, output: Any) -> None:
         captured.append(view.tensor(output))
 
-    handle = view.module.register_forward_hook(keep)
-    try:
-        with torch.enable_grad(), _Linearize(dtype):
-            run_to_layer(model, view.module, calls, leaf.clone())
-    finally:
-        handle.remove()
+    with Hooks() as hooks, torch.enable_grad(), _Linearize(dtype):
+        hooks.forward(view.module, keep)
+        run_to_layer(model, view.module, calls, leaf.clone())
     if not captured:
         raise NetlensValueError(
             f"Expected layer {view.name!r} to run in the model's forward pass, but it never ran."

@@ -14,15 +14,15 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sized
+from collections.abc import Callable, Iterable, Mapping, Sized
 from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
 from torch import nn
 
-from ._checks import as_int, batches, check_not_meta, prepare_inputs
+from ._checks import as_int, batches, check_choice, check_not_meta, prepare_inputs
 from ._distributed import gather, resolve_group, same_group
 from ._errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
 from ._layers import LayerSpec, unwrap_parallel
@@ -448,8 +448,14 @@ class ActivationStats:
             )
         return self._add(tensor, dim % tensor.dim())
 
-    def _add(self, tensor: torch.Tensor, dim: int) -> ActivationStats:
-        """:meth:`update` with the channel axis ``dim`` (non-negative) of this tensor."""
+    def _add(
+        self, tensor: torch.Tensor, dim: int, refuse: Callable[[_Moments], None] | None = None
+    ) -> ActivationStats:
+        """:meth:`update` with the channel axis ``dim`` (non-negative) of this tensor.
+
+        ``refuse``, when given, sees the tensor's statistics before they are added, and may
+        raise (NaN or inf values where the caller does not count them).
+        """
         channels = tensor.shape[dim]
         self._check_channels(channels, "update with")
         outer = math.prod(tensor.shape[:dim])
@@ -464,6 +470,8 @@ class ActivationStats:
         batch, scratch = _batch_moments(values, shift, self._scratch)
         # keep the CPU scratch buffer (one slice: 1 MB in float32) for the next batch
         self._scratch = scratch if scratch.device.type == "cpu" else None
+        if refuse is not None:
+            refuse(batch)
         if self._state is None:
             self._state = batch
         else:
@@ -683,6 +691,7 @@ def activation_stats(
     select: Select | None = None,
     channel_dim: int | Mapping[str, int] | None = None,
     group: Any = None,
+    nonfinite: Literal["raise", "count"] = "raise",
 ) -> dict[str, ChannelStats]:
     """Per-channel statistics of the outputs of several layers over a data set, in one pass.
 
@@ -697,10 +706,12 @@ def activation_stats(
 
     The model runs in eval mode (every module's ``training`` flag is set to False) under
     ``torch.no_grad()``, or under ``torch.inference_mode()`` when called inside it; each
-    module's own flag is restored on exit, also when something raises. Every call of a layer
-    counts: a module used twice per forward contributes both outputs. Inputs are moved to the
-    model's device (floating-point inputs cast to its dtype); the statistics, float64, come back
-    on the device of the inputs. A model wrapped in ``DistributedDataParallel`` or
+    module's own flag is restored on exit, also when something raises, and also when calls in
+    several threads overlap (the last one out restores them). Every call of a layer counts: a
+    module used twice per forward contributes both outputs. Inputs are moved to the device of
+    the model's first layer (floating-point inputs cast to its dtype: a float64 scalar of the
+    model's own among float32 layers does not decide); the statistics, float64, come back on
+    the device of the inputs. A model wrapped in ``DistributedDataParallel`` or
     ``DataParallel`` runs as the model it wraps (layer names as in it).
 
     With ``group``, each rank of a ``torch.distributed`` process group passes over its own
@@ -721,14 +732,20 @@ def activation_stats(
             from layer name to int for some of them; the module's kind decides for the others.
         group: None (this process's data alone), ``"default"`` (the initialised default
             process group) or a ``torch.distributed`` process group to merge over.
+        nonfinite: What NaN and infinite activations do. ``"raise"`` (default): the first
+            batch that gives any raises, naming the layer, the batch and how many values in
+            how many channels. ``"count"``: they are counted per channel (``nan_count``,
+            ``inf_count``), left out of the mean, std, min and max, and a warning says how
+            many there were.
 
     Returns:
         ``{layer name: ChannelStats}`` with population standard deviations.
 
     Raises:
         NetlensValueError: For empty ``data`` (on every rank, with ``group``), a batch without
-            its batch dimension, or a ``channel_dim`` outside a layer's output or naming its
-            batch axis. With ``group``, an error in one rank's pass is raised on every rank.
+            its batch dimension, a ``channel_dim`` outside a layer's output or naming its
+            batch axis, or NaN or infinite activations (unless ``nonfinite="count"``). With
+            ``group``, an error in one rank's pass is raised on every rank.
         NetlensTypeError: For a batch that is not a tensor or a tuple starting with one, or a
             layer output without a tensor.
         NotRecordedError: For a layer that never ran.
@@ -743,11 +760,12 @@ def activation_stats(
         (32, 18816, 10)
     """
     views = _views(model, layers, select, channel_dim)
+    counted = check_choice("nonfinite", nonfinite, ("raise", "count")) == "count"
     process_group = resolve_group(group)
     runner = unwrap_parallel(model)  # a DDP wrapper would synchronise buffers on every pass
     failure: Exception | None = None
     try:
-        accumulators, home = _accumulate(runner, data, views, progress)
+        accumulators, home = _accumulate(runner, data, views, progress, counted)
     except Exception as error:
         if process_group is None:
             raise
@@ -795,15 +813,19 @@ def _accumulate(
     data: Iterable[Any] | torch.Tensor,
     views: dict[str, LayerView],
     progress: bool,
+    counted: bool = False,
 ) -> tuple[dict[str, ActivationStats], torch.device | None]:
-    """One pass over ``data``: the statistics of each layer that ran, and the inputs' device."""
+    """One pass over ``data``: the statistics of each layer that ran, and the inputs' device.
+
+    NaN and infinite activations raise at the batch that gives them, unless ``counted``.
+    """
     accumulators: dict[str, ActivationStats] = {}
     total = len(data) if isinstance(data, Sized) and not isinstance(data, torch.Tensor) else None
     recorder = Recorder(model, views, detach=True, device=None)
     home: torch.device | None = None
     with evaluating(model), torch.no_grad():
         bar = progress_bar(batches(data), enabled=progress, total=total, desc="activation_stats")
-        for batch in bar:
+        for number, batch in enumerate(bar):
             inputs, info = prepare_inputs(batch, model, name="each batch of data", floating=False)
             # the first pass checks that inputs reach conv and recurrent layers batched
             check = batched_inputs(model, tuple(batch.shape)) if home is None else nullcontext()
@@ -816,9 +838,32 @@ def _accumulate(
                 if name in recorder:
                     if name not in accumulators:
                         accumulators[name] = ActivationStats(view.channel_dim)
+                    refuse = None if counted else _refuse_non_finite(name, number)
                     for output in recorder.calls(name):
                         # the batch axis does not matter: every axis but the channel is reduced
                         _, channel = view.dims(output)
-                        accumulators[name]._add(output, channel)
+                        accumulators[name]._add(output, channel, refuse)
             recorder.clear()  # frees the outputs before the next batch
     return accumulators, home
+
+
+def _refuse_non_finite(name: str, number: int) -> Callable[[_Moments], None]:
+    """Raise where the statistics of a layer's output on batch ``number`` count NaN or inf."""
+
+    def refuse(moments: _Moments) -> None:
+        bad = moments.nans + moments.infs
+        if not bool((bad > 0).any()):
+            return
+        nans, infs = int(moments.nans.sum().item()), int(moments.infs.sum().item())
+        counts = [f"{nans} NaN"] * bool(nans) + [f"{infs} infinite"] * bool(infs)
+        channels = (bad > 0).nonzero()[:, 0].tolist()
+        shown = ", ".join(str(c) for c in channels[:10]) + (", ..." if len(channels) > 10 else "")
+        raise NetlensValueError(
+            f"Expected finite activations of layer {name!r}, but batch {number} of the data "
+            f"(counted from 0) gave {' and '.join(counts)} values, in {len(channels)} of its "
+            f"{bad.shape[0]} channels ({shown}). Check the model on that batch, or pass "
+            'nonfinite="count" to count them apart (nan_count, inf_count) and leave them out '
+            "of the statistics."
+        )
+
+    return refuse

@@ -32,7 +32,7 @@ from ._distributed import Group, gather, rank_of, resolve_group, same_group
 from ._errors import NetlensTypeError, NetlensValueError, describe
 from ._hooks import Hooks
 from ._layers import LayerSpec, check_model, unwrap_parallel
-from ._model import batched_inputs, evaluating, frozen, model_dtype_device, progress_bar
+from ._model import batched_inputs, evaluating, model_dtype_device, progress_bar
 from ._outputs import LayerView, Select, layer_view
 from ._receptive import crop, receptive_fields, run_to_layer, sweep
 from ._record import Recorder
@@ -92,6 +92,8 @@ class _RunningTop:
             )
         count = self.channels.shape[0]
         maps = output[:, self.channels].reshape(batch, count, -1)
+        if maps.is_floating_point() and not bool(torch.isfinite(maps).all()):
+            raise NetlensValueError(_non_finite_message(self.name, maps, self.channels, self.seen))
         values, flat = maps.max(dim=2)  # the strongest location of each input, (batch, count)
         numbers = torch.arange(self.seen, self.seen + batch, device=values.device)
         candidates = torch.cat([self.values, values.T], dim=1)
@@ -119,6 +121,29 @@ class _RunningTop:
     def images(self) -> torch.Tensor:
         """The kept inputs of each channel, ``(C, k, *sample)``."""
         return self.images_of(self.indices)
+
+
+def _non_finite_message(name: str, maps: torch.Tensor, channels: torch.Tensor, first: int) -> str:
+    """What NaN and infinite values the maps ``(batch, C, positions)`` of a batch hold.
+
+    ``first`` is the index in the data of the batch's first input.
+    """
+    nan = torch.isnan(maps).sum(dim=(0, 2)).tolist()
+    infinite = torch.isinf(maps).sum(dim=(0, 2)).tolist()
+    parts = []
+    for channel, nans, infs in zip(channels.tolist(), nan, infinite, strict=True):
+        counts = [f"{nans} NaN"] * bool(nans) + [f"{infs} infinite"] * bool(infs)
+        if counts:
+            parts.append(f"channel {channel} holds {' and '.join(counts)} values")
+    inputs = (first + (~torch.isfinite(maps)).flatten(1).any(dim=1).nonzero()[:, 0]).tolist()
+    shown = ", ".join(str(index) for index in inputs[:10]) + (", ..." if len(inputs) > 10 else "")
+    return (
+        f"Expected finite activations of layer {name!r} to rank, but "
+        + "; ".join(parts)
+        + f" on input{'s' if len(inputs) > 1 else ''} {shown} of the data (counted from 0 in "
+        "iteration order): a NaN would rank above every number. Check the model on these "
+        "inputs, or leave those channels out."
+    )
 
 
 def _ranked(values: torch.Tensor, indices: torch.Tensor, k: int) -> torch.Tensor:
@@ -475,7 +500,22 @@ def _finish(
         projections=per_channel(every_projection),
         samples=winners.samples,
         _reduced_over=group,
+        _select=_describe_select(view.select),
+        _channel_dim=view.channel_dim,
     )
+
+
+def _describe_select(select: object) -> str:
+    """``select=`` as results compare it across shards and processes (so not by identity)."""
+    if select is None:
+        return "the default rule"
+    if not callable(select):
+        return repr(select)
+    name = getattr(select, "__qualname__", None) or type(select).__qualname__
+    module = getattr(select, "__module__", None) or type(select).__module__
+    code = getattr(select, "__code__", None)
+    line = f", line {code.co_firstlineno}" if code is not None else ""
+    return f"{name} ({module}{line})"
 
 
 # -- the public function -------------------------------------------------------------------------
@@ -506,8 +546,9 @@ def top_activations(
     past the layer (to count the layer's calls); projections and probes stop at it.
 
     The layer is read as :func:`deconvnet` reads it (``select=``, ``channel_dim=``, the batch
-    axis from the module), and the model runs in eval mode with its parameters frozen. A model
-    wrapped in ``DistributedDataParallel`` or ``DataParallel`` runs as the model it wraps.
+    axis from the module), and the model runs in eval mode as there, its parameters left alone
+    (gradients go to the inputs only). A model wrapped in ``DistributedDataParallel`` or
+    ``DataParallel`` runs as the model it wraps.
 
     With ``group``, each rank of a ``torch.distributed`` process group passes over its own
     shard of the data and the ranks combine their candidates before projecting: every rank
@@ -563,7 +604,7 @@ def top_activations(
     process_group = resolve_group(group)
     check_gradients_allowed("top_activations")
     top = _RunningTop(view.name, k, wanted)
-    with evaluating(runner), frozen(runner):
+    with evaluating(runner):
         found, failure = _Pass(), None
         try:
             found = _search(runner, view, data, top, progress)
@@ -634,6 +675,9 @@ class TopActivations(Plottable):
     samples: int
     # The process group this result was reduced over (None: one shard's result).
     _reduced_over: Any = field(default=None, repr=False)
+    # How the layer's output was read: select= (described) and the channel axis.
+    _select: str = field(default="the default rule", repr=False)
+    _channel_dim: int | None = field(default=None, repr=False)
 
     _PER_CANDIDATE = ("activations", "indices", "positions", "boxes", "patches", "projections")
 
@@ -644,16 +688,21 @@ class TopActivations(Plottable):
         smaller index, so ``a.merge(b)`` prefers ``a``'s inputs. Patches and projections come
         with their candidates. Neither result changes.
 
+        Results in different floating dtypes (shards of float16 and float32 data) are ranked
+        and returned in the wider dtype (``torch.promote_types``), whichever comes first: no
+        candidate is rounded, so ``a.merge(b)`` and ``b.merge(a)`` rank alike.
+
         Args:
-            other: The result for another shard: same layer, channels, ``k`` and patch size.
+            other: The result for another shard: same layer, channels given the same way (one
+                int, or a list), same ``select=`` and ``channel_dim=``, ``k`` and patch size.
 
         Returns:
             The merged :class:`TopActivations`, on this result's device.
 
         Raises:
             NetlensTypeError: ``other`` is not a ``TopActivations``.
-            NetlensValueError: The results are not of the same layer, channels, ``k`` or patch
-                size.
+            NetlensValueError: The results differ in any of the above; the message names what
+                differs.
 
         Example:
             >>> import torch
@@ -686,7 +735,9 @@ class TopActivations(Plottable):
             if name == "indices":
                 second = second + self.samples
             if name in ("activations", "patches", "projections"):
-                second = second.to(first.dtype)
+                # the wider dtype: a float16 shard must not round float32 candidates to ties
+                wider = torch.promote_types(first.dtype, second.dtype)
+                first, second = first.to(wider), second.to(wider)
             joined = torch.cat([first, second], dim=0 if single else 1)
             return joined.unsqueeze(0) if single else joined
 
@@ -708,6 +759,8 @@ class TopActivations(Plottable):
             channels=self.channels,
             samples=self.samples + other.samples,
             _reduced_over=_MIXED if reduced else None,
+            _select=self._select,
+            _channel_dim=self._channel_dim,
             **merged,
         )
 
@@ -764,6 +817,11 @@ class TopActivations(Plottable):
     def _described(self) -> dict[str, object]:
         return {
             "layer": self.layer,
+            "channel form": "one int channel"
+            if self.activations.dim() == 1
+            else "a list of channels",
+            "select": self._select,
+            "channel_dim": self._channel_dim,
             "channels": self.channels.tolist(),
             "k": self.activations.shape[-1],
             "patch size": tuple(self.patches.shape[self.activations.dim() :]),

@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ._errors import NetlensError, NetlensTypeError, NetlensValueError
+from ._checks import as_int
+from ._errors import NetlensError, NetlensTypeError, NetlensValueError, describe
 
 __all__ = [
     "CIFAR10",
@@ -262,7 +263,9 @@ class CIFAR10(_ImageDataset):
         DatasetPermissionError: A file or folder cannot be read, or written to download into it.
         DownloadError: The download failed; nothing is left behind.
         NetlensValueError: A file is corrupt, truncated, unsafe, too large or not in the official
-            format.
+            format, or ``size`` is below 1.
+        NetlensTypeError: An argument of the wrong type (``root``, a flag that is not a bool,
+            a ``size`` that is not an int or None, a transform that is not callable).
 
     Example:
         A test split of two white images, written in the official layout:
@@ -298,10 +301,7 @@ class CIFAR10(_ImageDataset):
         _check_flag("download", download)
         _check_flag("grey", grey)
         _check_transforms(transform, target_transform)
-        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
-            raise NetlensValueError(
-                f"Expected size to be a positive int or None, but got {size!r}."
-            )
+        side = _check_size(size)
         names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
         if download:
             _remove_stale_partials(folder, _CIFAR10_ARCHIVE)
@@ -317,7 +317,7 @@ class CIFAR10(_ImageDataset):
         )
         pixels = [pixel_block for pixel_block, _ in batches]
         targets = torch.from_numpy(np.concatenate([labels for _, labels in batches]))
-        images = _cifar_images(pixels, grey=grey, size=_CIFAR10_SIDE if size is None else size)
+        images = _cifar_images(pixels, grey=grey, size=side)
         super().__init__(folder, train, images, targets, transform, target_transform)
         self.classes = list(CIFAR10_CLASSES)
 
@@ -459,6 +459,18 @@ def _check_root(root: object) -> Path:
             f"but {folder} is a file."
         )
     return folder
+
+
+def _check_size(size: object) -> int:
+    """The side of CIFAR-10's output images: ``size``, or 32 for None."""
+    if size is None:
+        return _CIFAR10_SIDE
+    side = as_int(size)
+    if side is None:
+        raise NetlensTypeError(f"Expected size to be an int or None, but got {describe(size)}.")
+    if side < 1:
+        raise NetlensValueError(f"Expected size to be a positive int or None, but got {side}.")
+    return side
 
 
 def _check_flag(name: str, value: object) -> None:

@@ -27,15 +27,15 @@ to the output for :func:`class_logit`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._checks import as_int, as_real, check_index
+from ._checks import as_number, check_index, check_position, non_finite
 from ._errors import NetlensTypeError, NetlensValueError, describe
 from ._layers import LayerSpec
 from ._outputs import Select, check_channel_dim, check_select
@@ -60,8 +60,10 @@ class Objective:
 
     Made by :func:`channel`, :func:`neuron`, :func:`direction`, :func:`class_logit` and
     :func:`diversity`, and combined with ``+``, ``-``, ``*`` and ``/`` by numbers (``sum()``
-    of objectives works too). Objectives are immutable and compare by identity; ``repr`` spells
-    one out, ``str`` gives a short label (the titles of :meth:`Maximization.plot`).
+    of objectives works too; a number may be a Python or numpy number or a 0-d real tensor).
+    Objectives are immutable and compare by identity; ``repr`` spells one out, ``str`` gives a
+    short label (the titles of :meth:`Maximization.plot`). ``Objective(other.terms)`` rebuilds
+    one from its ``(weight, term)`` pairs; weights must stay finite.
 
     Example:
         >>> from netlens import objectives as obj
@@ -75,7 +77,7 @@ class Objective:
     __slots__ = ("_parts",)
 
     def __init__(self, parts: tuple[tuple[float, _Term], ...]) -> None:
-        self._parts = parts
+        self._parts = _check_parts(parts)
 
     @property
     def terms(self) -> tuple[tuple[float, Any], ...]:
@@ -100,7 +102,7 @@ class Objective:
 
     def __mul__(self, factor: object) -> Objective:
         number = _factor(factor)
-        return Objective(tuple((weight * number, term) for weight, term in self._parts))
+        return Objective(tuple((_scaled(weight, number), term) for weight, term in self._parts))
 
     def __rmul__(self, factor: object) -> Objective:
         return self * factor
@@ -109,7 +111,8 @@ class Objective:
         number = _factor(factor)
         if number == 0:
             raise NetlensValueError("Expected a number other than 0 to divide by, but got 0.")
-        return self * (1.0 / number)
+        parts = tuple((_scaled(weight, 1.0, number), term) for weight, term in self._parts)
+        return Objective(parts)
 
     def __neg__(self) -> Objective:
         return self * -1.0
@@ -129,12 +132,28 @@ class Objective:
 
     def _values(self, read: Read) -> torch.Tensor:
         """One value per input: the weighted sum of the terms' values."""
-        total: torch.Tensor | None = None
-        for weight, term in self._parts:
-            value = term.value(read(term))
-            total = weight * value if total is None else total + weight * value
-        assert total is not None
+        (first_weight, first), *rest = self._parts
+        total = first_weight * first.value(read(first))
+        for weight, term in rest:
+            total = total + weight * term.value(read(term))
         return total
+
+
+def _check_parts(parts: object) -> tuple[tuple[float, _Term], ...]:
+    """The ``(weight, term)`` pairs of an objective, weights as finite floats."""
+    expected = (
+        "a non-empty tuple of (weight, term) pairs, such as another objective's .terms (made "
+        "by the functions of netlens.objectives)"
+    )
+    if not isinstance(parts, (tuple, list)) or not all(
+        isinstance(part, tuple) and len(part) == 2 and isinstance(part[1], _Term) for part in parts
+    ):
+        raise NetlensTypeError(f"Expected {expected}, but got {describe(parts)}.")
+    if not parts:
+        raise NetlensValueError(
+            f"Expected at least one (weight, term) pair in an objective: {expected}; but got none."
+        )
+    return tuple((_factor(weight, "a weight of an objective"), term) for weight, term in parts)
 
 
 def _other(value: object, operator: str) -> Objective:
@@ -146,17 +165,28 @@ def _other(value: object, operator: str) -> Objective:
     return value
 
 
-def _factor(value: object) -> float:
-    number = as_real(value)
+def _factor(value: object, what: str = "a number to scale an objective by") -> float:
+    """A real number (Python, numpy, or a 0-d real tensor) as a finite float."""
+    number = as_number(value)
     if number is None:
         raise NetlensTypeError(
-            f"Expected a number to scale an objective by, but got {describe(value)}."
+            f"Expected {what} (a real number or a 0-d real tensor), but got {describe(value)}."
         )
-    if not np.isfinite(number):
-        raise NetlensValueError(
-            f"Expected a finite number to scale an objective by, but got {value}."
-        )
+    if not math.isfinite(number):
+        raise NetlensValueError(f"Expected {what} to be a finite number, but got {number}.")
     return number
+
+
+def _scaled(weight: float, factor: float, divisor: float = 1.0) -> float:
+    """``weight * factor / divisor``, refused where it leaves the floats (``1e200 * 1e200``)."""
+    result = weight * factor / divisor
+    if not math.isfinite(result):
+        raise NetlensValueError(
+            "Expected the weights of an objective to stay finite numbers, but scaling the weight "
+            f"{weight:g} by {factor:g}" + (f" / {divisor:g}" if divisor != 1.0 else "") + " gives "
+            f"{result}."
+        )
+    return result
 
 
 def _join(parts: Sequence[tuple[float, str]], times: str) -> str:
@@ -250,7 +280,7 @@ class _Neuron(_Term):
         size = tuple(maps.shape[1:])
         position = tuple(n // 2 for n in size) if self.position is None else self.position
         if len(position) != len(size) or not all(
-            -n <= p < n for p, n in zip(position, size, strict=True)
+            0 <= p < n for p, n in zip(position, size, strict=True)
         ):
             raise NetlensValueError(
                 f"Expected a position of {len(size)} indices inside the map of shape {size} of "
@@ -282,7 +312,15 @@ class _Direction(_Term):
                 f"{self._name()!r}, but got {self.vector.numel()}."
             )
         shape = (1, count) + (1,) * (arranged.dim() - 2)
-        vector = self.vector.to(arranged.device, arranged.dtype).view(shape)
+        vector = self.vector.to(arranged.dtype)  # on the CPU still: checked without a sync
+        bad = non_finite(vector)
+        if bad is not None:
+            raise NetlensValueError(
+                f"Expected a direction vector that the layer's dtype {arranged.dtype} holds, but "
+                f"the vector of {self!r}, with entries up to {float(self.vector.abs().max()):g} "
+                f"in magnitude, has {bad} entries in that dtype: scale it down."
+            )
+        vector = vector.to(arranged.device).view(shape)
         if self.cosine:
             along = F.cosine_similarity(arranged, vector.expand_as(arranged), dim=1)
         else:
@@ -399,8 +437,9 @@ def neuron(
         layer: The layer, as for :func:`netlens.find_layers`.
         channel: The channel index.
         position: Indices into the channel's map, one per map dimension (``(y, x)`` for a conv
-            layer, ``t`` for a recurrent layer; negative counts from the end); by default the
-            centre, ``size // 2`` along each dimension (as ``objective="center"``).
+            layer, ``t`` for a recurrent layer), each counted from the start of its dimension
+            (non-negative, as every netlens position; the last of ``T`` steps is ``T - 1``); by
+            default the centre, ``size // 2`` along each dimension (as ``objective="center"``).
         select: Which part of the layer's output.
         channel_dim: The layer's channel axis, where its kind does not tell it.
 
@@ -409,24 +448,10 @@ def neuron(
 
     Example:
         >>> from netlens import objectives as obj
-        >>> obj.neuron("conv1", 4, (14, 14)), obj.neuron("rnn", 2, -1)
-        (neuron('conv1', 4, (14, 14)), neuron('rnn', 2, (-1,)))
+        >>> obj.neuron("conv1", 4, (14, 14)), obj.neuron("rnn", 2, 7)
+        (neuron('conv1', 4, (14, 14)), neuron('rnn', 2, (7,)))
     """
-    where: tuple[int, ...] | None = None
-    if position is not None:
-        items = [position] if as_int(position) is not None else position
-        if not isinstance(items, (list, tuple)):
-            raise NetlensTypeError(
-                f"Expected position to be None, an int or a tuple of ints, but got "
-                f"{describe(position)}."
-            )
-        numbers = [as_int(item) for item in items]
-        if any(number is None for number in numbers):
-            raise NetlensTypeError(
-                f"Expected position to be None, an int or a tuple of ints, but got "
-                f"{describe(position)}."
-            )
-        where = tuple(int(number) for number in numbers if number is not None)
+    where = None if position is None else check_position("position", position)
     index = check_index("channel", channel)
     return Objective(((1.0, _Neuron(_layer(layer), *_where(select, channel_dim), index, where)),))
 
@@ -468,19 +493,30 @@ def direction(
         raise NetlensTypeError(
             f"Expected vector to be a 1-D tensor of numbers, but got {describe(vector)}."
         ) from error
-    if (
-        values.dim() != 1
-        or values.numel() == 0
-        or values.dtype == torch.bool
-        or values.is_complex()
-    ):
+    if values.dtype == torch.bool or values.is_complex():
+        raise NetlensTypeError(
+            f"Expected vector to hold real numbers, but got {describe(vector)}: a complex vector "
+            "would lose its imaginary part, and a bool one is not a direction."
+        )
+    if values.dim() != 1 or values.numel() == 0:
         raise NetlensValueError(
             f"Expected vector to be a non-empty 1-D tensor of numbers, one per channel, but got "
             f"{describe(vector)}."
         )
     if not isinstance(cosine, bool):
         raise NetlensTypeError(f"Expected cosine to be a bool, but got {describe(cosine)}.")
-    values = values.to(torch.float64).clone()
+    if values.is_meta:
+        raise NetlensValueError(
+            "Expected vector with values, but got a tensor on the 'meta' device (shapes only)."
+        )
+    values = values.to("cpu", torch.float64).clone()
+    bad = non_finite(values)
+    if bad is not None:
+        where = torch.nonzero(~torch.isfinite(values)).flatten().tolist()
+        raise NetlensValueError(
+            f"Expected vector to be finite, but it holds {bad} values (at entries "
+            f"{where[:10]}{', ...' if len(where) > 10 else ''})."
+        )
     return Objective(
         ((1.0, _Direction(_layer(layer), *_where(select, channel_dim), values, cosine)),)
     )
