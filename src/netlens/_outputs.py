@@ -313,6 +313,7 @@ class _Reader:
         self.owner = owner
         self.consumes: dict[str, list[_Value]] = {}
         self.active: list[Any] = []  # the functions being read, against recursion
+        self.passed: set[Any] = set()  # the methods read because they were passed along
 
     def read(self) -> _Flow | None:
         returns = self.function(self.owner.forward, None)
@@ -448,6 +449,12 @@ class _Reader:
             return env.get(node.id)
         path = _path_on(node, me)
         if path is not None:
+            own = _method(self.owner, path)
+            if own is not None and own not in self.passed:
+                # a method handed to a function (chunking, checkpointing: ``f(self.ff, x)``):
+                # what it calls counts, on arguments the reader does not know
+                self.passed.add(own)
+                self.function(own, [])
             return ("ref", path)
         if isinstance(node, ast.Call):
             return self.call(node, env, me)
@@ -467,9 +474,12 @@ class _Reader:
     def call(self, node: ast.Call, env: dict[str, _Value], me: str) -> _Value:
         callee = node.func
         receiver: _Value = None
-        if isinstance(callee, ast.Attribute) and _path_on(callee, me) is None:
+        function: _Value = None
+        called = _path_on(callee, me)
+        if called is not None:
+            function = ("ref", called)
+        elif isinstance(callee, ast.Attribute):
             receiver = self.expr(callee.value, env, me)
-            function: _Value = None
         else:
             function = self.expr(callee, env, me)
         arguments: list[_Value] = []
@@ -622,7 +632,11 @@ def _flow(module: nn.Module) -> _Flow | None:
     if owner.forward is nn.Module.forward:  # ModuleList, ModuleDict: no forward of their own
         return None
     if owner not in _FLOWS:
-        _FLOWS[owner] = _Reader(owner).read()
+        try:
+            flow = _Reader(owner).read()
+        except Exception:  # code the reader does not expect: the path is unknown, never an error
+            flow = None
+        _FLOWS[owner] = flow
     return _FLOWS[owner]
 
 
