@@ -16,8 +16,9 @@ incremental=...)`` with ``False`` (plain: every occluded copy through the whole 
 * the multiply-add share: ``Engine.incremental_macs / Engine.plain_macs``, the engine's own
   estimate, read when ``plan`` returns;
 * the peak memory growth of one call of the plain and of the incremental path, each in a fresh
-  subprocess: after an untimed warm-up call on the same input with a window of half its size
-  (so that loading libraries, tracing code and oneDNN's kernels are not counted), the peak
+  subprocess: after one plain forward pass of the input (so that loading libraries and
+  initialising oneDNN are not counted; not a warm-up call of the path itself, whose freed memory
+  glibc would keep for the measured call to reuse, hiding what it needs), the peak
   resident memory during the call minus the resident memory just before it. The peak is
   ``VmHWM`` after resetting it through ``/proc/self/clear_refs`` (as part 3 of
   ``benchmarks/occlusion.py`` does) rather than ``ru_maxrss``, which cannot be reset and, in a
@@ -340,15 +341,18 @@ def memory_child(row: Row, path: str, threads: int) -> None:
     model = make_model(row.model)
     inputs = make_inputs(row)
     mode = PATHS[path]
-    half = row.px // 2
+    # Warm-up: one plain forward pass of the input, the same for every path (libraries loaded,
+    # oneDNN initialised). Not a call of the path itself: glibc keeps what a call freed, so a
+    # second call of the same path would reuse it and show almost no growth, whatever it needs.
+    with torch.no_grad():
+        model(inputs)
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = _memory_kib("VmRSS")
     try:
-        nl.occlusion(model, inputs, window=half, stride=half, incremental=mode)
+        _occlude(model, inputs, row, mode)
     except nl.NetlensValueError as error:
         print(json.dumps({"refused": str(error)}))
         return
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    before = _memory_kib("VmRSS")
-    _occlude(model, inputs, row, mode)
     peak = _memory_kib("VmHWM")
     # ru_maxrss is in KiB on Linux; printed for comparison only (see the module docstring).
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -539,3 +539,22 @@ def test_gradient_techniques_name_inference_mode(technique: str, case: Case) -> 
     with torch.inference_mode(), pytest.raises(nl.NetlensError) as info:
         _run(technique, case, case.channels - 1)
     assert "inference mode" in str(info.value).lower()
+
+
+# -- wrong types and wrong values, also in netlens.datasets ----------------------------------------
+
+
+@pytest.mark.parametrize("size", ["a", "28", 2.5, True, None.__class__])
+def test_cifar10_size_of_the_wrong_type_is_a_type_error(tmp_path: Path, size: object) -> None:
+    from netlens.datasets import CIFAR10
+
+    with pytest.raises(nl.NetlensTypeError, match="size"):
+        CIFAR10(tmp_path, size=size)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [0, -3])
+def test_cifar10_size_below_one_is_a_value_error(tmp_path: Path, size: int) -> None:
+    from netlens.datasets import CIFAR10
+
+    with pytest.raises(nl.NetlensValueError, match="size"):
+        CIFAR10(tmp_path, size=size)

@@ -210,6 +210,26 @@ def test_filter_grid_over_the_zoo(zoo_model: ZooModel) -> None:
         nl.FilterGrid(layer, normalize="per-channel")  # type: ignore[arg-type]
 
 
+def test_colormaps_and_gates_are_checked_before_drawing() -> None:
+    from matplotlib import colormaps
+
+    conv = nn.Conv2d(1, 2, 3)
+    with pytest.raises(nl.NetlensValueError, match=r"cmap.*'viridis'"):
+        nl.FilterGrid(conv, cmap="viridsi")  # close matches are listed
+    with pytest.raises(nl.NetlensValueError, match="cmap"):
+        nl.ActivationGrid(torch.rand(2, 4, 4), cmap="no such map")
+    with pytest.raises(nl.NetlensTypeError, match="cmap"):
+        nl.ActivationGrid(torch.rand(2, 4, 4), cmap=3)
+    by_name = nl.FilterGrid(conv, cmap="magma").to_array()
+    by_object = nl.FilterGrid(conv, cmap=colormaps["magma"]).to_array()
+    np.testing.assert_array_equal(by_name, by_object)
+    for gates in ("ifgo", ["i", 1], 4):
+        with pytest.raises(nl.NetlensTypeError, match="gates"):
+            nl.FilterGrid(torch.randn(4, 2), gates=gates)  # type: ignore[arg-type]
+    with pytest.raises(nl.NetlensTypeError, match="weight"):
+        nl.FilterGrid(conv, weight=0)  # type: ignore[arg-type]
+
+
 def test_bad_sources_and_options() -> None:
     with pytest.raises(nl.NetlensValueError, match="4-D conv weight"):
         nl.FilterGrid(nn.Conv1d(2, 3, 3))
@@ -217,7 +237,7 @@ def test_bad_sources_and_options() -> None:
         nl.FilterGrid(torch.randn(2, 3, 4, 5, 6))
     with pytest.raises(nl.NetlensTypeError, match="no weight"):
         nl.FilterGrid(nn.MaxPool2d(2))
-    with pytest.raises(nl.NetlensTypeError, match="'weight_hh'"):
+    with pytest.raises(nl.NetlensValueError, match=r"weight to name .*'weight_hh'"):
         nl.FilterGrid(nn.Linear(2, 2), weight="weight_hh")
     with pytest.raises(nl.NetlensTypeError, match="module with a weight"):
         nl.FilterGrid([[1.0]])  # type: ignore[arg-type]

@@ -97,6 +97,21 @@ def test_bad_specs(spec: object, error: type[Exception]) -> None:
         nl.find_layers(LeNet5(), spec)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("spec", [3, [3], "", []])
+def test_a_bad_spec_is_named_as_the_user_passed_it(spec: object) -> None:
+    model, x = LeNet5(), torch.randn(1, 1, 28, 28)
+    calls = {
+        "spec": lambda: nl.find_layers(model, spec),  # type: ignore[arg-type]
+        "layers": lambda: nl.record(model, spec),  # type: ignore[arg-type]
+        "layer": lambda: nl.deconvnet(model, x, spec, 0),  # type: ignore[arg-type]
+    }
+    for name, call in calls.items():
+        with pytest.raises(nl.NetlensError, match=rf"Expected {name} to "):
+            call()
+    with pytest.raises(nl.NetlensError, match="Expected layers to "):
+        nl.activation_stats(model, x, spec)  # type: ignore[arg-type]
+
+
 def test_non_module_model() -> None:
     with pytest.raises(nl.NetlensTypeError, match=r"Expected model to be a torch\.nn\.Module"):
         nl.find_layers(lambda x: x, "conv1")  # type: ignore[arg-type]
@@ -127,3 +142,140 @@ def test_compiled_submodule_is_refused() -> None:
     with pytest.raises(nl.UnsupportedModelError):
         nl.record(net, "conv1")
     nl.find_layers(net, "conv2")  # layers outside the compiled part are fine
+
+
+# -- TorchScript: refused where layers are looked up, for every technique ----------------------
+
+
+def _techniques() -> dict[str, object]:
+    x = torch.randn(2, 1, 8, 8)
+    return {
+        "find_layers": lambda model, layer: nl.find_layers(model, layer),
+        "record": lambda model, layer: nl.record(model, layer),
+        "activation_stats": lambda model, layer: nl.activation_stats(model, x, layer),
+        "deconvnet": lambda model, layer: nl.deconvnet(model, x, layer, 0),
+        "occlusion": lambda model, layer: nl.occlusion(model, x, window=4, layer=layer),
+        "top_activations": lambda model, layer: nl.top_activations(model, [x], layer, k=1),
+        "maximize_activation": lambda model, layer: nl.maximize_activation(
+            model, layer, 0, input_shape=(1, 8, 8), steps=1
+        ),
+    }
+
+
+def _small_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)
+    ).eval()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+@pytest.mark.parametrize("technique", list(_techniques()))
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_torchscript_models_are_refused_with_a_type_error(technique: str, how: str) -> None:
+    net = _small_net()
+    scripted = (
+        torch.jit.script(net) if how == "script" else torch.jit.trace(net, torch.randn(1, 1, 8, 8))
+    )
+    run = _techniques()[technique]
+    with pytest.raises(nl.NetlensTypeError, match="TorchScript") as info:
+        run(scripted, "1")  # type: ignore[operator]
+    assert "original nn.Module" in str(info.value)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_a_torchscript_submodule_is_refused_and_the_rest_works() -> None:
+    net = _small_net()
+    net[0] = torch.jit.script(net[0])  # type: ignore[call-overload]
+    with pytest.raises(nl.NetlensTypeError, match="TorchScript"):
+        nl.record(net, "0")
+    with pytest.raises(nl.NetlensTypeError, match="TorchScript"):
+        nl.find_layers(net, "*")  # matches the scripted conv among others
+    stats = nl.activation_stats(net, torch.randn(2, 1, 8, 8), "1")
+    assert stats["1"].num_channels == 3
+
+
+# -- a module registered under two names ---------------------------------------------------------
+
+
+class Aliased(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.b = self.a  # the same module under a second name
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.b(x))
+
+
+def test_every_name_of_a_shared_module_finds_it() -> None:
+    model = Aliased()
+    assert nl.find_layers(model, "b")["b"] is model.a
+    assert list(nl.find_layers(model, nn.Linear)) == ["a"]  # a type or glob: once, first name
+    assert list(nl.find_layers(model, "*")) == ["a", "act"]
+    x = torch.randn(2, 3)
+    with nl.record(model, "b") as recorder:
+        expected = model.a(x)
+        model(x)
+    torch.testing.assert_close(recorder["b"], expected.detach())
+    stats = nl.activation_stats(model, x, ["b", "act"])
+    assert list(stats) == ["b", "act"]
+    assert stats["b"].num_channels == 4
+    torch.testing.assert_close(stats["b"].mean, expected.detach().double().mean(0))
+    with pytest.raises(nl.LayerNotFoundError) as info:
+        nl.find_layers(model, "c")
+    assert "'a'" in str(info.value) and "'b'" not in str(info.value)  # first names listed
+
+
+# -- a module that contains itself ---------------------------------------------------------------
+
+
+class Owned(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+        self.act = nn.ReLU()
+        self.act.owner = self  # registered as a submodule: the tree loops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(x))
+
+
+class ListWithParent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Linear(3, 3), nn.ReLU()])
+        self.blocks.append(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks[1](self.blocks[0](x))
+
+
+@pytest.mark.parametrize(
+    ("build", "where"),
+    [(Owned, "'act.owner' is the model itself"), (ListWithParent, "'blocks.2' is the model")],
+)
+@pytest.mark.parametrize(
+    "technique", ["find_layers", "record", "activation_stats", "occlusion", "deconvnet"]
+)
+def test_a_model_that_contains_itself_is_a_value_error(build, where, technique: str) -> None:
+    model = build()
+    layer = "act" if build is Owned else "blocks.1"
+    x = torch.randn(2, 3)
+    calls = {
+        "find_layers": lambda: nl.find_layers(model, layer),
+        "record": lambda: nl.record(model, layer),
+        "activation_stats": lambda: nl.activation_stats(model, x, "*"),
+        "occlusion": lambda: nl.occlusion(model, x, window=1),  # no layer: the model is checked
+        "deconvnet": lambda: nl.deconvnet(model, x, layer, 0),
+    }
+    with pytest.raises(nl.NetlensValueError, match="form a tree") as info:
+        calls[technique]()
+    assert where in str(info.value)
+
+
+def test_a_module_shared_by_two_parents_is_no_loop() -> None:
+    shared = nn.Linear(3, 3)
+    model = nn.Sequential(nn.Sequential(shared, nn.ReLU()), nn.Sequential(shared, nn.ReLU()))
+    stats = nl.activation_stats(model, torch.randn(2, 3), "1.0")
+    assert stats["1.0"].num_channels == 3

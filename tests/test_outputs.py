@@ -346,3 +346,348 @@ def test_a_block_returning_something_else_than_its_last_module_reads_dim_1():
     assert view.channels(view.tensor(out)) == 5
     gate = layer_view(model, "block", select="gate")
     assert gate.channels(gate.tensor(out)) == 3
+
+
+# -- the data's path, not the order of registration ----------------------------------------------
+
+
+class GPTMLP(nn.Module):
+    """GPT-2's MLP: the activation is registered after c_proj but consumes c_fc's output."""
+
+    def __init__(self, dim: int = 8, hidden: int = 32) -> None:
+        super().__init__()
+        self.c_fc = Conv1D(dim, hidden)
+        self.c_proj = Conv1D(hidden, dim)
+        self.act = nn.GELU()
+        self.dropout = nn.Dropout(0.1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.c_fc(hidden_states)
+        hidden_states = self.act(hidden_states)
+        hidden_states = self.c_proj(hidden_states)
+        return self.dropout(hidden_states)
+
+
+class ActivationFirstMLP(nn.Module):
+    """Hugging Face's ViTMLP and CLIPMLP: the activation is registered before both Linears."""
+
+    def __init__(self, dim: int = 8, hidden: int = 24) -> None:
+        super().__init__()
+        self.activation_fn = nn.GELU()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(x)))
+
+
+class ConvThenProjection(nn.Module):
+    """Sizes cannot tell: the ReLU consumes the conv's (N, 8, 5, 8) map, and the Linear(8, 8)
+    registered right before it would explain its last dim as well."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+        self.proj = nn.Linear(8, 8)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.conv(x)
+        return self.proj(self.act(features))
+
+
+class GatedBlock(nn.Module):
+    """A block whose last registered module (a Linear gate) does not make its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.gate = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.conv(x)
+        gate = torch.sigmoid(self.gate(features.mean(dim=(2, 3))))
+        return features * gate[:, :, None, None]
+
+
+def _stats_over(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+    return tensor.double().movedim(dim, 0).flatten(1).mean(1)
+
+
+@pytest.mark.parametrize(
+    ("build", "inputs", "layer", "dim", "units"),
+    [
+        (GPTMLP, (2, 5, 8), "act", -1, 32),
+        (ActivationFirstMLP, (2, 5, 8), "activation_fn", -1, 24),
+        (ConvThenProjection, (2, 8, 5, 8), "act", 1, 8),
+        (lambda: nn.Sequential(OrderedDict(block=GatedBlock())), (2, 3, 6, 6), "block", 1, 6),
+    ],
+    ids=["gpt2-mlp", "activation-first", "conv-then-projection", "gated-block"],
+)
+@pytest.mark.filterwarnings("ignore:The path from the inputs:UserWarning")
+def test_an_inherited_axis_follows_the_data(build, inputs, layer, dim, units):
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(*inputs)
+    with nl.record(model, layer) as rec:
+        model(x)
+    output = rec[layer]
+    view = layer_view(model, layer)
+    assert view.channels(output) == units
+    assert view.dims(output)[1] == dim % output.dim()
+    stats = nl.activation_stats(model, x, layer)[layer]
+    torch.testing.assert_close(stats.mean, _stats_over(output, dim))
+    top = nl.top_activations(model, [x], layer, channels=[units - 1], k=2)
+    assert top.channels.tolist() == [units - 1]
+    with pytest.raises(nl.NetlensValueError):
+        nl.occlusion(
+            model, x, window=(1, 2), layer=layer, channel=units, scores=lambda o: o.flatten(1)
+        )
+
+
+def test_registration_order_stands_in_where_the_forward_cannot_be_read():
+    # A class defined by exec has no source to read: the module registered before the activation
+    # is taken for the one it consumes.
+    namespace: dict[str, object] = {"nn": nn}
+    exec(
+        "class Hidden(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(4, 6)\n"
+        "        self.act = nn.ReLU()\n"
+        "    def forward(self, x):\n"
+        "        return self.act(self.fc(x))\n",
+        namespace,
+    )
+    model = namespace["Hidden"]().eval()  # type: ignore[operator]
+    assert default_channel_dim(model, "act") == -1
+    assert nl.activation_stats(model, torch.randn(2, 3, 4), "act")["act"].num_channels == 6
+
+
+def test_a_module_called_through_a_helper_method_or_an_alias_is_followed():
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.act = nn.ReLU()  # registered first
+            self.norm = nn.LayerNorm(8)
+            self.up = nn.Linear(8, 16)
+
+        def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+            act = self.act
+            return act(self.up(x))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self._feed_forward(self.norm(x))
+
+    model = Layer().eval()
+    assert nl.activation_stats(model, torch.randn(2, 5, 8), "act")["act"].num_channels == 16
+    assert default_channel_dim(model, "") == -1  # what _feed_forward returns: the activation's
+
+
+def _chunked(function, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([function(part) for part in x.chunk(2, dim=1)], dim=1)
+
+
+def test_a_method_handed_to_a_function_is_read_too():
+    # DistilBERT's FFN: forward hands self.ff_chunk to a chunking helper; the activation is
+    # registered last
+    class FFN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dropout = nn.Dropout(0.1)
+            self.lin1 = nn.Linear(8, 12)
+            self.lin2 = nn.Linear(12, 8)
+            self.activation = nn.GELU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return _chunked(self.ff_chunk, x)
+
+        def ff_chunk(self, x: torch.Tensor) -> torch.Tensor:
+            return self.dropout(self.lin2(self.activation(self.lin1(x))))
+
+    model = nn.Sequential(OrderedDict(ffn=FFN())).eval()
+    x = torch.randn(2, 6, 8)
+    assert nl.activation_stats(model, x, "ffn.activation")["ffn.activation"].num_channels == 12
+    # what forward returns cannot be read: the block's last module of a kind, lin2
+    assert nl.activation_stats(model, x, "ffn")["ffn"].num_channels == 8
+
+
+def test_a_permute_in_the_forward_moves_the_inherited_axis():
+    # Hugging Face's ConvNextLayer: permutes written in the forward, no permute modules
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dwconv = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+            self.pwconv = nn.Linear(4, 4)
+            self.drop_path = nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = self.pwconv(self.dwconv(x).permute(0, 2, 3, 1))
+            return x + self.drop_path(features.permute(0, 3, 1, 2))
+
+    model = nn.Sequential(OrderedDict(layer=Layer())).eval()
+    x = torch.randn(2, 4, 4, 4)  # square: sizes alone cannot tell C from W
+    for name in ("layer", "layer.drop_path"):
+        assert default_channel_dim(model, name) == 1
+        stats = nl.activation_stats(model, x, name)[name]
+        with nl.record(model, name) as rec:
+            model(x)
+        torch.testing.assert_close(stats.mean, _stats_over(rec[name], 1))
+
+
+# -- channel_dim= as a dict is honoured whatever the default came from ----------------------------
+
+
+def _gate_returning_block() -> nn.Module:
+    # the first tensor of the dict is the conv's map, the last registered module a Linear gate
+    from netlens.testing import DictBlock
+
+    return nn.Sequential(OrderedDict(block=DictBlock(1, 5, 3))).eval()
+
+
+def test_a_per_layer_channel_dim_overrides_an_inherited_default():
+    torch.manual_seed(0)
+    model = _gate_returning_block()
+    x = torch.randn(2, 1, 8, 8)
+    plain = nl.activation_stats(model, x, "block", channel_dim=-1)["block"]
+    per_layer = nl.activation_stats(model, x, "block", channel_dim={"block": -1})["block"]
+    assert plain.num_channels == per_layer.num_channels == 8
+    torch.testing.assert_close(per_layer.mean, plain.mean)
+
+
+def test_a_replaced_channel_dim_drops_the_inherited_width():
+    from dataclasses import replace
+
+    namespace: dict[str, object] = {"nn": nn, "Conv1D": Conv1D}
+    # no source: registration order, then the sizes disagree
+    exec(
+        "class MLP(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.c_fc = Conv1D(4, 16)\n"
+        "        self.c_proj = Conv1D(16, 4)\n"
+        "        self.act = nn.GELU()\n"
+        "    def forward(self, x):\n"
+        "        return self.c_proj(self.act(self.c_fc(x)))\n",
+        namespace,
+    )
+    model = namespace["MLP"]()  # type: ignore[operator]
+    view = layer_view(model, "act")
+    assert view.inherited_width == 4  # from c_proj, registered before it
+    tokens = torch.randn(2, 7, 16)
+    assert view.channels(tokens) == 7  # the sizes disagree: dim 1
+    stated = replace(view, channel_dim=-1)
+    assert stated.inherited_width is None
+    assert stated.channels(tokens) == 16
+    x = torch.randn(2, 7, 4)
+    stats = nl.activation_stats(model, x, "act", channel_dim={"act": -1})["act"]
+    assert stats.num_channels == 16
+
+
+# -- attention, embedding and normalisation kinds; subclasses by what they compute -----------------
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's ConvNeXt LayerNorm2d: a LayerNorm of the channels of (N, C, H, W) maps."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ChannelsFirstNorm(nn.LayerNorm):
+    """Hugging Face's ConvNextLayerNorm: says its layout in ``data_format``."""
+
+    def __init__(self, width: int, data_format: str) -> None:
+        super().__init__(width)
+        self.data_format = data_format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.data_format == "channels_first":
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
+@pytest.mark.parametrize(
+    ("norm", "dim"),
+    [
+        (LayerNorm2d(6), 1),
+        (ChannelsFirstNorm(6, "channels_first"), 1),
+    ],
+    ids=["LayerNorm2d", "data_format"],
+)
+def test_a_layernorm_subclass_of_channels_first_maps_reads_dim_1(norm, dim):
+    model = nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 6, 1), norm=norm)).eval()
+    x = torch.randn(2, 3, 6, 6)  # square maps of 6 channels: sizes cannot tell
+    assert default_channel_dim(model, "norm") == dim
+    with nl.record(model, "norm") as rec:
+        model(x)
+    stats = nl.activation_stats(model, x, "norm")["norm"]
+    torch.testing.assert_close(stats.mean, _stats_over(rec["norm"], 1))
+
+
+def test_a_channels_last_data_format_reads_the_last_dim():
+    norm = ChannelsFirstNorm(6, "channels_last")
+    assert default_channel_dim(nn.Sequential(nn.Linear(3, 6), norm), "1") == -1
+
+
+def test_kinds_by_class_name_suffix():
+    class BertSelfAttention(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    class LlamaRMSNorm(BertSelfAttention):
+        pass
+
+    class ViTEmbeddings(BertSelfAttention):
+        pass
+
+    for module in (BertSelfAttention(), LlamaRMSNorm(), ViTEmbeddings()):
+        assert default_channel_dim(nn.Sequential(nn.Conv2d(1, 1, 1), module), "1") == -1
+
+
+def test_a_block_named_like_an_embedding_follows_its_output():
+    # Hugging Face's ConvNextEmbeddings: a conv stem and a channels-first norm, (N, C, H, W)
+    class ConvNextEmbeddings(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch_embeddings = nn.Conv2d(3, 6, 2, stride=2)
+            self.layernorm = ChannelsFirstNorm(6, "channels_first")
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return self.layernorm(self.patch_embeddings(pixels))
+
+    model = nn.Sequential(OrderedDict(embeddings=ConvNextEmbeddings()))
+    assert default_channel_dim(model, "embeddings") == 1
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("wrap", ["encoder", "layer"])
+def test_transformer_encoder_batch_axis_comes_from_its_layers(batch_first, wrap):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=batch_first)
+    module: nn.Module = (
+        nn.TransformerEncoder(layer, 2, enable_nested_tensor=False) if wrap == "encoder" else layer
+    )
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = module
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, T, E)
+            return self.body(x if batch_first else x.transpose(0, 1))
+
+    net = Net().eval()
+    view = layer_view(net, "body")
+    assert view.batch_dim == (0 if batch_first else 1)
+    x = torch.randn(3, 5, 8)  # 3 sequences of 5 tokens
+    with nl.record(net, "body") as rec:
+        net(x)
+    arranged = view.arrange(rec["body"], 3)
+    assert arranged.shape == (3, 8, 5)
+    expected = net(x) if batch_first else net(x).transpose(0, 1)
+    torch.testing.assert_close(arranged, expected.transpose(1, 2))
+    stats = nl.activation_stats(net, x, "body")["body"]
+    torch.testing.assert_close(stats.mean, _stats_over(expected, -1))

@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -454,7 +455,7 @@ def test_shared_module_counts_every_call_and_channel_dim_override() -> None:
     assert [found.num_channels for found in for_all.values()] == [8, 8]
     with pytest.raises(nl.NetlensValueError, match="channel_dim's keys"):
         nl.activation_stats(zoo.model, [zoo.inputs], "block.0", channel_dim={"stem": 1})
-    with pytest.raises(nl.NetlensTypeError, match="channel_dim to be None or an int"):
+    with pytest.raises(nl.NetlensTypeError, match=r"channel_dim\['block.0'\] to be None or an int"):
         nl.activation_stats(zoo.model, [zoo.inputs], "block.0", channel_dim={"block.0": "w"})
 
 
@@ -690,6 +691,25 @@ def test_channel_dim_out_of_range_or_on_the_batch_axis() -> None:
         nl.activation_stats(model, data, "0", channel_dim=0)
     with pytest.raises(nl.NetlensTypeError, match="select to be None"):
         nl.activation_stats(model, data, "0", select=2.5)  # type: ignore[arg-type]
+
+
+def test_a_channel_dim_no_tensor_has_is_refused_before_running() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 3, 3))
+    data = [torch.randn(2, 1, 5, 5)]
+    assert nl.ActivationStats(channel_dim=63).channel_dim == 63  # as far as torch's dims go
+    assert nl.ActivationStats(channel_dim=-64).channel_dim == -64
+    for dim in (64, -65):
+        with pytest.raises(nl.NetlensValueError, match=r"channel_dim to be a dim index in \[-64"):
+            nl.ActivationStats(channel_dim=dim)
+        with pytest.raises(nl.NetlensValueError, match="channel_dim"):
+            nl.activation_stats(model, data, "0", channel_dim=dim)
+        with pytest.raises(nl.NetlensValueError, match=r"channel_dim\['0'\]"):
+            nl.activation_stats(model, data, "0", channel_dim={"0": dim})
+    for flag in (1, "yes", torch.tensor(True)):
+        with pytest.raises(nl.NetlensTypeError, match="progress to be a bool"):
+            nl.activation_stats(model, data, "0", progress=flag)  # type: ignore[arg-type]
+    found = nl.activation_stats(model, data, "0", progress=np.bool_(False))  # numpy's bool is one
+    assert found["0"].num_channels == 3
 
 
 def test_integer_token_inputs() -> None:

@@ -8,11 +8,12 @@ received.
 
 from __future__ import annotations
 
+import difflib
 import math
 import operator
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, SupportsIndex, TypeVar
+from typing import Any, Literal, SupportsIndex, TypeVar, overload
 
 import numpy as np
 import torch
@@ -26,10 +27,13 @@ __all__ = [
     "as_int",
     "as_real",
     "batches",
+    "check_bool",
     "check_callable",
+    "check_channel_dim",
     "check_channels",
     "check_channels_fit",
     "check_choice",
+    "check_cmap",
     "check_gradients_allowed",
     "check_index",
     "check_int",
@@ -39,6 +43,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# The most dims a tensor can have for torch's reductions and dim arguments ("only tensors with
+# up to 64 dims are supported"; a 64-d tensor takes dims in [-64, 63]): no channel axis lies
+# beyond, whatever the layer.
+MAX_DIMS = 64
 
 
 def as_int(value: object) -> int | None:
@@ -66,6 +75,67 @@ def check_int(name: str, value: object, *, minimum: int = 1) -> int:
     if number < minimum:
         raise NetlensValueError(f"Expected {name} >= {minimum}, but got {number}.")
     return number
+
+
+def check_bool(name: str, value: object) -> bool:
+    """A flag: a bool or a numpy bool (an int, a string or a tensor is not taken for one)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise NetlensTypeError(f"Expected {name} to be a bool, but got {describe(value)}.")
+    return bool(value)
+
+
+@overload
+def check_channel_dim(name: str, value: object) -> int: ...
+
+
+@overload
+def check_channel_dim(name: str, value: object, *, optional: Literal[True]) -> int | None: ...
+
+
+def check_channel_dim(name: str, value: object, *, optional: bool = False) -> int | None:
+    """A channel axis (None too when ``optional``): an int any tensor's dims can have.
+
+    Negative ones count from the end. Only the bound every tensor shares is checked here, so
+    that a nonsense axis fails at once; whether it fits a layer's output is checked where that
+    output's rank is known.
+    """
+    if optional and value is None:
+        return None
+    number = as_int(value)
+    if number is None:
+        expected = "None or an int" if optional else "an int"
+        raise NetlensTypeError(f"Expected {name} to be {expected}, but got {describe(value)}.")
+    if not -MAX_DIMS <= number < MAX_DIMS:
+        raise NetlensValueError(
+            f"Expected {name} to be a dim index in [{-MAX_DIMS}, {MAX_DIMS}) (a tensor has at "
+            f"most {MAX_DIMS} dims; negative ones count from the end), but got {number}."
+        )
+    return number
+
+
+def check_cmap(name: str, value: object) -> Any:
+    """None, the name of a registered matplotlib colormap, or a matplotlib ``Colormap``."""
+    if value is None:
+        return None
+    # matplotlib only once a colormap is given: ``import netlens`` stays free of it.
+    from matplotlib import colormaps
+    from matplotlib.colors import Colormap
+
+    if isinstance(value, Colormap):
+        return value
+    if not isinstance(value, str):
+        raise NetlensTypeError(
+            f"Expected {name} to be None, a matplotlib colormap name or a Colormap, but got "
+            f"{describe(value)}."
+        )
+    if value not in colormaps:
+        close = difflib.get_close_matches(value, list(colormaps), n=5, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
+        raise NetlensValueError(
+            f"Expected {name} to name a matplotlib colormap (such as 'viridis', 'gray' or "
+            f"'RdBu_r'), but got {value!r}, which names none.{hint}"
+        )
+    return value
 
 
 def check_index(name: str, value: object) -> int:

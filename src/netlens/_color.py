@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._checks import as_int, batches, check_not_meta, non_finite
+from ._checks import batches, check_channel_dim, check_not_meta, non_finite
 from ._errors import NetlensTypeError, NetlensValueError, describe
 
 __all__ = ["IMAGENET_COLOR_SQRT", "ColorStats", "color_matrix", "color_stats", "to_colors"]
@@ -146,11 +146,7 @@ def color_stats(data: object, *, channel_dim: int = 1) -> ColorStats:
         >>> bool(stats.basis[:, 1:].abs().max() < 1e-7)  # one colour direction only
         True
     """
-    dim = as_int(channel_dim)
-    if dim is None:
-        raise NetlensTypeError(
-            f"Expected channel_dim to be an int, but got {describe(channel_dim)}."
-        )
+    dim = check_channel_dim("channel_dim", channel_dim)
     count = 0
     shift: torch.Tensor | None = None
     total = torch.zeros(3, dtype=torch.float64)

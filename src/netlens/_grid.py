@@ -17,9 +17,16 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from ._checks import as_number, check_choice, check_int, check_not_meta
+from ._checks import (
+    as_number,
+    check_bool,
+    check_channel_dim,
+    check_choice,
+    check_cmap,
+    check_int,
+    check_not_meta,
+)
 from ._errors import NetlensTypeError, NetlensValueError, describe
-from ._outputs import check_channel_dim
 from ._render import Plottable, figure_axes
 
 if TYPE_CHECKING:
@@ -484,11 +491,12 @@ class FilterGrid(_Grid):
             modules, give them for a bare tensor.
 
     Raises:
-        NetlensTypeError: For a source that is neither a tensor nor a module with a weight, or
-            a complex weight.
+        NetlensTypeError: For a source that is neither a tensor nor a module with a weight, a
+            complex weight, or an option of the wrong type.
         NetlensValueError: For a weight that is neither 2-D nor 4-D, an empty one (such as a
-            ``(4, 1, 0, 0)`` kernel), one on the meta device (no values), a ``normalize`` range
-            that is not finite or has ``low >= high``, or an unknown option.
+            ``(4, 1, 0, 0)`` kernel), one on the meta device (no values), a ``weight`` name the
+            module has no tensor under, a ``normalize`` range that is not finite or has
+            ``low >= high``, or an unknown option or colormap name.
 
     Example:
         >>> import torch.nn as nn
@@ -512,8 +520,19 @@ class FilterGrid(_Grid):
         weight: str | None = None,
         gates: Sequence[str] | None = None,
     ) -> None:
+        if not isinstance(source, (torch.Tensor, nn.Module)):
+            raise NetlensTypeError(
+                "Expected source to be a module with a weight or a weight tensor, but got "
+                f"{describe(source)}."
+            )
+        if weight is not None and not isinstance(weight, str):
+            raise NetlensTypeError(
+                f"Expected weight to be None or the name of a weight, but got {describe(weight)}."
+            )
+        checked_gates = _check_gates(gates)
+        cmap = check_cmap("cmap", cmap)
         tensor, found_gates = _find_weight(source, weight)
-        gates = found_gates if gates is None else list(gates)
+        gates = found_gates if checked_gates is None else checked_gates
         what = (
             "the weight"
             if isinstance(source, torch.Tensor)
@@ -581,26 +600,50 @@ class FilterGrid(_Grid):
         )
 
 
-def _find_weight(source: object, name: str | None) -> tuple[torch.Tensor, list[str] | None]:
+def _check_gates(gates: object) -> list[str] | None:
+    if gates is None:
+        return None
+    if isinstance(gates, str) or not isinstance(gates, Sequence):
+        raise NetlensTypeError(
+            "Expected gates to be None or a sequence of labels, one per row block (such as "
+            f"['r', 'z', 'n']), but got {describe(gates)}."
+        )
+    if not all(isinstance(gate, str) for gate in gates):
+        raise NetlensTypeError(
+            f"Expected gates to hold strings, one label per row block, but got {list(gates)!r}."
+        )
+    return list(gates)
+
+
+def _find_weight(
+    source: nn.Module | torch.Tensor, name: str | None
+) -> tuple[torch.Tensor, list[str] | None]:
     if isinstance(source, torch.Tensor):
         if name is not None:
             raise NetlensValueError(
                 f"Expected weight=None for a tensor source, but got weight={name!r}."
             )
         return source, None
-    if not isinstance(source, nn.Module):
-        raise NetlensTypeError(
-            f"Expected a module with a weight or a weight tensor, but got {describe(source)}."
-        )
     recurrent = isinstance(source, (nn.RNNBase, nn.RNNCellBase))
+    given = name is not None
     if name is None:
         name = _default_weight(source)
     weight = getattr(source, name, None)
     if not isinstance(weight, torch.Tensor):
         weights = [n for n, p in source.named_parameters(recurse=False) if n.startswith("weight")]
+        kind = type(source).__name__
+        if given:  # the module is fine, the name is not
+            raise NetlensValueError(
+                f"Expected weight to name a tensor attribute of {kind}, but got {name!r}; "
+                + (f"its weights are {weights}." if weights else f"{kind} has no weight at all.")
+            )
         raise NetlensTypeError(
-            f"Expected a module with a tensor attribute {name!r}, but {type(source).__name__} has "
-            + (f"none; its weights are {weights}." if weights else "no weight at all.")
+            f"Expected source to be a module with a tensor attribute {name!r}, but {kind} has "
+            + (
+                f"none; its weights are {weights}: pass weight=."
+                if weights
+                else "no weight at all."
+            )
         )
     gates = None
     if recurrent and name.startswith("weight_"):
@@ -682,11 +725,10 @@ class ActivationGrid(_Grid):
             raise NetlensTypeError(
                 f"Expected a torch.Tensor of activations, but got {describe(activations)}."
             )
-        if rgb is not None and not isinstance(rgb, bool):
-            raise NetlensTypeError(f"Expected rgb to be None or a bool, but got {describe(rgb)}.")
-        values = _as_array(
-            _channels_in_place(activations, check_channel_dim(channel_dim)), "activations"
-        )
+        rgb = None if rgb is None else check_bool("rgb", rgb)
+        cmap = check_cmap("cmap", cmap)
+        dim = check_channel_dim("channel_dim", channel_dim, optional=True)
+        values = _as_array(_channels_in_place(activations, dim), "activations")
         if values.ndim == 2:
             super().__init__(
                 values[None],

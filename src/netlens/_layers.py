@@ -25,6 +25,7 @@ __all__ = [
     "find_layer",
     "find_layers",
     "named_modules",
+    "select_layers",
     "unwrap_parallel",
 ]
 
@@ -193,33 +194,39 @@ def _first_names(named: dict[str, nn.Module]) -> list[str]:
 
 
 def _find_one(
-    model: nn.Module, spec: str | type[nn.Module] | nn.Module, named: dict[str, nn.Module]
+    model: nn.Module,
+    spec: str | type[nn.Module] | nn.Module,
+    named: dict[str, nn.Module],
+    name: str,
 ) -> dict[str, nn.Module]:
     try:
-        return _find_spec(model, spec, named)
+        return _find_spec(model, spec, named, name)
     except LayerNotFoundError as error:
         # "module.conv1", as a DistributedDataParallel or DataParallel wrapper names it (in
         # its state_dict too): the wrapped model's "conv1".
         if isinstance(spec, str) and spec.startswith(_PARALLEL_PREFIX):
             with suppress(LayerNotFoundError):
-                return _find_one(model, spec[len(_PARALLEL_PREFIX) :], named)
+                return _find_one(model, spec[len(_PARALLEL_PREFIX) :], named, name)
         raise error from None
 
 
 def _find_spec(
-    model: nn.Module, spec: str | type[nn.Module] | nn.Module, named: dict[str, nn.Module]
+    model: nn.Module,
+    spec: str | type[nn.Module] | nn.Module,
+    named: dict[str, nn.Module],
+    name: str,
 ) -> dict[str, nn.Module]:
     names = _first_names(named)
     if isinstance(spec, str):
         if not spec.strip():
             raise NetlensValueError(
-                "Expected a non-empty layer name or glob, but got an empty string."
+                f"Expected {name} to be a non-empty layer name or glob, but got an empty string."
             )
         if spec in named:
             return {spec: named[spec]}
         if _GLOB_CHARS & set(spec):
             found = _once(
-                {name: module for name, module in named.items() if name and _glob_match(spec, name)}
+                {key: module for key, module in named.items() if key and _glob_match(spec, key)}
             )
             if not found:
                 raise LayerNotFoundError(
@@ -232,15 +239,16 @@ def _find_spec(
     if isinstance(spec, type):
         if not issubclass(spec, nn.Module):
             raise NetlensTypeError(
-                f"Expected a subclass of torch.nn.Module as layer type, but got {spec.__name__}."
+                f"Expected {name} to be a subclass of torch.nn.Module when it is a class, but "
+                f"got {spec.__name__}."
             )
         found = _once(
-            {name: module for name, module in named.items() if name and isinstance(module, spec)}
+            {key: module for key, module in named.items() if key and isinstance(module, spec)}
         )
         if not found and isinstance(model, spec):
             found = {"": model}
         if not found:
-            kinds = sorted({type(m).__name__ for name, m in named.items() if name})
+            kinds = sorted({type(m).__name__ for key, m in named.items() if key})
             raise LayerNotFoundError(
                 f"Expected at least one layer of type {spec.__name__}, but the model has none; "
                 f"its layer types are: {', '.join(kinds) or 'none'}."
@@ -248,16 +256,16 @@ def _find_spec(
         return found
     if isinstance(spec, nn.Module):
         spec = unwrap_parallel(spec)
-        for name, module in named.items():
+        for key, module in named.items():
             if module is spec:
-                return {name: module}
+                return {key: module}
         raise LayerNotFoundError(
             f"Expected a module that is part of the model, but got a {type(spec).__name__} "
             "that is not among model.modules()."
         )
     raise NetlensTypeError(
-        "Expected a layer spec (a dotted name, a glob, a module class, a module, or a list of "
-        f"these), but got {describe(spec)}."
+        f"Expected {name} to be a layer spec (a dotted name, a glob, a module class, a module, "
+        f"or a list of these), but got {describe(spec)}."
     )
 
 
@@ -304,35 +312,45 @@ def find_layers(model: nn.Module, spec: LayerSpec) -> dict[str, nn.Module]:
         >>> list(nl.find_layers(nn.DataParallel(net), ["module.0", "2"]))
         ['0', '2']
     """
+    return select_layers(model, spec, name="spec")
+
+
+def select_layers(model: nn.Module, spec: object, *, name: str) -> dict[str, nn.Module]:
+    """:func:`find_layers`, its messages naming the argument ``name`` the user passed ``spec`` as.
+
+    ``find_layers`` calls it ``spec``; the techniques ``layer`` or ``layers``.
+    """
     check_model(model)
     model = unwrap_parallel(model)
     named = named_modules(model)
-    specs: Sequence[str | type[nn.Module] | nn.Module]
+    specs: Sequence[object]
     if isinstance(spec, (list, tuple)):
         if not spec:
-            raise NetlensValueError("Expected at least one layer spec, but got an empty list.")
+            raise NetlensValueError(
+                f"Expected {name} to hold at least one layer spec, but got an empty list."
+            )
         specs = spec
     else:
-        specs = [cast("str | type[nn.Module] | nn.Module", spec)]
+        specs = [spec]
     found: dict[str, nn.Module] = {}
     for item in specs:
-        found.update(_find_one(model, item, named))
-    for name in found:
-        _check_not_inside_compiled(model, name)
+        found.update(_find_one(model, cast("str | type[nn.Module] | nn.Module", item), named, name))
+    for key in found:
+        _check_not_inside_compiled(model, key)
     return found
 
 
-def find_layer(model: nn.Module, spec: LayerSpec) -> tuple[str, nn.Module]:
+def find_layer(model: nn.Module, spec: object, *, name: str = "layer") -> tuple[str, nn.Module]:
     """Resolve ``spec`` like :func:`find_layers`, requiring that it selects exactly one layer."""
-    found = find_layers(model, spec)
+    found = select_layers(model, spec, name=name)
     if len(found) != 1:
         raise NetlensValueError(
-            f"Expected layer to select exactly one layer, but {spec!r} selected {len(found)}: "
-            + ", ".join(repr(name) for name in list(found)[:10])
+            f"Expected {name} to select exactly one layer, but {spec!r} selected {len(found)}: "
+            + ", ".join(repr(key) for key in list(found)[:10])
             + "."
         )
-    ((name, module),) = found.items()
-    return name, module
+    ((key, module),) = found.items()
+    return key, module
 
 
 def _check_not_inside_compiled(model: nn.Module, name: str) -> None:

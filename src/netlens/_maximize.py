@@ -27,6 +27,7 @@ from torch import nn
 from ._checks import (
     as_int,
     as_real,
+    check_bool,
     check_channels,
     check_channels_fit,
     check_choice,
@@ -1371,6 +1372,7 @@ def maximize_activation(
         (torch.Size([2, 1, 28, 28]), torch.Size([2]), 'conv2')
     """
     check_model(model)
+    progress = check_bool("progress", progress)
     expressions = _check_expressions(objective)
     if expressions is None:
         if layer is None:

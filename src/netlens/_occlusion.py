@@ -20,10 +20,13 @@ from torch import nn
 from ._checks import (
     as_int,
     as_real,
+    check_bool,
     check_callable,
+    check_channel_dim,
     check_channels,
     check_channels_fit,
     check_choice,
+    check_cmap,
     check_int,
     prepare_inputs,
 )
@@ -40,7 +43,7 @@ from ._incremental import (
 )
 from ._layers import LayerSpec, check_model
 from ._model import batched_inputs, evaluating, progress_bar
-from ._outputs import LayerView, Select, first_tensor, layer_view
+from ._outputs import LayerView, Select, check_select, first_tensor, layer_view
 from ._render import Plottable, figure_axes, new_figure
 
 if TYPE_CHECKING:
@@ -145,12 +148,13 @@ class OcclusionMap(Plottable):
             The figure and the Axes.
 
         Raises:
-            NetlensValueError: An unknown map or sample, a feature map without ``layer``, or
-                maps that cannot be drawn over two dims.
-            NetlensTypeError: A sample or map of the wrong type.
+            NetlensValueError: An unknown map, sample or colour map name, a feature map without
+                ``layer``, or maps that cannot be drawn over two dims.
+            NetlensTypeError: A sample, map or cmap of the wrong type.
         """
         index = self._check_sample(sample)
         check_choice("map", map, _MAPS)
+        cmap = check_cmap("cmap", cmap)
         self._check_drawable()
         feature = self._feature_map(index, channel)[0] if map == "feature_activation" else None
         fig, axis = figure_axes(ax, width=3.0, height=3.0)
@@ -206,6 +210,7 @@ class OcclusionMap(Plottable):
         from matplotlib.colors import ListedColormap
         from matplotlib.patches import Patch
 
+        cmap = check_cmap("cmap", cmap)
         chosen = (
             list(range(self.inputs.shape[0]))
             if samples is None
@@ -1118,6 +1123,7 @@ def occlusion(
         torch.Size([3, 10])
     """
     check_model(model)
+    progress = check_bool("progress", progress)
     prepared, info = prepare_inputs(inputs, model, floating=False)
     if prepared.is_complex() or prepared.dtype == torch.bool:
         raise NetlensTypeError(
@@ -1149,6 +1155,10 @@ def occlusion(
         if memory_budget is None
         else check_int("memory_budget", memory_budget)
     )
+    # each argument checked on its own first, so that a wrong one is named as such
+    channels, listed = (None, False) if channel is None else check_channels("channel", channel)
+    check_select(select)
+    check_channel_dim("channel_dim", channel_dim, optional=True)
     feature = None
     if layer is not None:
         feature = _Feature(layer_view(model, layer, select=select, channel_dim=channel_dim))
@@ -1156,7 +1166,6 @@ def occlusion(
         raise NetlensValueError(
             "Expected layer= together with channel=, select= or channel_dim=, but got no layer."
         )
-    channels, listed = (None, False) if channel is None else check_channels("channel", channel)
     mode = _check_incremental(incremental)
     batch_statistics = _batch_statistics(model)
     if batch_statistics is not None:

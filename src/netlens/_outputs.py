@@ -35,14 +35,13 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from ._checks import as_int
+from ._checks import as_int, check_channel_dim
 from ._errors import NetlensTypeError, NetlensValueError, describe
-from ._layers import LayerSpec, find_layer, find_layers, unwrap_parallel
+from ._layers import LayerSpec, find_layer, select_layers, unwrap_parallel
 
 __all__ = [
     "LayerView",
     "Select",
-    "check_channel_dim",
     "check_select",
     "default_channel_dim",
     "first_tensor",
@@ -128,18 +127,6 @@ def check_select(select: object) -> Select | None:
             f"layer's output, but got {describe(select)}."
         )
     return index
-
-
-def check_channel_dim(channel_dim: object) -> int | None:
-    """``channel_dim`` if it is None or an int, else raise."""
-    if channel_dim is None:
-        return None
-    number = as_int(channel_dim)
-    if number is None:
-        raise NetlensTypeError(
-            f"Expected channel_dim to be None or an int, but got {describe(channel_dim)}."
-        )
-    return number
 
 
 def _computes_its_own_way(module: nn.Module) -> bool:
@@ -735,18 +722,53 @@ def _input_kind(model: nn.Module, name: str, visiting: set[tuple[str, str]]) -> 
         if found is not _UNKNOWN:
             return found
         parent, _, own = name.rpartition(".")
-        siblings = [key for key, child in _children(model, parent) if child is not None]
-        position = siblings.index(own) if own in siblings else 0
-        if position == 0:
-            return _input_kind(model, parent, visiting)
-        return _output_kind(model, _join(parent, siblings[position - 1]), visiting)
+        siblings = _children(model, parent)
+        before = siblings[: siblings.index(own)] if own in siblings else []
+        return _registered_last(model, parent, before, visiting)
     finally:
         visiting.discard(key)
 
 
-def _children(model: nn.Module, name: str) -> list[tuple[str, nn.Module | None]]:
+def _children(model: nn.Module, name: str) -> list[str]:
+    """The names of a module's children, in registration order."""
     module = _child(model, name)
-    return [] if module is None else list(module._modules.items())
+    return [] if module is None else [k for k, v in module._modules.items() if v is not None]
+
+
+def _registered_last(
+    model: nn.Module, parent: str, children: list[str], visiting: set[tuple[str, str]]
+) -> _Kind | None:
+    """The stand-in for the data's path: the kind of the last of ``children`` that has one.
+
+    Registration order taken for the order of the forward: walking back from the last child,
+    permute modules are noted, modules without a kind skipped, and a block gives the kind of
+    its output; with none left, the kind of what ``parent`` consumes.
+    """
+    after: list[tuple[int, ...]] = []
+    for child in reversed(children):
+        name = _join(parent, child)
+        module = _child(model, name)
+        if module is None:
+            continue
+        permutation = _permutation(module)
+        if permutation is not None:
+            after.insert(0, permutation)
+            continue
+        found: _Kind | None = None
+        own = _kind(module)
+        if own is not None:
+            found = own, _width(module)
+        elif module._modules:
+            found = _output_kind(model, name, visiting)
+        elif not _computes_its_own_way(module):
+            named = _named_kind(module)
+            found = None if named is None else (named, _width(module))
+        if found is not None:
+            return _through(found[0], after), found[1]
+    inner = _input_kind(model, parent, visiting) if parent else None
+    if inner is None:
+        return (_through(1, after), None) if after else None
+    return _through(inner[0], after), inner[1]
 
 
 def _output_kind(model: nn.Module, name: str, visiting: set[tuple[str, str]]) -> _Kind | None:
@@ -768,10 +790,10 @@ def _output_kind(model: nn.Module, name: str, visiting: set[tuple[str, str]]) ->
             inner = _input_kind(model, name, visiting)
             return None if inner is None else (inner[0], _width(module))
         named = _named_kind(module)
-        children = [key for key, child in module._modules.items() if child is not None]
+        children = _children(model, name)
         if children:
             # a block: the module that produced its output; where that cannot be read, its
-            # last module (registration order)
+            # last module of a kind (registration order)
             produced = _produced(model, name, visiting)
             if produced is not _UNKNOWN and produced is not None:
                 return produced
@@ -779,7 +801,7 @@ def _output_kind(model: nn.Module, name: str, visiting: set[tuple[str, str]]) ->
                 return named, None
             if produced is None:
                 return None
-            return _output_kind(model, _join(name, children[-1]), visiting)
+            return _registered_last(model, name, children, visiting)
         if named is not None:
             return named, _width(module)
         return _input_kind(model, name, visiting)
@@ -994,11 +1016,17 @@ def layer_view(
     *,
     select: object = None,
     channel_dim: object = None,
+    name: str = "layer",
 ) -> LayerView:
-    """Resolve one layer (see :func:`~netlens.find_layers`) with its reading rule."""
+    """Resolve one layer (see :func:`~netlens.find_layers`) with its reading rule.
+
+    ``name`` is the argument the user passed ``layer`` as, for messages.
+    """
+    checked_select = check_select(select)
+    checked_dim = check_channel_dim("channel_dim", channel_dim, optional=True)
     model = unwrap_parallel(model)  # names are those of a DDP/DataParallel-wrapped model
-    name, module = find_layer(model, layer)
-    return _view(model, name, module, check_select(select), check_channel_dim(channel_dim))
+    key, module = find_layer(model, layer, name=name)
+    return _view(model, key, module, checked_select, checked_dim)
 
 
 def layer_views(
@@ -1007,12 +1035,13 @@ def layer_views(
     *,
     select: object = None,
     channel_dim: object = None,
+    name: str = "layers",
 ) -> dict[str, LayerView]:
-    """Resolve several layers, each with its reading rule."""
-    model = unwrap_parallel(model)  # names are those of a DDP/DataParallel-wrapped model
+    """Resolve several layers, each with its reading rule (``name`` as for :func:`layer_view`)."""
     checked_select = check_select(select)
-    checked_dim = check_channel_dim(channel_dim)
+    checked_dim = check_channel_dim("channel_dim", channel_dim, optional=True)
+    model = unwrap_parallel(model)  # names are those of a DDP/DataParallel-wrapped model
     return {
-        name: _view(model, name, module, checked_select, checked_dim)
-        for name, module in find_layers(model, layers).items()
+        key: _view(model, key, module, checked_select, checked_dim)
+        for key, module in select_layers(model, layers, name=name).items()
     }

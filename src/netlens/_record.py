@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ._checks import check_bool
 from ._errors import (
     LayerNotFoundError,
     NetlensError,
@@ -410,8 +411,9 @@ def record(
     Raises:
         LayerNotFoundError: See :func:`find_layers`.
         NotRecordedError: When reading a layer that has not run inside the block.
-        NetlensTypeError: For a ``select`` or ``device`` of the wrong type; during the forward
-            pass, when a layer's output (or what ``select`` picks from it) holds no tensor.
+        NetlensTypeError: For an argument of the wrong type (``layers``, ``detach``, ``device``,
+            ``select``, ``channel_dim``); during the forward pass, when a layer's output (or what
+            ``select`` picks from it) holds no tensor.
         NetlensValueError: When ``select`` names a part the output does not have, and when
             entering a recorder that is already active.
 
@@ -428,6 +430,7 @@ def record(
         >>> len(net._forward_hooks)  # no hook is left behind
         0
     """
+    detach = check_bool("detach", detach)
     views = layer_views(model, layers, select=select, channel_dim=channel_dim)
     return Recorder(model, views, detach=detach, device=_check_device(device))
 

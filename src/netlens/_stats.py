@@ -22,12 +22,19 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import torch
 from torch import nn
 
-from ._checks import as_int, batches, check_choice, check_not_meta, prepare_inputs
+from ._checks import (
+    batches,
+    check_bool,
+    check_channel_dim,
+    check_choice,
+    check_not_meta,
+    prepare_inputs,
+)
 from ._distributed import gather, resolve_group, same_group
 from ._errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
 from ._layers import LayerSpec, unwrap_parallel
 from ._model import batched_inputs, evaluating, model_dtype_device, progress_bar
-from ._outputs import LayerView, Select, check_channel_dim, layer_views
+from ._outputs import LayerView, Select, layer_views
 from ._record import Recorder
 from ._render import Plottable, figure_axes
 
@@ -390,12 +397,7 @@ class ActivationStats:
     """
 
     def __init__(self, channel_dim: int = 1) -> None:
-        number = as_int(channel_dim)
-        if number is None:
-            raise NetlensTypeError(
-                f"Expected channel_dim to be an int, but got {describe(channel_dim)}."
-            )
-        self.channel_dim = number
+        self.channel_dim = check_channel_dim("channel_dim", channel_dim)
         self._state: _Moments | None = None
         self._scratch: torch.Tensor | None = None
         # The process group the state was all-reduced over (a string once pickled), and whether
@@ -661,17 +663,20 @@ def _views(
     """The layers' views, with ``channel_dim`` for all of them or a ``{name: dim}`` mapping."""
     if not isinstance(channel_dim, Mapping):
         return layer_views(model, layers, select=select, channel_dim=channel_dim)
+    dims = {
+        key: check_channel_dim(f"channel_dim[{key!r}]", dim, optional=True)
+        for key, dim in channel_dim.items()
+    }
     views = layer_views(model, layers, select=select)
-    unknown = sorted(str(key) for key in channel_dim if key not in views)
+    unknown = sorted(str(key) for key in dims if key not in views)
     if unknown:
         raise NetlensValueError(
             f"Expected channel_dim's keys to be among the selected layers {sorted(views)}, but "
             f"got {unknown}."
         )
-    for name, dim in channel_dim.items():
-        checked = check_channel_dim(dim)
+    for key, checked in dims.items():
         if checked is not None:
-            views[name] = replace(views[name], channel_dim=checked)
+            views[key] = replace(views[key], channel_dim=checked)
     return views
 
 
@@ -759,6 +764,7 @@ def activation_stats(
         >>> stats["relu1"].num_channels, int(stats["relu1"].count[0]), stats["fc2"].num_channels
         (32, 18816, 10)
     """
+    progress = check_bool("progress", progress)
     views = _views(model, layers, select, channel_dim)
     counted = check_choice("nonfinite", nonfinite, ("raise", "count")) == "count"
     process_group = resolve_group(group)

@@ -21,6 +21,7 @@ from torch import nn
 from ._checks import (
     InputInfo,
     batches,
+    check_bool,
     check_channels,
     check_channels_fit,
     check_gradients_allowed,
@@ -597,6 +598,7 @@ def top_activations(
         torch.Size([4, 1, 14, 14])
     """
     check_model(model)
+    progress = check_bool("progress", progress)
     view = layer_view(model, layer, select=select, channel_dim=channel_dim)
     runner = unwrap_parallel(model)
     wanted, listed = (None, True) if channels is None else check_channels("channels", channels)

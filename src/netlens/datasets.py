@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ._checks import as_int
+from ._checks import as_int, check_bool
 from ._errors import NetlensError, NetlensTypeError, NetlensValueError, describe
 
 __all__ = [
@@ -296,10 +296,10 @@ class CIFAR10(_ImageDataset):
         transform: Callable[[torch.Tensor], Any] | None = None,
         target_transform: Callable[[int], Any] | None = None,
     ) -> None:
+        train = check_bool("train", train)
+        download = check_bool("download", download)
+        grey = check_bool("grey", grey)
         folder = _check_root(root)
-        _check_flag("train", train)
-        _check_flag("download", download)
-        _check_flag("grey", grey)
         _check_transforms(transform, target_transform)
         side = _check_size(size)
         names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
@@ -386,10 +386,10 @@ class MNIST(_ImageDataset):
         transform: Callable[[torch.Tensor], Any] | None = None,
         target_transform: Callable[[int], Any] | None = None,
     ) -> None:
+        train = check_bool("train", train)
+        download = check_bool("download", download)
+        standardize = check_bool("standardize", standardize)
         folder = _check_root(root)
-        _check_flag("train", train)
-        _check_flag("download", download)
-        _check_flag("standardize", standardize)
         _check_transforms(transform, target_transform)
         names = _MNIST_FILES[train]
         if download:
@@ -471,11 +471,6 @@ def _check_size(size: object) -> int:
     if side < 1:
         raise NetlensValueError(f"Expected size to be a positive int or None, but got {side}.")
     return side
-
-
-def _check_flag(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise NetlensTypeError(f"Expected {name} to be a bool, but got {value!r}.")
 
 
 def _check_transforms(*transforms: object) -> None:

@@ -35,10 +35,17 @@ from typing import Any, TypeAlias
 import torch
 import torch.nn.functional as F
 
-from ._checks import as_number, check_index, check_position, non_finite
+from ._checks import (
+    as_number,
+    check_bool,
+    check_channel_dim,
+    check_index,
+    check_position,
+    non_finite,
+)
 from ._errors import NetlensTypeError, NetlensValueError, describe
 from ._layers import LayerSpec
-from ._outputs import Select, check_channel_dim, check_select
+from ._outputs import Select, check_select
 
 __all__ = [
     "Objective",
@@ -389,7 +396,7 @@ def _layer(layer: object) -> LayerSpec:
 
 
 def _where(select: object, channel_dim: object) -> tuple[Select | None, int | None]:
-    return check_select(select), check_channel_dim(channel_dim)
+    return check_select(select), check_channel_dim("channel_dim", channel_dim, optional=True)
 
 
 def channel(
@@ -487,6 +494,7 @@ def direction(
         >>> obj.direction("conv2", torch.ones(64), cosine=True)
         direction('conv2', <vector of 64>, cosine=True)
     """
+    cosine = check_bool("cosine", cosine)
     try:
         values = torch.as_tensor(vector).detach()
     except (TypeError, ValueError, RuntimeError) as error:
@@ -503,8 +511,6 @@ def direction(
             f"Expected vector to be a non-empty 1-D tensor of numbers, one per channel, but got "
             f"{describe(vector)}."
         )
-    if not isinstance(cosine, bool):
-        raise NetlensTypeError(f"Expected cosine to be a bool, but got {describe(cosine)}.")
     if values.is_meta:
         raise NetlensValueError(
             "Expected vector with values, but got a tensor on the 'meta' device (shapes only)."
@@ -543,10 +549,7 @@ def class_logit(index: int, *, log_probability: bool = False) -> Objective:
         >>> obj.class_logit(3) - obj.class_logit(5)
         class_logit(3) - class_logit(5)
     """
-    if not isinstance(log_probability, bool):
-        raise NetlensTypeError(
-            f"Expected log_probability to be a bool, but got {describe(log_probability)}."
-        )
+    log_probability = check_bool("log_probability", log_probability)
     return Objective(
         ((1.0, _ClassLogit(None, None, None, check_index("index", index), log_probability)),)
     )
