@@ -271,8 +271,14 @@ def test_constant_and_non_finite_tiles_do_not_break() -> None:
     weight = torch.zeros(3, 1, 2, 2)
     weight[1, 0, 0, 0] = float("nan")
     weight[2] = float("inf")
-    array = nl.FilterGrid(weight, ncols=3).to_array(scale=1)
+    grid = nl.FilterGrid(weight, ncols=3)
+    array = grid.to_array(scale=1)
     assert (tile_at(array, 0, 0, 2, 2) == 128).all()  # a constant tile is mid-grey
+    # never drawn silently: counted, and said under the picture
+    assert grid.non_finite == 5
+    _, ax = grid.plot()
+    assert ax.get_xlabel() == "5 NaN or inf values, drawn grey"
+    assert nl.FilterGrid(torch.zeros(3, 1, 2, 2)).non_finite == 0
 
 
 # -- ActivationGrid -----------------------------------------------------------------------------

@@ -309,6 +309,11 @@ class _Grid(Plottable):
         return self._nrows, self._ncols
 
     @property
+    def non_finite(self) -> int:
+        """How many tile values are NaN or inf: drawn mid-grey, and said under the plot."""
+        return int((~np.isfinite(self._raw)).sum())
+
+    @property
     def value_range(self) -> tuple[float, float] | None:
         """The value range mapped to the colour scale, or None when each tile has its own."""
         return self._value_range
@@ -407,6 +412,10 @@ class _Grid(Plottable):
                 norm=ColorNormalize(*self._value_range), cmap=self._cmap or "gray"
             )
             figure.colorbar(mappable, ax=ax, shrink=0.8)
+        if self.non_finite:
+            # The NaN rule: never drawn silently. Masks of -inf are common in activations, so
+            # a grid draws them (mid-grey) and says how many, rather than refusing the picture.
+            ax.set_xlabel(f"{self.non_finite} NaN or inf values, drawn grey", color="firebrick")
         return figure, ax
 
     # -- internals ----------------------------------------------------------------------------
