@@ -116,6 +116,14 @@ _POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.FeatureAlphaDropout,
 )
 
+_DROPOUT_FUNCTIONS: set[Any] = {
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    F.feature_alpha_dropout,
+}
 _POINTWISE_FUNCTIONS: set[Any] = {
     F.relu,
     torch.relu,
@@ -155,12 +163,7 @@ _POINTWISE_FUNCTIONS: set[Any] = {
     operator.mul,
     operator.truediv,
     operator.neg,
-    F.dropout,
-    F.dropout1d,
-    F.dropout2d,
-    F.dropout3d,
-    F.alpha_dropout,
-    F.feature_alpha_dropout,
+    *_DROPOUT_FUNCTIONS,
     F.batch_norm,
 }
 # Functions whose ``training`` argument must be False for them to act elementwise (dropout is
@@ -724,14 +727,6 @@ def computes_as_pytorch(module: nn.Module) -> bool:
 
 
 _OVERRIDABLE = ("forward", "_conv_forward")
-_DROPOUT_FUNCTIONS = {
-    F.dropout,
-    F.dropout1d,
-    F.dropout2d,
-    F.dropout3d,
-    F.alpha_dropout,
-    F.feature_alpha_dropout,
-}
 
 
 def _does_nothing(node: Node, modules: dict[str, nn.Module]) -> bool:
