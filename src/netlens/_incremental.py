@@ -168,7 +168,7 @@ _POINTWISE_FUNCTIONS: set[Any] = {
 }
 # Functions whose ``training`` argument must be False for them to act elementwise (dropout is
 # random in training, batch norm then uses the batch's statistics), with its position.
-_TRAINING_ARGUMENT = {
+_TRAINING_ARGUMENT: dict[Any, int] = {
     F.dropout: 2,
     F.dropout1d: 2,
     F.dropout2d: 2,
