@@ -42,14 +42,10 @@ FIELDS = ("activations", "indices", "positions", "boxes", "patches", "projection
 LOOPBACK = "lo0" if sys.platform == "darwin" else "lo"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The ranks run one thread each; float32 reductions (the per-batch sums of the statistics)
-    # come out the same only with the same number of threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread for this file's tests (tests/conftest.py): The ranks run one thread each;
+# float32 reductions (the per-batch sums of the statistics) come out the same only with the same
+# number of threads.
+ONE_THREAD = True
 
 
 def _free_port() -> int:

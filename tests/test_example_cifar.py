@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -82,13 +81,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 QUICK = ["--quick", "--batch-size", "32", "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # tiny batches: more threads only add synchronisation, and the machine may be shared
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread for this file's tests (tests/conftest.py): tiny batches: more threads only add
+# synchronisation, and the machine may be shared.
+ONE_THREAD = True
 
 
 @pytest.fixture(scope="module")

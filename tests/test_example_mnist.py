@@ -9,7 +9,6 @@ import json
 import re
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -66,13 +65,9 @@ def write_mnist(folder: Path, gz: bool = True) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny recurrent models run many times faster on one thread than on a busy pool.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread for this file's tests (tests/conftest.py): Tiny recurrent models run many
+# times faster on one thread than on a busy pool.
+ONE_THREAD = True
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,13 +24,9 @@ from netlens._checks import check_position
 from netlens._color import ColorStats, color_matrix
 from netlens.testing import model_unchanged
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread for this file's tests (tests/conftest.py): tiny models: intra-op threads only
+# add contention on a shared machine.
+ONE_THREAD = True
 
 
 class RGBNet(nn.Module):

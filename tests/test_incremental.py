@@ -27,13 +27,9 @@ from netlens import _incremental, _occlusion
 from netlens.models import LeNet5
 from netlens.testing import ZooModel, contract_zoo, model_unchanged, model_zoo
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread for this file's tests (tests/conftest.py): tiny models: intra-op threads only
+# add contention on a shared machine.
+ONE_THREAD = True
 
 
 # -- models ------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from _torchvision import import_torchvision
 from test_incremental import _assert_same, _randomize_batchnorm
-from test_incremental import _one_thread as _one_thread  # autouse: one intra-op thread
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -31,6 +30,10 @@ models = import_torchvision().models
 
 
 # -- models ------------------------------------------------------------------------------------
+
+
+# One intra-op thread for this file's tests (tests/conftest.py): .
+ONE_THREAD = True
 
 
 def _vgg11_bn() -> nn.Module:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,14 +15,9 @@ from netlens._outputs import layer_view
 from netlens.models import LeNet5, RowClassifier
 from netlens.testing import ContractModel, ZooModel, contract_zoo, model_unchanged
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Many small optimisation steps: more threads only add contention on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread for this file's tests (tests/conftest.py): Many small optimisation steps: more
+# threads only add contention on a shared machine.
+ONE_THREAD = True
 
 
 def _seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:

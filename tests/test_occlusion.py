@@ -21,13 +21,9 @@ from netlens.testing import ZooModel, contract_zoo, model_unchanged, model_zoo
 RECURRENT = {"lstm", "gru"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    # Hundreds of tiny forward passes: thread start-up would dominate on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread for this file's tests (tests/conftest.py): Hundreds of tiny forward passes:
+# thread start-up would dominate on a shared machine.
+ONE_THREAD = True
 
 
 # -- the slow, obvious reference ----------------------------------------------------------------

@@ -32,13 +32,9 @@ torchvision = import_torchvision()  # before transformers, which imports it
 pytestmark = pytest.mark.filterwarnings("ignore:The path from the inputs:UserWarning")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny convolutions gain nothing from intra-op threads, and lose much on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread for this file's tests (tests/conftest.py): Tiny convolutions gain nothing from
+# intra-op threads, and lose much on a busy machine.
+ONE_THREAD = True
 
 
 class Architecture(NamedTuple):
