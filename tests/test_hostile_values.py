@@ -543,3 +543,24 @@ def test_plain_forwards_in_another_thread_are_untouched(form: str) -> None:
     for output in outputs:
         assert isinstance(output, torch.Tensor)
         assert torch.equal(output, reference)
+
+
+class _SqrtOfZero(nn.Module):
+    """Finite outputs; sqrt of zero has an infinite derivative, so the way back is NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.conv0(x)
+        out: torch.Tensor = self.conv1(features + torch.sqrt(features * 0))
+        return out
+
+
+def test_deconvnet_refuses_non_finite_projections() -> None:
+    model = _SqrtOfZero().eval()
+    inputs = torch.rand(2, 3, 8, 8)
+    with model_unchanged(model), pytest.raises(nl.NetlensValueError, match="finite"):
+        nl.deconvnet(model, inputs, "conv1", 0)

@@ -35,6 +35,7 @@ from ._checks import (
     check_choice,
     check_gradients_allowed,
     check_position,
+    non_finite,
     prepare_inputs,
 )
 from ._errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
@@ -540,6 +541,13 @@ def deconvnet(
     )
     images, activations, positions, labels = project(model, view, prepared, seeds, rule, scale)
     warn_nonlinear(labels, view.name, rule)
+    for what, values in (("activations", activations), ("projections", images)):
+        bad = non_finite(values)
+        if bad is not None:  # the NaN rule of every technique: never returned without a word
+            raise NetlensValueError(
+                f"Expected finite {what} of layer {view.name!r}, but the model gave {bad} "
+                f"values (of {values.numel()}) on these inputs."
+            )
 
     def per_input(tensor: torch.Tensor) -> torch.Tensor:
         # (K, N, ...) -> (N, K, ...) for a list of channels, (N, ...) for one channel
