@@ -993,10 +993,30 @@ class LayerView:
         return int(tensor.shape[self.dims(tensor)[1]])
 
 
+def _enclosing_batch_first(model: nn.Module, name: str) -> bool | None:
+    """The ``batch_first`` of the nearest enclosing module that has one, or None.
+
+    A module with no batch axis of its own (a ``Linear``, a dropout, a norm) inside a time-first
+    transformer layer receives ``(T, N, D)``: its batch is where its layer's is.
+    """
+    parts = name.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        try:
+            parent = model.get_submodule(".".join(parts[:end]))
+        except AttributeError:
+            return None
+        found = _batch_first(parent)
+        if found is not None:
+            return found
+    return None
+
+
 def _view(
     model: nn.Module, name: str, module: nn.Module, select: Select | None, channel_dim: int | None
 ) -> LayerView:
     batch_dim = _batch_dim(module, select)
+    if _batch_first(module) is None and _enclosing_batch_first(model, name) is False:
+        batch_dim = 1
     if channel_dim is not None:
         return LayerView(name, module, select, channel_dim, batch_dim)
     own = _kind(module)
