@@ -412,10 +412,11 @@ class _Grid(Plottable):
                 norm=ColorNormalize(*self._value_range), cmap=self._cmap or "gray"
             )
             figure.colorbar(mappable, ax=ax, shrink=0.8)
-        if self.non_finite:
+        non_finite = self.non_finite
+        if non_finite:
             # The NaN rule: never drawn silently. Masks of -inf are common in activations, so
             # a grid draws them (mid-grey) and says how many, rather than refusing the picture.
-            ax.set_xlabel(f"{self.non_finite} NaN or inf values, drawn grey", color="firebrick")
+            ax.set_xlabel(f"{non_finite} NaN or inf values, drawn grey", color="firebrick")
         return figure, ax
 
     # -- internals ----------------------------------------------------------------------------

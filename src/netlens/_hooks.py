@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["Hooks", "confined", "is_ours"]
+__all__ = ["Hooks", "confined", "global_user_hooks", "is_ours", "user_hooks"]
 
 _MARK = "_netlens_thread"
 
@@ -41,6 +41,27 @@ def confined(function: Callable[..., Any]) -> Callable[..., Any]:
 def is_ours(hook: object) -> bool:
     """Whether ``hook`` is one that netlens installed (for any thread)."""
     return hasattr(hook, _MARK)
+
+
+def user_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` has forward (pre-)hooks of the user's, not netlens' own.
+
+    netlens' hooks of a call in another thread do nothing in this thread's passes: they do not
+    count.
+    """
+    hooks = (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
+    return any(not is_ours(hook) for hook in hooks)
+
+
+def global_user_hooks() -> bool:
+    """Whether forward (pre-)hooks of the user's are registered for every module."""
+    from torch.nn.modules import module as module_module
+
+    hooks = (
+        *getattr(module_module, "_global_forward_hooks", {}).values(),
+        *getattr(module_module, "_global_forward_pre_hooks", {}).values(),
+    )
+    return any(not is_ours(hook) for hook in hooks)
 
 
 class Hooks:

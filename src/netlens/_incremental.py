@@ -61,7 +61,7 @@ from torch.fx import Graph, Node, Tracer
 from torch.fx.node import map_arg
 from torch.nn.utils import parametrize
 
-from ._hooks import is_ours
+from ._hooks import global_user_hooks, user_hooks
 
 if TYPE_CHECKING:
     from ._outputs import LayerView
@@ -304,15 +304,11 @@ def _hooked(model: nn.Module) -> str | None:
     netlens' own hooks act only for the thread that installed them (see ``_hooks``): another
     thread's, found here, do nothing in this thread's passes and do not count.
     """
-    from torch.nn.modules import module as module_module
-
-    for attr in ("_global_forward_hooks", "_global_forward_pre_hooks"):
-        if any(not is_ours(hook) for hook in getattr(module_module, attr, {}).values()):
-            return "global forward hooks (torch.nn.modules.module.register_module_forward_hook)"
+    if global_user_hooks():
+        return "global forward hooks (torch.nn.modules.module.register_module_forward_hook)"
     for name, module in model.named_modules():
-        for attr in ("_forward_hooks", "_forward_pre_hooks"):
-            if any(not is_ours(hook) for hook in getattr(module, attr, {}).values()):
-                return f"module {name or 'model'!r} ({type(module).__name__}) has forward hooks"
+        if user_hooks(module):
+            return f"module {name or 'model'!r} ({type(module).__name__}) has forward hooks"
     return None
 
 
@@ -1621,7 +1617,7 @@ class _CostModel:
             self.walk.append((node, shape[1], whole, found.local, source, read_whole))
         self.steps = sum(1 for step in engine.steps.values() if step.kind != CONST)
         self.weights = sum(channels for _, channels in self.box_macs)
-        self._alive: torch.Tensor | None = None
+        self._prepare_walk()
 
     def _volume(self, flats: torch.Tensor, node: Node) -> torch.Tensor:
         return flats[:, self.columns[node]].prod(1).double()
@@ -1641,9 +1637,6 @@ class _CostModel:
 
     def row_bytes(self, flats: torch.Tensor) -> torch.Tensor:
         """The largest bytes of one row (a position of an input) alive at once in a pass."""
-        if self._alive is None:
-            self._prepare_walk()
-        assert self._alive is not None
         groups = flats.shape[0]
         padded = torch.cat([flats, torch.ones(groups, 1, dtype=flats.dtype)], 1).double()
         sizes = padded[:, self._gather]  # (K, values, rank): the box of each value

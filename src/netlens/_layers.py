@@ -216,7 +216,6 @@ def _find_spec(
     named: dict[str, nn.Module],
     name: str,
 ) -> dict[str, nn.Module]:
-    names = _first_names(named)
     if isinstance(spec, str):
         if not spec.strip():
             raise NetlensValueError(
@@ -232,10 +231,12 @@ def _find_spec(
                 raise LayerNotFoundError(
                     f"Expected the glob {spec!r} to match at least one layer, but it matched none "
                     "('*' stays within one dotted part, '**' spans several)."
-                    + _unknown_name_message(spec, names).split("which names no module.", 1)[1]
+                    + _unknown_name_message(spec, _first_names(named)).split(
+                        "which names no module.", 1
+                    )[1]
                 )
             return found
-        raise LayerNotFoundError(_unknown_name_message(spec, names))
+        raise LayerNotFoundError(_unknown_name_message(spec, _first_names(named)))
     if isinstance(spec, type):
         if not issubclass(spec, nn.Module):
             raise NetlensTypeError(

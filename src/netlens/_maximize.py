@@ -40,7 +40,7 @@ from ._checks import (
 from ._color import ColorStats, color_matrix, to_colors
 from ._errors import NetlensTypeError, NetlensValueError, describe
 from ._grid import ActivationGrid, Normalize
-from ._hooks import Hooks, is_ours
+from ._hooks import Hooks, user_hooks
 from ._layers import LayerSpec, check_model
 from ._model import (
     batched_inputs,
@@ -930,11 +930,7 @@ def _layer_objective(
     """
     shape, note = shape_note
     module = view.module
-    # the user's own hooks only: netlens' hooks of a call in another thread act not here
-    hooked = any(
-        not is_ours(hook)
-        for hook in (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
-    )
+    hooked = user_hooks(module)
     target = Target(model, view)
     _probe(target, shape, dtype, device, note)
     output = target.recorder[view.name]

@@ -1308,8 +1308,7 @@ def _run_all_plain(
         with batched_inputs(model, tuple(inputs.shape)), _output_bytes(model, measure) as total:
             run.run(first)
     if measure:
-        copies = (first[1] - first[0]) * (first[3] - first[2])
-        rows = max(1, int(budget // (3 * sample_bytes + total[0] / copies)))
+        rows = max(1, int(budget // (3 * sample_bytes + total[0] / _copies(first))))
         resume, offset = (first[1], 0) if first[3] == count else (first[0], first[3])
         chunks = _plan(resume, offset, slots, count, rows)
     _run_plain(run, chunks, feature, progress)

@@ -601,7 +601,11 @@ def _definition(function: Any) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
     return definition
 
 
-_FLOWS: weakref.WeakKeyDictionary[type[nn.Module], _Flow | None] = weakref.WeakKeyDictionary()
+# per class: the forward that was read (a class whose forward is replaced later is read again)
+# and what it passes where
+_FLOWS: weakref.WeakKeyDictionary[type[nn.Module], tuple[Any, _Flow | None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _flow(module: nn.Module) -> _Flow | None:
@@ -618,13 +622,16 @@ def _flow(module: nn.Module) -> _Flow | None:
         return _Flow(consumes, (value,))
     if owner.forward is nn.Module.forward:  # ModuleList, ModuleDict: no forward of their own
         return None
-    if owner not in _FLOWS:
-        try:
-            flow = _Reader(owner).read()
-        except Exception:  # code the reader does not expect: the path is unknown, never an error
-            flow = None
-        _FLOWS[owner] = flow
-    return _FLOWS[owner]
+    cached = _FLOWS.get(owner)
+    if cached is not None and cached[0] is owner.forward:
+        return cached[1]
+    try:
+        flow = _Reader(owner).read()
+    except Exception:  # code the reader does not expect: the path is unknown, never an error
+        flow = None
+    # a race between threads parses the same code twice, to the same result
+    _FLOWS[owner] = (owner.forward, flow)
+    return flow
 
 
 def _child(model: nn.Module, name: str) -> nn.Module | None:
@@ -760,9 +767,6 @@ def _registered_last(
             found = own, _width(module)
         elif module._modules:
             found = _output_kind(model, name, visiting)
-        elif not _computes_its_own_way(module):
-            named = _named_kind(module)
-            found = None if named is None else (named, _width(module))
         if found is not None:
             return _through(found[0], after), found[1]
     inner = _input_kind(model, parent, visiting) if parent else None
@@ -1001,9 +1005,8 @@ def _enclosing_batch_first(model: nn.Module, name: str) -> bool | None:
     """
     parts = name.split(".")
     for end in range(len(parts) - 1, 0, -1):
-        try:
-            parent = model.get_submodule(".".join(parts[:end]))
-        except AttributeError:
+        parent = _child(model, ".".join(parts[:end]))
+        if parent is None:
             return None
         found = _batch_first(parent)
         if found is not None:

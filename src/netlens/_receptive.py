@@ -38,6 +38,7 @@ from torch.overrides import TorchFunctionMode
 from ._deconvnet import ELEMENTWISE, RELU_NAMES, function_name, writes_first_argument
 from ._errors import NetlensValueError
 from ._hooks import Hooks
+from ._model import depends_on
 from ._outputs import LayerView
 from ._record import StopForward, _mutated_tensors
 
@@ -627,22 +628,19 @@ def _probe(
     except (RuntimeError, TypeError):
         # a device without float64: run in the inputs' dtype
         output, leaf = _linear_forward(model, view, inputs, calls, inputs.dtype)
-    unrelated = NetlensValueError(
-        f"Expected the output of layer {view.name!r} to depend on the inputs, but it does "
-        "not (it has no autograd history from them): pick a layer between the inputs and "
-        "the output."
-    )
-    if not output.requires_grad:
-        raise unrelated
+    if not depends_on(output, leaf):
+        raise NetlensValueError(
+            f"Expected the output of layer {view.name!r} to depend on the inputs, but it does "
+            "not (it has no autograd history from them): pick a layer between the inputs and "
+            "the output."
+        )
     arranged = view.arrange(output, inputs.shape[0])
     seed = torch.zeros_like(arranged)
     rows = torch.arange(keys.shape[0], device=output.device)
     seed[(rows, *keys.to(output.device).unbind(1))] = 1
     # to the input only: parameters that require gradients (the model's own, left as they
     # are) get none, and their .grad is never touched
-    (grad,) = torch.autograd.grad(output, leaf, view.unarrange(seed, output), allow_unused=True)
-    if grad is None:
-        raise unrelated
+    (grad,) = torch.autograd.grad(output, leaf, view.unarrange(seed, output))
     support = (grad != 0).to(torch.uint8)
     boxes = []
     for dim in range(1, support.dim()):
