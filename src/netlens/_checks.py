@@ -25,6 +25,7 @@ from ._model import model_dtype_device
 __all__ = [
     "InputInfo",
     "as_int",
+    "as_number",
     "as_real",
     "batches",
     "check_bool",
@@ -38,7 +39,10 @@ __all__ = [
     "check_index",
     "check_int",
     "check_not_meta",
+    "check_position",
     "check_real",
+    "count_text",
+    "non_finite",
     "prepare_inputs",
 ]
 
@@ -330,8 +334,11 @@ def non_finite(values: torch.Tensor) -> str | None:
         return None
     nan = int(torch.isnan(values).sum())
     infinite = int(torch.isinf(values).sum())
-    if not nan and not infinite:
-        return None
+    return count_text(nan, infinite) or None
+
+
+def count_text(nan: int, infinite: int) -> str:
+    """``"2 NaN and 1 infinite"``, ``"3 NaN"``, or ``""`` when both are 0."""
     parts = ([f"{nan} NaN"] if nan else []) + ([f"{infinite} infinite"] if infinite else [])
     return " and ".join(parts)
 

@@ -28,6 +28,7 @@ from ._checks import (
     check_channel_dim,
     check_choice,
     check_not_meta,
+    count_text,
     prepare_inputs,
 )
 from ._distributed import gather, resolve_group, same_group
@@ -99,7 +100,7 @@ _UNSHIFTED_RATIO = 16.0
 
 def _batch_moments(
     values: torch.Tensor, shift: torch.Tensor | None, scratch: torch.Tensor | None = None
-) -> tuple[_Moments, torch.Tensor]:
+) -> tuple[_Moments, torch.Tensor, bool]:
     """Statistics of ``values`` shaped ``(outer, C, inner)`` over dims 0 and 2.
 
     The fast path reduces the contiguous inner dim in the input's precision (pairwise sums of
@@ -111,7 +112,8 @@ def _batch_moments(
     only then (or when the squares overflow float32) the slower float64 masked path runs.
 
     ``scratch`` is a buffer to reuse (allocating a large tensor per batch costs page faults on
-    the CPU); the one used is returned.
+    the CPU); the one used is returned, and whether the masked path ran (only it counts NaN and
+    inf values).
     """
     outer, channels, inner = values.shape
     count = outer * inner
@@ -145,7 +147,7 @@ def _batch_moments(
     squares = norms.double().square().sum(dim=0)
     # NaN or inf values, or squares beyond float32's range: redo in float64, finite values only
     if not bool(torch.isfinite(torch.cat([minimum, maximum, squares])).all()):
-        return _masked_moments(values), scratch
+        return _masked_moments(values), scratch, True
     mean = sums.double().sum(dim=0) / count
     shifted_sum = shifted_sums.double().sum(dim=0)
     m2 = squares - shifted_sum * shifted_sum / count
@@ -153,7 +155,7 @@ def _batch_moments(
     full = torch.full_like(mean, float(count))
     nothing = torch.zeros_like(mean)
     moments = _Moments(full, mean, m2.clamp(min=0), minimum, maximum, zeros, nothing, nothing)
-    return moments, scratch
+    return moments, scratch, False
 
 
 def _slice_sums(
@@ -469,10 +471,10 @@ class ActivationStats:
         self._changed_since = True
         values = tensor.detach().reshape(outer, channels, inner)
         shift = _shift_for(self._state, values)
-        batch, scratch = _batch_moments(values, shift, self._scratch)
+        batch, scratch, masked = _batch_moments(values, shift, self._scratch)
         # keep the CPU scratch buffer (one slice: 1 MB in float32) for the next batch
         self._scratch = scratch if scratch.device.type == "cpu" else None
-        if refuse is not None:
+        if refuse is not None and masked:  # the fast path has already seen only finite values
             refuse(batch)
         if self._state is None:
             self._state = batch
@@ -860,13 +862,12 @@ def _refuse_non_finite(name: str, number: int) -> Callable[[_Moments], None]:
         bad = moments.nans + moments.infs
         if not bool((bad > 0).any()):
             return
-        nans, infs = int(moments.nans.sum().item()), int(moments.infs.sum().item())
-        counts = [f"{nans} NaN"] * bool(nans) + [f"{infs} infinite"] * bool(infs)
+        counts = count_text(int(moments.nans.sum().item()), int(moments.infs.sum().item()))
         channels = (bad > 0).nonzero()[:, 0].tolist()
         shown = ", ".join(str(c) for c in channels[:10]) + (", ..." if len(channels) > 10 else "")
         raise NetlensValueError(
             f"Expected finite activations of layer {name!r}, but batch {number} of the data "
-            f"(counted from 0) gave {' and '.join(counts)} values, in {len(channels)} of its "
+            f"(counted from 0) gave {counts} values, in {len(channels)} of its "
             f"{bad.shape[0]} channels ({shown}). Check the model on that batch, or pass "
             'nonfinite="count" to count them apart (nan_count, inf_count) and leave them out '
             "of the statistics."

@@ -26,6 +26,7 @@ from ._checks import (
     check_channels_fit,
     check_gradients_allowed,
     check_int,
+    count_text,
     prepare_inputs,
 )
 from ._deconvnet import Seeds, project, recorded, unravel, warn_nonlinear
@@ -133,9 +134,9 @@ def _non_finite_message(name: str, maps: torch.Tensor, channels: torch.Tensor, f
     infinite = torch.isinf(maps).sum(dim=(0, 2)).tolist()
     parts = []
     for channel, nans, infs in zip(channels.tolist(), nan, infinite, strict=True):
-        counts = [f"{nans} NaN"] * bool(nans) + [f"{infs} infinite"] * bool(infs)
+        counts = count_text(nans, infs)
         if counts:
-            parts.append(f"channel {channel} holds {' and '.join(counts)} values")
+            parts.append(f"channel {channel} holds {counts} values")
     inputs = (first + (~torch.isfinite(maps)).flatten(1).any(dim=1).nonzero()[:, 0]).tolist()
     shown = ", ".join(str(index) for index in inputs[:10]) + (", ..." if len(inputs) > 10 else "")
     return (
