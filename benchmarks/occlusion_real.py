@@ -77,8 +77,8 @@ import torchvision  # noqa: E402
 from occlusion import _memory_kib, time_interleaved  # noqa: E402
 
 import netlens as nl  # noqa: E402
-import netlens._incremental as incremental_module  # noqa: E402
-import netlens._occlusion as occlusion_module  # noqa: E402
+import netlens._occlusion.api as occlusion_module  # noqa: E402
+import netlens._occlusion.incremental.engine as incremental_module  # noqa: E402
 
 Mode = bool | Literal["auto"]
 PATHS: dict[str, Mode] = {"plain": False, "inc": True, "auto": "auto"}
@@ -206,7 +206,7 @@ def probes() -> Iterator[list[str]]:
     for stage in ("trace", "build"):
         original = getattr(incremental_module, stage, None)
         if original is None:
-            missing.append(f"netlens._incremental.{stage}")
+            missing.append(f"netlens._occlusion.incremental.engine.{stage}")
             continue
         wrapper = _timed(stage, original)
         for module in (incremental_module, occlusion_module):
@@ -216,7 +216,7 @@ def probes() -> Iterator[list[str]]:
     engine = getattr(incremental_module, "Engine", None)
     plan = getattr(engine, "plan", None)
     if engine is None or plan is None:
-        missing.append("netlens._incremental.Engine.plan")
+        missing.append("netlens._occlusion.incremental.engine.Engine.plan")
     else:
         timed_plan = _timed("plan", plan)
 

@@ -194,7 +194,7 @@ def _layer_spec_entry() -> list[str]:
     """``LayerSpec`` is a type alias: document it as one, with its value and its own comment."""
     from sphinx.pycode import ModuleAnalyzer
 
-    comments = ModuleAnalyzer.for_module("netlens._layers").find_attr_docs()
+    comments = ModuleAnalyzer.for_module("netlens._core.layers").find_attr_docs()
     doc = [line for line in comments.get(("", "LayerSpec"), []) if line.strip()]
     value = "str | type[nn.Module] | nn.Module | Sequence[str | type[nn.Module] | nn.Module]"
     return [

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import netlens as nl
+from netlens._core.model import evaluating
 from netlens._grid import grid_shape, image_grid, tile_grid
-from netlens._model import evaluating
 from netlens.testing import ZooModel, contract_zoo, model_unchanged
 
 

@@ -20,8 +20,8 @@ from torch import nn
 
 import netlens as nl
 from netlens import objectives as obj
-from netlens._checks import check_position
 from netlens._color import ColorStats, color_matrix
+from netlens._core.checks import check_position
 from netlens.testing import model_unchanged
 
 # One intra-op thread for this file's tests (tests/conftest.py): tiny models: intra-op threads only
@@ -234,7 +234,7 @@ def test_a_non_finite_objective_stops_the_run_at_its_step(form: str, value: floa
 
 
 def test_off_the_cpu_the_check_is_batched_but_names_the_first_bad_step() -> None:
-    from netlens._maximize import _CHECK_EVERY, _FiniteWatch
+    from netlens._maximize.api import _CHECK_EVERY, _FiniteWatch
 
     # A CUDA device only sets how often the flags are read; the flags themselves are tensors.
     watch = _FiniteWatch(50, 2, ["channel 3"], torch.float32, torch.device("cuda"))

@@ -23,7 +23,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import netlens as nl
-from netlens import _incremental, _occlusion
+from netlens._occlusion import api as _occlusion
+from netlens._occlusion.incremental import engine as _incremental
 from netlens.models import LeNet5
 from netlens.testing import ZooModel, contract_zoo, model_unchanged, model_zoo
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import netlens as nl
-from netlens._maximize import _INIT_STD, _channel_seed, _gaussian_blur
-from netlens._outputs import layer_view
+from netlens._core.outputs import layer_view
+from netlens._maximize.api import _INIT_STD, _channel_seed, _gaussian_blur
 from netlens.models import LeNet5, RowClassifier
 from netlens.testing import ContractModel, ZooModel, contract_zoo, model_unchanged
 
@@ -252,7 +252,7 @@ def test_fourier_parametrisation(lenet: nn.Module) -> None:
 
 
 def test_fourier_image_of_one_frequency_is_a_wave_scaled_by_one_over_f() -> None:
-    from netlens._maximize import _Fourier
+    from netlens._maximize.api import _Fourier
 
     spectrum = torch.zeros(1, 1, 16, 9, 2, dtype=torch.float64)
     spectrum[0, 0, 0, 2, 0] = 1.0  # horizontal frequency 2/16
@@ -264,7 +264,7 @@ def test_fourier_image_of_one_frequency_is_a_wave_scaled_by_one_over_f() -> None
 
 
 def test_transforms_shift_whole_pixels_and_keep_the_range() -> None:
-    from netlens._maximize import _transform
+    from netlens._maximize.api import _transform
 
     images = torch.rand(2, 3, 12, 10, dtype=torch.float64)
     identity = torch.tensor([[0.5, 0.5, 0.5, 0.5]] * 2, dtype=torch.float64)
@@ -701,7 +701,7 @@ def test_refused_under_inference_mode(lenet: nn.Module) -> None:
 
 
 def test_one_channel_per_input_only_where_it_equals_the_full_layer() -> None:
-    from netlens._maximize import _SlicedTarget
+    from netlens._maximize.api import _SlicedTarget
 
     bert = nn.Sequential(nn.Linear(5, 12), nn.GELU())
     image = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
@@ -1035,7 +1035,7 @@ def test_bad_colour_and_batch_arguments(case: str) -> None:
 def test_the_channels_last_layout_changes_nothing_but_speed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import netlens._maximize as maximize
+    import netlens._maximize.api as maximize
 
     model = _seeded(lambda: LeNet5(in_channels=3, image_size=16)).double()
     kwargs: dict[str, Any] = {"input_shape": (16, 16), "steps": 6, "seed": 0, "decorrelate": True}
@@ -1047,7 +1047,7 @@ def test_the_channels_last_layout_changes_nothing_but_speed(
 
 
 def test_grouped_layout_hands_the_gradient_back_in_the_features_layout() -> None:
-    from netlens._maximize import _GroupedLayout
+    from netlens._maximize.api import _GroupedLayout
 
     for layout in (torch.channels_last, torch.contiguous_format):
         features = torch.randn(3, 4, 5, 6, dtype=torch.float64).contiguous(memory_format=layout)

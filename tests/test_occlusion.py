@@ -794,7 +794,7 @@ def test_import_does_not_load_matplotlib() -> None:
     assert out.stdout.strip() == "False"
 
 
-# -- the layer contract: one reading rule (netlens._outputs) -------------------------------------
+# -- the layer contract: one reading rule (netlens._core.outputs) ----------------------------------
 
 
 def _pad(output: Any) -> torch.Tensor:

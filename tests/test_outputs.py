@@ -1,4 +1,4 @@
-"""The one rule for a layer's output: selection, batch axis, channel axis (netlens._outputs)."""
+"""The one rule for a layer's output: selection, batch and channel axes (netlens._core.outputs)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import netlens as nl
-from netlens._checks import check_channels, check_int, prepare_inputs
-from netlens._hooks import Hooks
-from netlens._model import batched_inputs
-from netlens._outputs import default_channel_dim, layer_view
+from netlens._core.checks import check_channels, check_int, prepare_inputs
+from netlens._core.hooks import Hooks
+from netlens._core.model import batched_inputs
+from netlens._core.outputs import default_channel_dim, layer_view
 
 
 class Conv1D(nn.Module):

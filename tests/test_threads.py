@@ -4,8 +4,8 @@ Two threads run the same technique on one model at once; a rendezvous in the mod
 pass makes sure that both are inside their calls together. Each thread must get exactly what a
 call on its own gives, and the model (a train-mode model with a submodule in eval mode, with
 BatchNorm and dropout that would betray a pass in training mode) must end as it began. The
-mechanism underneath, :func:`netlens._model.evaluating` and :func:`~netlens._model.cudnn_off`,
-is also tested with every order of entering and leaving.
+mechanism underneath, :func:`netlens._core.model.evaluating` and
+:func:`~netlens._core.model.cudnn_off`, is also tested with every order of entering and leaving.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import netlens as nl
-from netlens._model import cudnn_off, evaluating
+from netlens._core.model import cudnn_off, evaluating
 from netlens.testing import model_unchanged
 
 T = TypeVar("T")

@@ -207,7 +207,7 @@ def test_receptive_fields_of_a_model_that_keeps_its_own_dtype() -> None:
 
 
 def test_running_top_memory_does_not_grow_with_the_data() -> None:
-    from netlens._top import _RunningTop
+    from netlens._deconvnet.top import _RunningTop
 
     model = TinyConvNet().eval()
     top = _RunningTop("conv2", 4, [0, 5])
@@ -469,7 +469,7 @@ def test_a_result_pickles_and_merges_after() -> None:
 
 
 def test_each_kept_input_is_stored_once() -> None:
-    from netlens._top import _RunningTop
+    from netlens._deconvnet.top import _RunningTop
 
     top = _RunningTop("conv2", 4, None)
     model = TinyConvNet().eval()
@@ -518,8 +518,8 @@ def _previous_boxes(
     """
     from torch.overrides import TorchFunctionMode
 
-    from netlens._deconvnet import ELEMENTWISE, RELU_NAMES
-    from netlens._outputs import layer_view
+    from netlens._core.outputs import layer_view
+    from netlens._deconvnet.project import ELEMENTWISE, RELU_NAMES
 
     class Linear(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
@@ -587,8 +587,8 @@ def _previous_boxes(
 
 
 def _every_key(model: nn.Module, layer: str, sample: torch.Tensor, **read: Any) -> torch.Tensor:
-    from netlens._model import evaluating
-    from netlens._outputs import layer_view
+    from netlens._core.model import evaluating
+    from netlens._core.outputs import layer_view
 
     view = layer_view(model, layer, **read)
     with evaluating(model), nl.record(model, layer, **read) as rec, torch.no_grad():
@@ -601,9 +601,9 @@ def _every_key(model: nn.Module, layer: str, sample: torch.Tensor, **read: Any) 
 def _new_boxes(
     model: nn.Module, layer: str, sample: torch.Tensor, keys: torch.Tensor, how: str, **read: Any
 ) -> tuple[torch.Tensor, bool]:
-    from netlens._model import evaluating
-    from netlens._outputs import layer_view
-    from netlens._receptive import _geometry, _probe, receptive_fields
+    from netlens._core.model import evaluating
+    from netlens._core.outputs import layer_view
+    from netlens._deconvnet.receptive import _geometry, _probe, receptive_fields
 
     view = layer_view(model, layer, **read)
     with evaluating(model):

@@ -2,7 +2,7 @@
 
 Also the dtype in which inputs reach a model that keeps one parameter in another dtype (a
 float64 temperature among float32 layers), for top_activations and deconvnet, and the rule
-that chooses it (:func:`netlens._model.model_dtype_device`).
+that chooses it (:func:`netlens._core.model.model_dtype_device`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import netlens as nl
-from netlens._model import model_dtype_device
+from netlens._core.model import model_dtype_device
 from netlens.testing import model_unchanged
 
 # -- NaN and infinity ------------------------------------------------------------------------------

@@ -7,8 +7,7 @@ projections (Zeiler & Fergus 2014), occlusion sensitivity and activation maximis
 
 from . import objectives
 from ._color import ColorStats, color_stats
-from ._deconvnet import Projection, deconvnet
-from ._errors import (
+from ._core.errors import (
     LayerNotFoundError,
     NetlensError,
     NetlensTypeError,
@@ -16,13 +15,14 @@ from ._errors import (
     NotRecordedError,
     UnsupportedModelError,
 )
+from ._core.layers import LayerSpec, find_layers
+from ._deconvnet.project import Projection, deconvnet
+from ._deconvnet.top import TopActivations, top_activations
 from ._grid import ActivationGrid, FilterGrid
-from ._layers import LayerSpec, find_layers
-from ._maximize import Maximization, maximize_activation
-from ._occlusion import OcclusionMap, occlusion
+from ._maximize.api import Maximization, maximize_activation
+from ._occlusion.api import OcclusionMap, occlusion
 from ._record import Recorder, record
 from ._stats import ActivationStats, ChannelStats, activation_stats
-from ._top import TopActivations, top_activations
 from ._version import __version__
 
 __all__ = [

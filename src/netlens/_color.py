@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._checks import batches, check_channel_dim, check_not_meta, non_finite
-from ._errors import NetlensTypeError, NetlensValueError, describe
+from ._core.checks import batches, check_channel_dim, check_not_meta, non_finite
+from ._core.errors import NetlensTypeError, NetlensValueError, describe
 
 __all__ = ["IMAGENET_COLOR_SQRT", "ColorStats", "color_matrix", "color_stats", "to_colors"]
 

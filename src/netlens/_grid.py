@@ -17,7 +17,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from ._checks import (
+from ._core.checks import (
     as_number,
     check_bool,
     check_channel_dim,
@@ -26,8 +26,8 @@ from ._checks import (
     check_int,
     check_not_meta,
 )
-from ._errors import NetlensTypeError, NetlensValueError, describe
-from ._render import Plottable, figure_axes
+from ._core.errors import NetlensTypeError, NetlensValueError, describe
+from ._core.render import Plottable, figure_axes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -260,7 +260,7 @@ def _normalized(
 class _Grid(Plottable):
     """Shared composition and drawing of :class:`FilterGrid` and :class:`ActivationGrid`.
 
-    :class:`~netlens._render.Plottable` gives ``save`` and ``_repr_png_`` from :meth:`plot`.
+    :class:`~netlens._core.render.Plottable` gives ``save`` and ``_repr_png_`` from :meth:`plot`.
     """
 
     def __init__(

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._checks import check_bool
-from ._errors import (
+from ._core.checks import check_bool
+from ._core.errors import (
     LayerNotFoundError,
     NetlensError,
     NetlensTypeError,
@@ -22,9 +22,9 @@ from ._errors import (
     NotRecordedError,
     describe,
 )
-from ._hooks import Hooks
-from ._layers import LayerSpec
-from ._outputs import LayerView, Select, layer_views
+from ._core.hooks import Hooks
+from ._core.layers import LayerSpec
+from ._core.outputs import LayerView, Select, layer_views
 
 __all__ = ["Recorder", "StopForward", "Target", "record"]
 

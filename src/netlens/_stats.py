@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import torch
 from torch import nn
 
-from ._checks import (
+from ._core.checks import (
     batches,
     check_bool,
     check_channel_dim,
@@ -31,13 +31,13 @@ from ._checks import (
     count_text,
     prepare_inputs,
 )
-from ._distributed import gather, resolve_group, same_group
-from ._errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
-from ._layers import LayerSpec, unwrap_parallel
-from ._model import batched_inputs, evaluating, model_dtype_device, progress_bar
-from ._outputs import LayerView, Select, layer_views
+from ._core.distributed import gather, resolve_group, same_group
+from ._core.errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
+from ._core.layers import LayerSpec, unwrap_parallel
+from ._core.model import batched_inputs, evaluating, model_dtype_device, progress_bar
+from ._core.outputs import LayerView, Select, layer_views
+from ._core.render import Plottable, figure_axes
 from ._record import Recorder
-from ._render import Plottable, figure_axes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

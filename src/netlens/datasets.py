@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ._checks import as_int, check_bool
-from ._errors import NetlensError, NetlensTypeError, NetlensValueError, describe
+from ._core.checks import as_int, check_bool
+from ._core.errors import NetlensError, NetlensTypeError, NetlensValueError, describe
 
 __all__ = [
     "CIFAR10",

@@ -7,7 +7,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from ._errors import NetlensValueError
+from ._core.errors import NetlensValueError
 
 __all__ = ["LeNet5", "RowClassifier"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._errors import NetlensTypeError, NetlensValueError, describe
+from .errors import NetlensTypeError, NetlensValueError, describe
 
 __all__ = ["Group", "gather", "rank_of", "resolve_group", "same_group"]
 

@@ -11,7 +11,7 @@ from typing import TypeAlias, cast
 import torch
 from torch import nn
 
-from ._errors import (
+from .errors import (
     LayerNotFoundError,
     NetlensTypeError,
     NetlensValueError,

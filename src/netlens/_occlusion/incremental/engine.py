@@ -61,10 +61,10 @@ from torch.fx import Graph, Node, Tracer
 from torch.fx.node import map_arg
 from torch.nn.utils import parametrize
 
-from ._hooks import global_user_hooks, user_hooks
+from ..._core.hooks import global_user_hooks, user_hooks
 
 if TYPE_CHECKING:
-    from ._outputs import LayerView
+    from ..._core.outputs import LayerView
 
 __all__ = [
     "AUTO_SHARE",

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._errors import NetlensTypeError, NetlensValueError, describe
-from ._model import model_dtype_device
+from .errors import NetlensTypeError, NetlensValueError, describe
+from .model import model_dtype_device
 
 __all__ = [
     "InputInfo",

@@ -10,7 +10,7 @@ ReLU call (``nn.ReLU``, ``F.relu``, ``torch.relu``, ``Tensor.relu`` and their in
 a function whose backward rectifies the signal, through a torch function mode that is active
 only during the forward pass, and otherwise backpropagates with autograd.
 
-The layer's output is read through :class:`~netlens._outputs.LayerView`: the seed of a
+The layer's output is read through :class:`~netlens._core.outputs.LayerView`: the seed of a
 projection is built in the arranged ``(N, C, *rest)`` layout and mapped back to the layer's own
 layout before backpropagating, so a channels-last stage or a time-first recurrent layer is
 projected as its channels and batch axes say.
@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.overrides import TorchFunctionMode
 
-from ._checks import (
+from .._core.checks import (
     check_channels,
     check_channels_fit,
     check_choice,
@@ -38,13 +38,13 @@ from ._checks import (
     non_finite,
     prepare_inputs,
 )
-from ._errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
-from ._hooks import Hooks
-from ._layers import LayerSpec, check_model
-from ._model import autograd_ancestors, batched_inputs, depends_on, evaluating
-from ._outputs import LayerView, Select, first_tensor, layer_view
-from ._record import Recorder, _mutated_tensors
-from ._render import Plottable, display, figure_axes, montage
+from .._core.errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
+from .._core.hooks import Hooks
+from .._core.layers import LayerSpec, check_model
+from .._core.model import autograd_ancestors, batched_inputs, depends_on, evaluating
+from .._core.outputs import LayerView, Select, first_tensor, layer_view
+from .._core.render import Plottable, display, figure_axes, montage
+from .._record import Recorder, _mutated_tensors
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 import torch
 from torch import nn
 
-from ._checks import (
+from .._core.checks import (
     as_int,
     as_real,
     check_bool,
@@ -30,9 +30,13 @@ from ._checks import (
     check_int,
     prepare_inputs,
 )
-from ._errors import NetlensTypeError, NetlensValueError, describe
-from ._hooks import Hooks
-from ._incremental import (
+from .._core.errors import NetlensTypeError, NetlensValueError, describe
+from .._core.hooks import Hooks
+from .._core.layers import LayerSpec, check_model
+from .._core.model import batched_inputs, evaluating, progress_bar
+from .._core.outputs import LayerView, Select, check_select, first_tensor, layer_view
+from .._core.render import Plottable, figure_axes, new_figure
+from .incremental.engine import (
     AUTO_SHARE,
     Engine,
     Unavailable,
@@ -41,10 +45,6 @@ from ._incremental import (
     trace,
     worth_trying,
 )
-from ._layers import LayerSpec, check_model
-from ._model import batched_inputs, evaluating, progress_bar
-from ._outputs import LayerView, Select, check_select, first_tensor, layer_view
-from ._render import Plottable, figure_axes, new_figure
 
 if TYPE_CHECKING:
     import numpy as np

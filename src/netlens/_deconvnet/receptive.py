@@ -35,12 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._deconvnet import ELEMENTWISE, RELU_NAMES, function_name, writes_first_argument
-from ._errors import NetlensValueError
-from ._hooks import Hooks
-from ._model import depends_on
-from ._outputs import LayerView
-from ._record import StopForward, _mutated_tensors
+from .._core.errors import NetlensValueError
+from .._core.hooks import Hooks
+from .._core.model import depends_on
+from .._core.outputs import LayerView
+from .._record import StopForward, _mutated_tensors
+from .project import ELEMENTWISE, RELU_NAMES, function_name, writes_first_argument
 
 __all__ = ["crop", "receptive_fields", "run_to_layer", "sweep"]
 

@@ -1,10 +1,10 @@
 """The strongest activations of channels over a data set, with their projections and patches.
 
 One pass over the data keeps a running top-k per channel; then the kept activations are
-projected with the deconvnet (:mod:`netlens._deconvnet`) and cut to their receptive fields
-(:mod:`netlens._receptive`): the paper's Figure 2. Candidates are ordered by value, then by the
-input's index in the data, so that results over shards of the data (``torch.distributed``
-ranks) merge into exactly the result of one pass over all of it.
+projected with the deconvnet (:mod:`netlens._deconvnet.project`) and cut to their receptive
+fields (:mod:`netlens._deconvnet.receptive`): the paper's Figure 2. Candidates are ordered by
+value, then by the input's index in the data, so that results over shards of the data
+(``torch.distributed`` ranks) merge into exactly the result of one pass over all of it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._checks import (
+from .._core.checks import (
     InputInfo,
     batches,
     check_bool,
@@ -29,16 +29,16 @@ from ._checks import (
     count_text,
     prepare_inputs,
 )
-from ._deconvnet import Seeds, project, recorded, unravel, warn_nonlinear
-from ._distributed import Group, gather, rank_of, resolve_group, same_group
-from ._errors import NetlensTypeError, NetlensValueError, describe
-from ._hooks import Hooks
-from ._layers import LayerSpec, check_model, unwrap_parallel
-from ._model import batched_inputs, evaluating, model_dtype_device, progress_bar
-from ._outputs import LayerView, Select, layer_view
-from ._receptive import crop, receptive_fields, run_to_layer, sweep
-from ._record import Recorder
-from ._render import Plottable, display, figure_axes, grid
+from .._core.distributed import Group, gather, rank_of, resolve_group, same_group
+from .._core.errors import NetlensTypeError, NetlensValueError, describe
+from .._core.hooks import Hooks
+from .._core.layers import LayerSpec, check_model, unwrap_parallel
+from .._core.model import batched_inputs, evaluating, model_dtype_device, progress_bar
+from .._core.outputs import LayerView, Select, layer_view
+from .._core.render import Plottable, display, figure_axes, grid
+from .._record import Recorder
+from .project import Seeds, project, recorded, unravel, warn_nonlinear
+from .receptive import crop, receptive_fields, run_to_layer, sweep
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

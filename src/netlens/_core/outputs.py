@@ -35,9 +35,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from ._checks import as_int, check_channel_dim
-from ._errors import NetlensTypeError, NetlensValueError, describe
-from ._layers import LayerSpec, find_layer, select_layers, unwrap_parallel
+from .checks import as_int, check_channel_dim
+from .errors import NetlensTypeError, NetlensValueError, describe
+from .layers import LayerSpec, find_layer, select_layers, unwrap_parallel
 
 __all__ = [
     "LayerView",

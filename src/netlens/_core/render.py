@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import torch
 
-from ._errors import NetlensTypeError, NetlensValueError, describe
+from .errors import NetlensTypeError, NetlensValueError, describe
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -3,7 +3,7 @@
 Every requested channel (or objective of :mod:`netlens.objectives`) gets its own input, or
 ``batch`` inputs, and all of them are optimised together as one batch (Olah, Mordvintsev &
 Schubert 2017, "Feature Visualization", for the parametrisations, the decorrelated colours and
-the transforms). Layers are read through the layer contract (:mod:`netlens._outputs`): their
+the transforms). Layers are read through the layer contract (:mod:`netlens._core.outputs`): their
 channels are those every other technique sees. Two things make it fast: the forward pass stops
 as soon as the deepest layer the objective reads has run (later layers cannot change the
 objective), and for a plain ``nn.Conv2d`` or ``nn.Linear`` target whose channels are its own
@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import (
+from .._color import ColorStats, color_matrix, to_colors
+from .._core.checks import (
     as_int,
     as_real,
     check_bool,
@@ -37,12 +38,10 @@ from ._checks import (
     check_real,
     non_finite,
 )
-from ._color import ColorStats, color_matrix, to_colors
-from ._errors import NetlensTypeError, NetlensValueError, describe
-from ._grid import ActivationGrid, Normalize
-from ._hooks import Hooks, user_hooks
-from ._layers import LayerSpec, check_model
-from ._model import (
+from .._core.errors import NetlensTypeError, NetlensValueError, describe
+from .._core.hooks import Hooks, user_hooks
+from .._core.layers import LayerSpec, check_model
+from .._core.model import (
     batched_inputs,
     cudnn_off,
     depends_on,
@@ -50,9 +49,10 @@ from ._model import (
     model_dtype_device,
     progress_bar,
 )
-from ._outputs import LayerView, Select, first_tensor, layer_view
-from ._record import Recorder, StopForward, Target
-from ._render import Plottable, figure_axes
+from .._core.outputs import LayerView, Select, first_tensor, layer_view
+from .._core.render import Plottable, figure_axes
+from .._grid import ActivationGrid, Normalize
+from .._record import Recorder, StopForward, Target
 from .objectives import Objective as Expression
 from .objectives import _Diversity
 

@@ -207,8 +207,8 @@ def batched_inputs(
     ``unbatched_hint`` ends the message when the rank is one short (None: no hint), for
     techniques whose inputs the user does not pass as a tensor.
     """
-    from ._errors import NetlensTypeError, NetlensValueError
-    from ._hooks import Hooks
+    from .errors import NetlensTypeError, NetlensValueError
+    from .hooks import Hooks
 
     def check(name: str, expected: int, layout: str) -> Any:
         def hook(module: nn.Module, args: Any) -> None:
