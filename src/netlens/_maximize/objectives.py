@@ -25,16 +25,6 @@ from .._core.errors import NetlensTypeError, NetlensValueError, describe
 from .._core.layers import LayerSpec
 from .._core.outputs import Select, check_select
 
-__all__ = [
-    "Objective",
-    "channel",
-    "class_logit",
-    "direction",
-    "diversity",
-    "neuron",
-]
-
-
 #: What a term reads: ``read(term)`` is the arranged ``(n, C, *map)`` output of the term's layer
 #: (or of the model, for a class logit) for the n inputs the objective is evaluated on.
 Read: TypeAlias = Callable[["_Term"], torch.Tensor]
