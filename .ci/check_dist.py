@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
         members = {name.removeprefix(prefix) for name in archive.getnames()}
     tracked_tests = {str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")}
     for needed in (
-        {"pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md"}
+        {"pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "CONTRIBUTING.md"}
         | {"src/netlens/__init__.py", "src/netlens/py.typed", "tests/conftest.py"}
         | {"docs/conf.py", "docs/index.rst", "docs/gallery_src/GALLERY_HEADER.rst"}
         | tracked_tests

@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._core.hooks import global_hooks as global_hooks_of
+from ._core.hooks import module_hooks
+
 __all__ = [
     "ContractModel",
     "ZooModel",
@@ -22,17 +25,6 @@ __all__ = [
     "model_zoo",
     "snapshot",
 ]
-
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_state_dict_hooks",
-    "_state_dict_pre_hooks",
-    "_load_state_dict_pre_hooks",
-    "_load_state_dict_post_hooks",
-)
 
 
 @dataclass(frozen=True)
@@ -58,7 +50,7 @@ def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
 def snapshot(model: nn.Module) -> _State:
     """Copy everything :func:`model_unchanged` compares (values are cloned)."""
     hooks = {
-        name: {attr: tuple(getattr(module, attr, {}).keys()) for attr in _HOOK_DICTS}
+        name: {attr: tuple(hooks.keys()) for attr, hooks in module_hooks(module).items()}
         for name, module in model.named_modules()
     }
     parameters = {
@@ -71,18 +63,7 @@ def snapshot(model: nn.Module) -> _State:
         for name, param in model.named_parameters()
     }
     buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
-    from torch.nn.modules import module as module_module
-
-    global_hooks = {
-        attr: tuple(getattr(module_module, attr).keys())
-        for attr in (
-            "_global_forward_hooks",
-            "_global_forward_pre_hooks",
-            "_global_backward_hooks",
-            "_global_backward_pre_hooks",
-        )
-        if hasattr(module_module, attr)
-    }
+    global_hooks = {attr: tuple(hooks.keys()) for attr, hooks in global_hooks_of().items()}
     return _State(
         names=tuple(name for name, _ in model.named_modules()),
         training={name: module.training for name, module in model.named_modules()},

@@ -19,7 +19,17 @@ from typing import Any
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["Hooks", "confined", "global_user_hooks", "is_ours", "user_hooks"]
+__all__ = [
+    "GLOBAL_HOOK_DICTS",
+    "MODULE_HOOK_DICTS",
+    "Hooks",
+    "confined",
+    "global_hooks",
+    "global_user_hooks",
+    "is_ours",
+    "module_hooks",
+    "user_hooks",
+]
 
 _MARK = "_netlens_thread"
 
@@ -43,25 +53,56 @@ def is_ours(hook: object) -> bool:
     return hasattr(hook, _MARK)
 
 
+#: Every per-module hook dictionary of ``nn.Module``: what :func:`netlens.testing.model_unchanged`
+#: compares, and the first two are what a forward pass calls.
+MODULE_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+#: The process-wide hook dictionaries of ``torch.nn.modules.module`` (hooks for every module).
+GLOBAL_HOOK_DICTS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+_FORWARD = GLOBAL_HOOK_DICTS[:2]
+
+
+def module_hooks(module: nn.Module, names: tuple[str, ...] = MODULE_HOOK_DICTS) -> dict[str, Any]:
+    """``module``'s hook dictionaries named ``names`` (those this torch version has)."""
+    return {name: getattr(module, name) for name in names if hasattr(module, name)}
+
+
+def global_hooks(names: tuple[str, ...] = GLOBAL_HOOK_DICTS) -> dict[str, Any]:
+    """The process-wide hook dictionaries named ``names`` (those this torch version has)."""
+    from torch.nn.modules import module as module_module
+
+    return {name: getattr(module_module, name) for name in names if hasattr(module_module, name)}
+
+
+def _any_user_hook(dictionaries: dict[str, Any]) -> bool:
+    return any(not is_ours(hook) for hooks in dictionaries.values() for hook in hooks.values())
+
+
 def user_hooks(module: nn.Module) -> bool:
     """Whether ``module`` has forward (pre-)hooks of the user's, not netlens' own.
 
     netlens' hooks of a call in another thread do nothing in this thread's passes: they do not
     count.
     """
-    hooks = (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
-    return any(not is_ours(hook) for hook in hooks)
+    return _any_user_hook(module_hooks(module, MODULE_HOOK_DICTS[:2]))
 
 
 def global_user_hooks() -> bool:
     """Whether forward (pre-)hooks of the user's are registered for every module."""
-    from torch.nn.modules import module as module_module
-
-    hooks = (
-        *getattr(module_module, "_global_forward_hooks", {}).values(),
-        *getattr(module_module, "_global_forward_pre_hooks", {}).values(),
-    )
-    return any(not is_ours(hook) for hook in hooks)
+    return _any_user_hook(global_hooks(_FORWARD))
 
 
 class Hooks:
