@@ -1033,6 +1033,15 @@ def _view(
     return view
 
 
+def _reading(
+    model: nn.Module, select: object, channel_dim: object
+) -> tuple[nn.Module, Select | None, int | None]:
+    """The model whose names the user gave, and the checked ``select`` and ``channel_dim``."""
+    checked_select = check_select(select)
+    checked_dim = check_channel_dim("channel_dim", channel_dim, optional=True)
+    return unwrap_parallel(model), checked_select, checked_dim  # names of a DDP-wrapped model
+
+
 def layer_view(
     model: nn.Module,
     layer: LayerSpec,
@@ -1045,9 +1054,7 @@ def layer_view(
 
     ``name`` is the argument the user passed ``layer`` as, for messages.
     """
-    checked_select = check_select(select)
-    checked_dim = check_channel_dim("channel_dim", channel_dim, optional=True)
-    model = unwrap_parallel(model)  # names are those of a DDP/DataParallel-wrapped model
+    model, checked_select, checked_dim = _reading(model, select, channel_dim)
     key, module = find_layer(model, layer, name=name)
     return _view(model, key, module, checked_select, checked_dim)
 
@@ -1061,9 +1068,7 @@ def layer_views(
     name: str = "layers",
 ) -> dict[str, LayerView]:
     """Resolve several layers, each with its reading rule (``name`` as for :func:`layer_view`)."""
-    checked_select = check_select(select)
-    checked_dim = check_channel_dim("channel_dim", channel_dim, optional=True)
-    model = unwrap_parallel(model)  # names are those of a DDP/DataParallel-wrapped model
+    model, checked_select, checked_dim = _reading(model, select, channel_dim)
     return {
         key: _view(model, key, module, checked_select, checked_dim)
         for key, module in select_layers(model, layers, name=name).items()
