@@ -58,6 +58,7 @@ def main(argv: list[str]) -> int:
     for needed in (
         {"pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "CONTRIBUTING.md"}
         | {"src/netlens/__init__.py", "src/netlens/py.typed", "tests/conftest.py"}
+        | {"tests/_models.py", "tests/_examples.py", "tests/_torchvision.py"}
         | {"docs/conf.py", "docs/index.rst", "docs/gallery_src/GALLERY_HEADER.rst"}
         | tracked_tests
     ):

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 import netlens as nl
-from netlens._maximize.api import _channel_seed
+from netlens._maximize.param import _channel_seed
 from netlens.models import LeNet5
 from netlens.testing import model_unchanged
 

@@ -77,7 +77,7 @@ import torchvision  # noqa: E402
 from occlusion import _memory_kib, time_interleaved  # noqa: E402
 
 import netlens as nl  # noqa: E402
-import netlens._occlusion.api as occlusion_module  # noqa: E402
+import netlens._occlusion.choose as occlusion_module  # noqa: E402
 import netlens._occlusion.incremental.engine as incremental_module  # noqa: E402
 
 Mode = bool | Literal["auto"]

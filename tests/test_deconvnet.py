@@ -9,6 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from _models import (
+    DictNet,
+    EveryRelu,
+    Squashed,
+    ToChannelsLast,
+    TokenBlock,
+    WithExtras,
+    seeded_lenet,
+)
 from torch import nn
 
 import netlens as nl
@@ -37,11 +46,6 @@ def _captum_quiet() -> Iterator[None]:
 
 
 SIZE = 16  # LeNet5 on 16x16 inputs: conv2 maps 8x8, the same layers, a smaller fc1
-
-
-def _lenet(seed: int = 0, size: int = SIZE) -> LeNet5:
-    torch.manual_seed(seed)
-    return LeNet5(image_size=size).double().eval()
 
 
 # -- the slow, obvious reference -----------------------------------------------------------------
@@ -101,7 +105,7 @@ def _one_hot(channel: int, where: tuple[int, int] | None, unit: bool = False) ->
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("layer", ["conv2", "relu2", "pool2"])
 def test_lenet_matches_hand_written_deconvnet_at_an_index(rule: str, layer: str) -> None:
-    model = _lenet()
+    model = seeded_lenet()
     x = torch.randn(3, 1, SIZE, SIZE, dtype=torch.float64)
     where = (3, 4) if layer != "pool2" else (2, 3)
     projection = nl.deconvnet(model, x, layer, 6, position=where, rule=rule)
@@ -115,7 +119,7 @@ def test_lenet_matches_hand_written_deconvnet_at_an_index(rule: str, layer: str)
 
 @pytest.mark.parametrize("rule", RULES)
 def test_lenet_matches_hand_written_deconvnet_at_the_max_and_for_whole_maps(rule: str) -> None:
-    model = _lenet(1)
+    model = seeded_lenet(1)
     x = torch.randn(4, 1, SIZE, SIZE, dtype=torch.float64)
     top = nl.deconvnet(model, x, "relu2", 11, rule=rule)
     _close(top.images, _hand_chain(model, x, "relu2", _one_hot(11, None), rule))
@@ -136,7 +140,7 @@ def test_lenet_matches_hand_written_deconvnet_at_the_max_and_for_whole_maps(rule
 
 
 def test_scale_unit_seeds_with_ones() -> None:
-    model = _lenet()
+    model = seeded_lenet()
     x = torch.randn(2, 1, SIZE, SIZE, dtype=torch.float64)
     unit = nl.deconvnet(model, x, "conv2", 2, position=(7, 7), scale="unit")
     _close(unit.images, _hand_chain(model, x, "conv2", _one_hot(2, (7, 7), unit=True), "deconvnet"))
@@ -150,7 +154,7 @@ def test_scale_unit_seeds_with_ones() -> None:
 
 
 def test_a_list_of_channels_is_one_pass_and_equals_one_call_per_channel() -> None:
-    model = _lenet(2)
+    model = seeded_lenet(2)
     x = torch.randn(3, 1, SIZE, SIZE, dtype=torch.float64)
     calls: list[int] = []
     handle = model.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
@@ -186,7 +190,7 @@ class _NoBatchedBackward(torch.autograd.Function):
 
 
 def test_a_list_of_channels_falls_back_to_one_backward_per_channel() -> None:
-    model = _lenet(12)
+    model = seeded_lenet(12)
     x = torch.randn(2, 1, SIZE, SIZE, dtype=torch.float64)
     expected = nl.deconvnet(model, x, "conv2", [4, 8]).images
     forward = model.forward
@@ -203,7 +207,7 @@ def test_a_list_of_channels_falls_back_to_one_backward_per_channel() -> None:
 
 
 def test_linear_layer_position_is_the_empty_index() -> None:
-    model = _lenet()
+    model = seeded_lenet()
     x = torch.randn(2, 1, SIZE, SIZE, dtype=torch.float64)
     projection = nl.deconvnet(model, x, "fc1", 17, position=())
     assert projection.positions is not None and projection.positions.shape == (2, 0)
@@ -244,35 +248,11 @@ def test_functional_relu_gets_the_deconvnet_rule_not_the_gradient() -> None:
     assert (deconv - plain).abs().max() > 1e-3
 
 
-class _EveryRelu(nn.Module):
-    """Each spelling of ReLU once, with and without in place."""
-
-    def __init__(self, inplace: bool) -> None:
-        super().__init__()
-        self.inplace = inplace
-        self.convs = nn.ModuleList(nn.Conv2d(2, 2, 3, padding=1) for _ in range(6))
-        self.relu = nn.ReLU(inplace=inplace)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.convs[0](x))
-        x = F.relu(self.convs[1](x), inplace=self.inplace)
-        y = self.convs[2](x)
-        x = torch.relu_(y) if self.inplace else torch.relu(y)
-        y = self.convs[3](x)
-        if self.inplace:
-            y.relu_()
-            x = y
-        else:
-            x = y.relu()
-        x = F.relu_(self.convs[4](x)) if self.inplace else F.relu(self.convs[4](x))
-        return self.convs[5](x)
-
-
 @pytest.mark.parametrize("rule", RULES)
 def test_every_relu_spelling_in_place_or_not_gives_the_same_projection(rule: str) -> None:
     torch.manual_seed(5)
-    plain = _EveryRelu(inplace=False).double().eval()
-    inplace = _same_weights(_EveryRelu(inplace=True), plain)
+    plain = EveryRelu(inplace=False).double().eval()
+    inplace = _same_weights(EveryRelu(inplace=True), plain)
     x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
     for layer in ("convs.5", "convs.3", "convs.0"):
         expected = nl.deconvnet(plain, x, layer, 1, rule=rule)
@@ -347,7 +327,7 @@ def test_each_relu_spelling_gets_the_rule(spelling: str, rule: str) -> None:
 @pytest.mark.parametrize("layer", ["conv2", "relu2", "pool2", "fc1"])
 def test_equals_captum_with_unit_scale(rule: str, captum_class: str, layer: str) -> None:
     captum_attr = pytest.importorskip("captum.attr")
-    model = _lenet(8)
+    model = seeded_lenet(8)
     x = torch.randn(3, 1, SIZE, SIZE, dtype=torch.float64)
     index: tuple[int, ...] = () if layer == "fc1" else (2, 3)
     channel = 4
@@ -465,19 +445,6 @@ def test_float64_inputs_on_a_float32_model_give_float64_results() -> None:
 # -- bad input -------------------------------------------------------------------------------------
 
 
-class _WithExtras(TinyConvNet):
-    """TinyConvNet with a layer it never calls and a layer fed only with a constant."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.unused = nn.Conv2d(1, 2, 3)
-        self.constant = nn.Linear(2, 2)
-        self.register_buffer("fixed", torch.ones(1, 2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) + self.constant(self.fixed)[:, :1]
-
-
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -516,7 +483,7 @@ class _WithExtras(TinyConvNet):
 def test_bad_input_raises_and_leaves_the_model_unchanged(
     kwargs: dict[str, object], error: type[Exception], match: str
 ) -> None:
-    model = _WithExtras()
+    model = WithExtras()
     model.train()
     arguments: dict[str, object] = {
         "inputs": torch.randn(2, 1, 8, 8),
@@ -531,35 +498,16 @@ def test_bad_input_raises_and_leaves_the_model_unchanged(
 # -- nonlinearities the deconvnet does not cover ----------------------------------------
 
 
-class _Squashed(nn.Module):
-    def __init__(self, where: str) -> None:
-        super().__init__()
-        self.where = where
-        self.conv1 = nn.Conv2d(1, 3, 3, padding=1)
-        self.act = nn.Tanh()
-        self.conv2 = nn.Conv2d(3, 3, 3, padding=1)
-        self.head = nn.Linear(3 * 8 * 8, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
-        if self.where == "module":
-            x = self.act(x)
-        elif self.where == "function":
-            x = torch.sigmoid(F.gelu(x))
-        x = F.relu(self.conv2(x))
-        return self.head(torch.tanh(x).flatten(1))  # after the layer: not on the path
-
-
 @pytest.mark.parametrize("rule", ["deconvnet", "guided"])
 def test_warns_once_naming_the_module_for_tanh_on_the_path(rule: str) -> None:
-    model = _Squashed("module").eval()
+    model = Squashed("module").eval()
     with pytest.warns(UserWarning, match=r"'act' \(Tanh\)") as caught:
         nl.deconvnet(model, torch.randn(2, 1, 8, 8), "conv2", [0, 1], rule=rule)
     assert len([w for w in caught if "nonlinearities" in str(w.message)]) == 1
 
 
 def test_warns_naming_functions_and_lists_them_in_one_warning() -> None:
-    model = _Squashed("function").eval()
+    model = Squashed("function").eval()
     with pytest.warns(UserWarning, match=r"gelu\(\), sigmoid\(\)") as caught:
         nl.deconvnet(model, torch.randn(2, 1, 8, 8), "conv2", 0)
     assert len(caught) == 1
@@ -569,9 +517,9 @@ def test_warns_naming_functions_and_lists_them_in_one_warning() -> None:
 def test_no_warning_without_nonlinearity_on_the_path_or_for_the_gradient() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        nl.deconvnet(_Squashed("none").eval(), torch.randn(2, 1, 8, 8), "conv2", 0)
+        nl.deconvnet(Squashed("none").eval(), torch.randn(2, 1, 8, 8), "conv2", 0)
         nl.deconvnet(
-            _Squashed("module").eval(), torch.randn(2, 1, 8, 8), "conv2", 0, rule="gradient"
+            Squashed("module").eval(), torch.randn(2, 1, 8, 8), "conv2", 0, rule="gradient"
         )
         nl.deconvnet(LeNet5().eval(), torch.randn(2, 1, 28, 28), "fc2", 0)
 
@@ -579,22 +527,9 @@ def test_no_warning_without_nonlinearity_on_the_path_or_for_the_gradient() -> No
 # -- the layer contract: which tensor, which batch axis, which channel axis ------------------------
 
 
-class _TokenBlock(nn.Module):
-    """BERT-style: token features (N, T, 32) through nn.Linear(32, 64), GELU, a pooled head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.intermediate = nn.Linear(32, 64)
-        self.act = nn.GELU()
-        self.head = nn.Linear(64, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.act(self.intermediate(x)).mean(dim=1))
-
-
 def test_a_linear_layer_on_tokens_has_its_units_on_the_last_dim() -> None:
     torch.manual_seed(14)
-    model = _TokenBlock().double().eval()
+    model = TokenBlock().double().eval()
     x = torch.randn(2, 8, 32, dtype=torch.float64)
     with model_unchanged(model):
         projection = nl.deconvnet(model, x, "intermediate", 20)  # unit 20 of 64, 8 tokens
@@ -661,32 +596,9 @@ def test_a_time_first_gru_with_as_many_steps_as_inputs_equals_its_batch_first_tw
         _close(reference.images[:, column], grad)
 
 
-class _DictFeatures(nn.Module):
-    """Conv and ReLU returning ``{"features": (N, 4, 6, 6), "pooled": (N, 4)}``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.relu = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.relu(self.conv(x))
-        return {"features": features, "pooled": features.mean(dim=(2, 3))}
-
-
-class _DictNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.block = _DictFeatures()
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.block(x)["pooled"])
-
-
 def test_a_layer_returning_a_dict_gives_its_first_tensor_and_select_picks_another() -> None:
     torch.manual_seed(16)
-    model = _DictNet().double().eval()
+    model = DictNet().double().eval()
     x = torch.randn(3, 1, 6, 6, dtype=torch.float64)
     with model_unchanged(model):
         features = nl.deconvnet(model, x, "block", [0, 2])
@@ -739,15 +651,10 @@ def test_a_packed_sequence_is_projected_from_its_padded_tensor() -> None:
     assert last.images[0].abs().max() == last.images[2].abs().max() == 0
 
 
-class _ToChannelsLast(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(0, 2, 3, 1)
-
-
 def test_channel_dim_reads_a_channels_last_layer() -> None:
     torch.manual_seed(18)
     model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), _ToChannelsLast(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
+        nn.Conv2d(1, 4, 3, padding=1), ToChannelsLast(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
     )
     model = model.double().eval()
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
@@ -793,7 +700,7 @@ def test_inference_mode_is_refused_with_an_error_naming_it() -> None:
 def test_plots_draw_on_a_new_figure_or_a_given_axes() -> None:
     from matplotlib.figure import Figure
 
-    model = _lenet()
+    model = seeded_lenet()
     x = torch.randn(2, 1, SIZE, SIZE, dtype=torch.float64)
     fig, ax = nl.deconvnet(model, x, "conv2", [1, 2, 3]).plot()
     assert isinstance(fig, Figure) and len(ax.images) == 1

@@ -8,7 +8,6 @@ run in one spawn of two processes, each starting Python and torch afresh.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 import socket
@@ -18,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -26,6 +24,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _examples import EXAMPLES, load_example
+from _models import seeded_lenet
 from torch import nn
 
 import netlens as nl
@@ -36,7 +36,6 @@ pytestmark = pytest.mark.skipif(
     not dist.is_available() or sys.platform == "win32", reason="gloo over TCP on 127.0.0.1"
 )
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FIELDS = ("activations", "indices", "positions", "boxes", "patches", "projections")
 # The loopback interface, so that gloo never looks beyond this machine.
 LOOPBACK = "lo0" if sys.platform == "darwin" else "lo"
@@ -91,8 +90,7 @@ def _spawn(worker: Callable[..., None], world: int, *args: Any, timeout: float =
 
 
 def _lenet() -> LeNet5:
-    torch.manual_seed(3)
-    return LeNet5(image_size=16).eval()
+    return seeded_lenet(3, dtype=torch.float32)
 
 
 def _images() -> torch.Tensor:
@@ -383,17 +381,6 @@ def test_the_group_argument() -> None:
 # -- the example under torchrun ----------------------------------------------------------------
 
 
-def _load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "distributed_lenses", EXAMPLES / "distributed_lenses.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def _write_cifar(root: Path, test_images: int) -> Path:
     """A tiny CIFAR-10 in the official layout (random pixels)."""
     folder = root / "cifar-10-batches-py"
@@ -422,7 +409,7 @@ def test_the_example_under_torchrun_equals_one_process(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stdout
-    example = _load_example()
+    example = load_example("distributed_lenses")
     expected = example.lenses(
         example.load_model(None, 0),
         example.CIFAR10(data_dir, train=False),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import pickle
@@ -13,31 +12,21 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from _examples import EXAMPLES, load_example
 from PIL import Image
 
 import netlens.datasets
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PERIODS = (5.0, 10.0)  # pixels, at 32x32
 ANGLES = (0.0, 22.5, 45.0, 67.5, 90.0)  # degrees; each class also takes the mirrored angle
 
 
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cifar_lenet", EXAMPLES / "cifar_lenet.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-example = load_example()
+example = load_example("cifar_lenet")
 
 
 def gratings(count: int, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:

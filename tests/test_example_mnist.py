@@ -4,35 +4,22 @@ from __future__ import annotations
 
 import csv
 import gzip
-import importlib.util
 import json
 import re
 import socket
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
+from _examples import load_example
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MODELS = ("rnn", "lstm", "gru", "cnn")
 TRAIN, TEST = 512, 128
 
 
-def _load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "mnist_recurrent", EXAMPLES / "mnist_recurrent.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-example = _load_example()
+example = load_example("mnist_recurrent")
 harness = sys.modules["_harness"]
 
 
@@ -80,7 +67,6 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def quick_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("run") / "out"
     tensorboard = out.parent / "tensorboard"
-    torch.set_num_threads(1)
     lines: list[str] = []
     example.print = lines.append  # the example logs with print
     try:

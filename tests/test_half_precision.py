@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _models import seeded_lenet
 
 import netlens as nl
 from netlens.models import LeNet5
@@ -15,9 +16,9 @@ from netlens.testing import model_unchanged
 HALF = [torch.float16, torch.bfloat16]
 
 
-def _models(dtype: torch.dtype) -> tuple[torch.nn.Module, torch.nn.Module]:
-    torch.manual_seed(0)
-    reference = LeNet5().eval()
+def _lenet_pair(dtype: torch.dtype) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A float32 LeNet5 on 28x28 inputs and its copy in ``dtype``."""
+    reference = seeded_lenet(0, size=28, dtype=torch.float32)
     half = LeNet5().eval()
     half.load_state_dict(reference.state_dict())
     return reference, half.to(dtype)
@@ -33,7 +34,7 @@ def _close(half: torch.Tensor, reference: torch.Tensor, dtype: torch.dtype) -> N
 
 @pytest.mark.parametrize("dtype", HALF)
 def test_record_and_stats(dtype: torch.dtype) -> None:
-    reference, half = _models(dtype)
+    reference, half = _lenet_pair(dtype)
     x = torch.randn(4, 1, 28, 28)
     with model_unchanged(half):
         stats = nl.activation_stats(half, x.to(dtype), "conv2")["conv2"]
@@ -44,7 +45,7 @@ def test_record_and_stats(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("dtype", HALF)
 def test_deconvnet(dtype: torch.dtype) -> None:
-    reference, half = _models(dtype)
+    reference, half = _lenet_pair(dtype)
     x = torch.randn(2, 1, 28, 28)
     with model_unchanged(half):
         projection = nl.deconvnet(half, x.to(dtype), "conv2", 3)
@@ -55,7 +56,7 @@ def test_deconvnet(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("dtype", HALF)
 def test_occlusion(dtype: torch.dtype) -> None:
-    reference, half = _models(dtype)
+    reference, half = _lenet_pair(dtype)
     x = torch.randn(2, 1, 28, 28)
     with model_unchanged(half):
         result = nl.occlusion(half, x.to(dtype), window=7, layer="conv2")
@@ -69,7 +70,7 @@ def test_occlusion(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("dtype", HALF)
 def test_top_activations(dtype: torch.dtype) -> None:
-    reference, half = _models(dtype)
+    reference, half = _lenet_pair(dtype)
     x = torch.randn(6, 1, 28, 28)
     with model_unchanged(half):
         top = nl.top_activations(half, x.to(dtype), "conv2", channels=[0, 1], k=2)
@@ -80,7 +81,7 @@ def test_top_activations(dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("value_range", [None, (-1.0, 1.0)])
 def test_maximize_activation_stays_finite(dtype: torch.dtype, value_range) -> None:
-    reference, half = _models(dtype)
+    reference, half = _lenet_pair(dtype)
     with model_unchanged(half):
         result = nl.maximize_activation(
             half,
@@ -108,6 +109,6 @@ def test_maximize_activation_stays_finite(dtype: torch.dtype, value_range) -> No
 
 @pytest.mark.parametrize("dtype", HALF)
 def test_grids(dtype: torch.dtype) -> None:
-    _, half = _models(dtype)
+    _, half = _lenet_pair(dtype)
     array = nl.FilterGrid(half.conv1).to_array()
     assert array.dtype.name == "uint8"

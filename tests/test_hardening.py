@@ -7,7 +7,6 @@ tests/test_example_cifar.py and tests/test_example_mnist.py, next to the runs th
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -16,23 +15,10 @@ from types import ModuleType
 
 import pytest
 import torch
+from _examples import load_example
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def load(name: str) -> ModuleType:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-cifar = load("cifar_lenet")
-mnist = load("mnist_recurrent")
+cifar = load_example("cifar_lenet", reuse=True)
+mnist = load_example("mnist_recurrent", reuse=True)
 harness = sys.modules["_harness"]
 
 

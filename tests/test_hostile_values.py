@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from _models import (
+    NanBackward,
+    PoisonFromCall,
+    RGBConvs,
+    SpareConv,
+    SqrtOfZero,
+    TemperedConvs,
+    seeded,
+)
 from torch import nn
 
 import netlens as nl
@@ -29,29 +37,9 @@ from netlens.testing import model_unchanged
 ONE_THREAD = True
 
 
-class RGBNet(nn.Module):
-    """conv1 (3 -> 4), ReLU, conv2 (4 -> 6) on 8x8 pictures."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.conv2(self.relu1(self.conv1(x)))
-        return out
-
-
-def _seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build().eval()
-
-
 @pytest.fixture
 def rgb() -> nn.Module:
-    return _seeded(RGBNet)
+    return seeded(RGBConvs)
 
 
 _SHAPE = (3, 8, 8)
@@ -180,7 +168,7 @@ def test_normalize_is_checked_in_the_dtype_it_is_used_in(
 
 
 def test_normalize_that_float16_inputs_cannot_hold_is_refused() -> None:
-    model = _seeded(RGBNet).half()
+    model = seeded(RGBConvs).half()
     with model_unchanged(model), pytest.raises(nl.NetlensValueError, match=r"normalize.*float16"):
         nl.maximize_activation(
             model, "conv2", 0, input_shape=_SHAPE, steps=2, normalize=(0.5, 1e-6)
@@ -202,25 +190,11 @@ def test_normalize_refuses_complex_values(rgb: nn.Module) -> None:
 # -- maximize_activation: a NaN or Inf in the run ---------------------------------------------
 
 
-class _Poison(nn.Module):
-    """Multiplies by ``value`` from its ``at``-th call on."""
-
-    def __init__(self, at: int, value: float) -> None:
-        super().__init__()
-        self.at = at
-        self.value = value
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return x * self.value if self.calls >= self.at else x
-
-
 @pytest.mark.parametrize("form", ["layer", "objective"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_a_non_finite_objective_stops_the_run_at_its_step(form: str, value: float) -> None:
-    poison = _Poison(at=5, value=value)  # call 1 is the probe: step 4 is poisoned
-    model = _seeded(lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), poison))
+    poison = PoisonFromCall(at=5, value=value)  # call 1 is the probe: step 4 is poisoned
+    model = seeded(lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), poison))
     kwargs: dict[str, Any] = {"input_shape": _SHAPE, "steps": 50, "seed": 0}
     if form == "layer":
         kwargs.update(layer="1", channels=[0, 1])
@@ -234,7 +208,8 @@ def test_a_non_finite_objective_stops_the_run_at_its_step(form: str, value: floa
 
 
 def test_off_the_cpu_the_check_is_batched_but_names_the_first_bad_step() -> None:
-    from netlens._maximize.api import _CHECK_EVERY, _FiniteWatch
+    from netlens._maximize.optimise import _CHECK_EVERY
+    from netlens._maximize.optimise import FiniteWatch as _FiniteWatch
 
     # A CUDA device only sets how often the flags are read; the flags themselves are tensors.
     watch = _FiniteWatch(50, 2, ["channel 3"], torch.float32, torch.device("cuda"))
@@ -261,28 +236,8 @@ def test_off_the_cpu_the_check_is_batched_but_names_the_first_bad_step() -> None
         watch.flush(history)
 
 
-class _NanGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: Any, gradient: torch.Tensor) -> torch.Tensor:
-        return gradient * float("nan")
-
-
-class _NanBackward(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.conv(_NanGradient.apply(x))  # type: ignore[no-untyped-call]
-        return out
-
-
 def test_a_non_finite_gradient_stops_the_run_at_its_step() -> None:
-    model = _seeded(_NanBackward)
+    model = seeded(NanBackward)
     with (
         model_unchanged(model),
         pytest.raises(nl.NetlensValueError, match=r"gradient.*step 1 of 30"),
@@ -317,7 +272,7 @@ def test_a_non_finite_direction_is_refused_at_construction(vector: Any) -> None:
 def test_a_direction_too_large_for_the_layer_dtype_is_refused_before_the_first_step(
     rgb: nn.Module,
 ) -> None:
-    model = _seeded(RGBNet)  # float32: 1e300 is infinite there
+    model = seeded(RGBConvs)  # float32: 1e300 is infinite there
     vector = torch.tensor([1e300, 1.0, 1.0, 1.0], dtype=torch.float64)
     calls: list[int] = []
     model.conv1.register_forward_hook(lambda m, a, o: calls.append(1))
@@ -371,19 +326,8 @@ def test_weights_that_overflow_are_refused() -> None:
         obj.channel("conv1", 0) / 5e-324
 
 
-class _Spare(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.spare = nn.Conv2d(4, 4, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.conv(x)
-        return out
-
-
 def test_a_layer_that_does_not_run_is_named_as_the_user_wrote_it() -> None:
-    model = _seeded(_Spare)
+    model = seeded(SpareConv)
     objective = obj.channel("conv", 0) + obj.channel("spare", 1)
     with model_unchanged(model), pytest.raises(nl.NetlensValueError) as info:
         nl.maximize_activation(model, objective=objective, input_shape=_SHAPE, steps=2)
@@ -468,23 +412,8 @@ def test_grids_refuse_complex_values() -> None:
 # -- dtypes and threads ----------------------------------------------------------------------------
 
 
-class _Tempered(nn.Module):
-    """A float32 conv net with one float64 temperature, registered first; takes float32."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.temperature = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        assert x.dtype == torch.float32, x.dtype  # what this model takes
-        out: torch.Tensor = self.conv2(torch.relu(self.conv1(x))) / self.temperature.float()
-        return out
-
-
 def test_a_float64_temperature_among_float32_weights() -> None:
-    model = _seeded(_Tempered)
+    model = seeded(TemperedConvs)
     for kwargs in (
         {"layer": "conv2", "channels": [0, 3]},
         {"layer": "conv1", "channels": [0, 3]},
@@ -502,7 +431,7 @@ def test_a_float64_temperature_among_float32_weights() -> None:
 @pytest.mark.parametrize("form", ["sliced", "layer", "objective"])
 def test_plain_forwards_in_another_thread_are_untouched(form: str) -> None:
     """Item 6: another thread's forward never meets netlens' StopForward or its hooks."""
-    model = _seeded(RGBNet)
+    model = seeded(RGBConvs)
     inputs = torch.rand(2, *_SHAPE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference = model(inputs)
@@ -545,22 +474,8 @@ def test_plain_forwards_in_another_thread_are_untouched(form: str) -> None:
         assert torch.equal(output, reference)
 
 
-class _SqrtOfZero(nn.Module):
-    """Finite outputs; sqrt of zero has an infinite derivative, so the way back is NaN."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv0 = nn.Conv2d(3, 4, 3, padding=1)
-        self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.conv0(x)
-        out: torch.Tensor = self.conv1(features + torch.sqrt(features * 0))
-        return out
-
-
 def test_deconvnet_refuses_non_finite_projections() -> None:
-    model = _SqrtOfZero().eval()
+    model = SqrtOfZero().eval()
     inputs = torch.rand(2, 3, 8, 8)
     with model_unchanged(model), pytest.raises(nl.NetlensValueError, match="finite"):
         nl.deconvnet(model, inputs, "conv1", 0)

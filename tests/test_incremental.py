@@ -16,15 +16,34 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
+from _models import (
+    AliasedInPlace,
+    Assorted,
+    CountsItsCalls,
+    DataDependent,
+    InPlaceSine,
+    Recurrent,
+    ResNetStyle,
+    Signal,
+    SqueezeExcite,
+    TensorMadeInForward,
+    VGGStyle,
+    Volume,
+    WritesIntoItsInput,
+    randomize_batchnorm,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import netlens as nl
-from netlens._occlusion import api as _occlusion
+from netlens._occlusion import choose as _choose
+from netlens._occlusion import plain as _plain
+from netlens._occlusion.incremental import classify as _classify
 from netlens._occlusion.incremental import engine as _incremental
+from netlens._occlusion.incremental import passes as _passes
+from netlens._occlusion.incremental import plan as _plan
 from netlens.models import LeNet5
 from netlens.testing import ZooModel, contract_zoo, model_unchanged, model_zoo
 
@@ -34,157 +53,6 @@ ONE_THREAD = True
 
 
 # -- models ------------------------------------------------------------------------------------
-
-
-class Block(nn.Module):
-    """A ResNet basic block: conv-BN-ReLU-conv-BN, plus the input (strided 1x1 conv if needed)."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += self.shortcut(x)  # traced as an addition
-        return self.relu(out)
-
-
-class ResNetStyle(nn.Module):
-    """Stem, three residual blocks (two strided), global average pool, linear classifier."""
-
-    def __init__(self, pool: str = "adaptive") -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 6, 3, padding=1)
-        self.bn = nn.BatchNorm2d(6)
-        self.relu = nn.ReLU(inplace=True)
-        self.layer1 = Block(6, 6)
-        self.layer2 = Block(6, 8, 2)
-        self.layer3 = Block(8, 10, 2)
-        self.pool = pool
-        self.fc = nn.Linear(10, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn(self.stem(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        if self.pool == "adaptive":
-            x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        elif self.pool == "mean":
-            x = x.mean((2, 3))
-        else:  # a global max: no shortcut, the rest of the network runs plainly
-            x = torch.flatten(F.adaptive_max_pool2d(x, 1), 1)
-        return self.fc(x)  # type: ignore[no-any-return]
-
-
-class VGGStyle(nn.Module):
-    """3x3 convolutions and 2x2 max pools, then one linear layer on the flattened map."""
-
-    def __init__(self, widths: tuple[int | str, ...], size: int, cin: int = 3) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels = cin
-        for width in widths:
-            if width == "M":
-                layers.append(nn.MaxPool2d(2))
-                size //= 2
-            else:
-                assert isinstance(width, int)
-                layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
-                channels = width
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(channels * size * size, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))  # type: ignore[no-any-return]
-
-
-class Assorted(nn.Module):
-    """Strided, dilated, grouped and "same" convs, pooling with padding and ceil mode, a
-    concatenation along channels, products of branches, a learned map added everywhere, an
-    adaptive pool that is an ordinary one, and a flatten by ``view``. Inputs ``(N, 2, 13, 16)``.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.strided = nn.Conv2d(2, 6, (3, 5), stride=(2, 1), padding=(1, 2))
-        self.dilated = nn.Conv2d(2, 4, 3, dilation=2, padding=2)
-        self.grouped = nn.Conv2d(10, 10, 3, groups=2, padding="same")
-        self.position = nn.Parameter(torch.randn(1, 10, 7, 16))
-        self.pool = nn.AvgPool2d(3, stride=2, padding=1)
-        self.fc = nn.Linear(10 * 2 * 4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.strided(x)  # (6, 7, 16)
-        b = F.max_pool2d(torch.tanh(self.dilated(x)), (2, 1), ceil_mode=True)  # (4, 7, 16)
-        y = torch.cat([a, b], dim=1) + self.position
-        y = self.grouped(F.leaky_relu(y, 0.1)) * torch.sigmoid(y) + 0.5
-        y = F.adaptive_avg_pool2d(self.pool(y), (2, 4))  # (10, 4, 8) -> an ordinary 2x2 pool
-        return self.fc(y.view(y.size(0), -1))  # type: ignore[no-any-return]
-
-
-class SqueezeExcite(nn.Module):
-    """A channel gate computed from the global mean multiplies the map (a per-copy operand)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 6, 3, padding=1)
-        self.squeeze = nn.Linear(6, 6)
-        self.fc = nn.Linear(6 * 5 * 5, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.conv(x))
-        gate = torch.sigmoid(self.squeeze(y.mean((2, 3))))
-        y = F.max_pool2d(y * gate[:, :, None, None], 2)
-        return self.fc(torch.flatten(y, 1))  # type: ignore[no-any-return]
-
-
-class Signal(nn.Module):
-    """1-D convolutions over ``(N, 3, L)`` and the mean over time."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(3, 5, 3, padding=1)
-        self.pool = nn.MaxPool1d(2, ceil_mode=True)
-        self.conv2 = nn.Conv1d(5, 4, 2, stride=2)
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv2(self.pool(F.gelu(self.conv(x)))).mean(-1))  # type: ignore[no-any-return]
-
-
-class Volume(nn.Module):
-    """3-D convolution and pooling over ``(N, 1, 6, 7, 8)`` volumes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv3d(1, 3, 3, padding=1)
-        self.pool = nn.MaxPool3d(2)
-        self.fc = nn.Linear(3 * 3 * 3 * 4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(F.relu(self.conv(x))), 1))  # type: ignore[no-any-return]
-
-
-def _randomize_batchnorm(model: nn.Module, seed: int) -> nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                assert module.running_mean is not None and module.running_var is not None
-                module.running_mean.copy_(torch.randn(module.num_features, generator=generator))
-                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-                module.weight.copy_(torch.randn(module.num_features, generator=generator))
-                module.bias.copy_(torch.randn(module.num_features, generator=generator))
-    return model
 
 
 def _build(
@@ -207,7 +75,7 @@ def _build(
         torch.manual_seed(len(name))
         model = build()
         inputs = torch.randn(batch, *shape)
-    _randomize_batchnorm(model, len(name))
+    randomize_batchnorm(model, len(name))
     return model.to(dtype).eval(), inputs.to(dtype)
 
 
@@ -372,18 +240,18 @@ def test_auto_is_the_default_and_never_changes_the_maps() -> None:
 def test_auto_leaves_small_jobs_to_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
     zoo = model_zoo()["conv"]  # 36 positions of a tiny model: tracing would cost more
     built = []
-    original = _occlusion.build
+    original = _choose.build
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         built.append(True)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(_occlusion, "build", counted)
+    monkeypatch.setattr(_choose, "build", counted)
     assert not nl.occlusion(zoo.model, zoo.inputs, window=3, stride=1).incremental
     assert not built  # not even tried
     assert nl.occlusion(zoo.model, zoo.inputs, window=3, stride=1, incremental=True).incremental
     assert len(built) == 1
-    monkeypatch.setattr(_incremental, "TRY_SHARE", math.inf)  # building it deemed free
+    monkeypatch.setattr(_plan, "TRY_SHARE", math.inf)  # building it deemed free
     expected = nl.occlusion(zoo.model, zoo.inputs, window=3, stride=1, incremental=False)
     tried = nl.occlusion(zoo.model, zoo.inputs, window=3, stride=1)
     assert len(built) == 2  # tried; kept or not by the timing of its first batches
@@ -429,82 +297,6 @@ def test_it_computes_far_fewer_multiply_adds() -> None:
     assert counted[True] < 0.6 * counted[False]
 
 
-class Recurrent(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rnn = nn.GRU(6, 4, batch_first=True)
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.rnn(x)[0][:, -1])  # type: ignore[no-any-return]
-
-
-class DataDependent(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3)
-        self.fc = nn.Linear(2 * 6 * 6, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.sum() > 0:  # control flow on values: torch.fx cannot follow it
-            x = -x
-        return self.fc(torch.flatten(self.conv(x), 1))  # type: ignore[no-any-return]
-
-
-class Counting(nn.Module):
-    """Counts its forward passes: a side effect a traced graph would not repeat."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3)
-        self.fc = nn.Linear(2 * 6 * 6, 2)
-        self.batches: list[int] = []
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.batches.append(x.shape[0])
-        self.calls += 1
-        return self.fc(torch.flatten(self.conv(x), 1))  # type: ignore[no-any-return]
-
-
-class InPlaceSine(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3)
-        self.fc = nn.Linear(2 * 6 * 6, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        y.sin_()  # in place, and not one the engine knows
-        return self.fc(torch.flatten(y, 1))  # type: ignore[no-any-return]
-
-
-class Aliased(nn.Module):
-    """Adds in place to a tensor it also returns under another name: eager and traced differ."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3)
-        self.fc = nn.Linear(2 * 6 * 6, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        kept = y
-        y += 1.0  # torch.fx records y = y + 1; eager Python changes `kept` as well
-        return self.fc(torch.flatten(kept, 1))  # type: ignore[no-any-return]
-
-
-class Constant(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3)
-        self.fc = nn.Linear(2 * 6 * 6, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shift = torch.tensor([0.5, -0.5])[None, :, None, None]  # a tensor made in forward
-        return self.fc(torch.flatten(F.relu(self.conv(x) + shift), 1))  # type: ignore[no-any-return]
-
-
 def _hooked() -> nn.Module:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 2)).eval()
     model[1].register_forward_hook(lambda module, args, out: out * 2)
@@ -516,10 +308,10 @@ REFUSALS = [
     ("recurrent", lambda: Recurrent(), (2, 5, 6), "module 'rnn'"),
     ("tokens", None, None, "integers"),
     ("data-dependent", lambda: DataDependent(), (2, 1, 8, 8), "torch.fx cannot trace"),
-    ("side effects", lambda: Counting(), (2, 1, 8, 8), "model.batches, model.calls"),
+    ("side effects", lambda: CountsItsCalls(), (2, 1, 8, 8), "model.batches, model.calls"),
     ("unknown in-place", lambda: InPlaceSine(), (2, 1, 8, 8), "in-place operation Tensor.sin_"),
     ("hooks", _hooked, (2, 1, 8, 8), "module '1' (ReLU) has forward hooks"),
-    ("aliasing", lambda: Aliased(), (2, 1, 8, 8), "differs from the model's"),
+    ("aliasing", lambda: AliasedInPlace(), (2, 1, 8, 8), "differs from the model's"),
     ("flat inputs", lambda: nn.Linear(6, 2), (3, 6), "no dims after (N, C)"),
 ]
 
@@ -550,13 +342,13 @@ def test_true_names_what_prevents_it_and_auto_falls_back(
 
 
 def test_tracing_leaves_no_trace_on_the_model() -> None:
-    model = Counting().eval()
+    model = CountsItsCalls().eval()
     inputs = torch.randn(3, 1, 8, 8)
     nl.occlusion(model, inputs, window=4)
     # Only the real forward passes counted (the plain path's, after the trace was refused).
     assert all(isinstance(size, int) for size in model.batches)
     assert model.calls == len(model.batches) and sum(model.batches) == 3 * (1 + 4)
-    constant = Constant().eval()
+    constant = TensorMadeInForward().eval()
     result = nl.occlusion(constant, inputs, window=3, stride=1, incremental=True)
     assert result.incremental
     assert not any(name.startswith("_tensor_constant") for name in vars(constant))
@@ -634,17 +426,6 @@ def test_contract_zoo_layers() -> None:
     _assert_same(auto, plain)
 
 
-class WritesIntoItsInput(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3, padding=1)
-        self.fc = nn.Linear(2 * 64, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x.clamp_(min=-0.3)  # in place, on the input: later reads see the clamped values
-        return self.fc(torch.flatten(F.relu_(self.conv(x)), 1))  # type: ignore[no-any-return]
-
-
 def test_in_place_elementwise_operations() -> None:
     torch.manual_seed(1)
     model = WritesIntoItsInput().double().eval()
@@ -713,8 +494,8 @@ def _engine(
 
 def test_positions_run_in_groups_of_equal_box_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
     model, inputs = _build("lenet", torch.float32)
-    monkeypatch.setattr(_incremental, "_SECONDS_PER_STEP", 0.0)  # no merging
-    monkeypatch.setattr(_incremental, "_SECONDS_PER_SHAPE_WEIGHT", 0.0)
+    monkeypatch.setattr(_plan, "_SECONDS_PER_STEP", 0.0)  # no merging
+    monkeypatch.setattr(_plan, "_SECONDS_PER_SHAPE_WEIGHT", 0.0)
     engine = _engine(model, inputs, 4, 2, budget=2**30, batch_size=None)
     _, sizes = engine._sizes_matrix()
     assert len(engine.groups) > 1
@@ -774,7 +555,7 @@ def test_memory_budget_sizes_the_passes(monkeypatch: pytest.MonkeyPatch) -> None
         assert engine.rows == 1 or used <= budget
     # No linear layer taking its input's change, whose weight copy only a large budget allows:
     # the same kinds under both budgets.
-    monkeypatch.setattr(_incremental, "DELTA_LINEAR_WEIGHTS", 2**62)
+    monkeypatch.setattr(_classify, "DELTA_LINEAR_WEIGHTS", 2**62)
     small = _engine(model, inputs, 4, 3, budget=2**19, batch_size=None)
     large = _engine(model, inputs, 4, 3, budget=2**26, batch_size=None)
     assert small.rows < large.rows
@@ -819,12 +600,12 @@ def test_auto_carries_on_with_the_faster_path(monkeypatch: pytest.MonkeyPatch) -
     plain = nl.occlusion(model, inputs, window=4, stride=2, incremental=False)
     assert nl.occlusion(model, inputs, window=4, stride=2).incremental
     with monkeypatch.context() as patch:  # incremental passes made slow: auto leaves them
-        _slowed(patch, _incremental._Pass, "run", 0.05)
+        _slowed(patch, _passes.IncrementalPass, "run", 0.05)
         chosen = nl.occlusion(model, inputs, window=4, stride=2, batch_size=16)
     assert not chosen.incremental
     _assert_same(chosen, plain)  # what the timed batches computed is kept, and exact
     with monkeypatch.context() as patch:  # plain passes made slow: auto keeps incremental
-        _slowed(patch, _occlusion._Run, "run", 0.05)
+        _slowed(patch, _plain.PlainPasses, "run", 0.05)
         chosen = nl.occlusion(model, inputs, window=4, stride=2, batch_size=16)
     assert chosen.incremental
     _assert_same(chosen, plain)
@@ -833,13 +614,13 @@ def test_auto_carries_on_with_the_faster_path(monkeypatch: pytest.MonkeyPatch) -
 def test_the_planner_costs_a_logarithmic_number_of_cuts(monkeypatch: pytest.MonkeyPatch) -> None:
     model, inputs = _build("resnet", torch.float32)
     calls = []
-    original = _incremental._CostModel.seconds
+    original = _plan.CostModel.seconds
 
     def counted(self: Any, flats: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         calls.append(flats.shape[0])
         return original(self, flats, positions)
 
-    monkeypatch.setattr(_incremental._CostModel, "seconds", counted)
+    monkeypatch.setattr(_plan.CostModel, "seconds", counted)
     engine = _engine(model, inputs, 2, 1, budget=2**30, batch_size=None)
     _, sizes = engine._sizes_matrix()
     signatures = torch.unique(sizes, dim=0).shape[0]

@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 
 import pytest
 import torch
-import torch.nn.functional as F
+from _models import FlattenDropout, HalvedConv2d, StdConv2d, UnitNorm, randomize_batchnorm
 from _torchvision import import_torchvision
-from test_incremental import _assert_same, _randomize_batchnorm
+from test_incremental import _assert_same
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -29,11 +29,12 @@ from netlens.testing import model_unchanged
 models = import_torchvision().models
 
 
-# -- models ------------------------------------------------------------------------------------
-
-
-# One intra-op thread for this file's tests (tests/conftest.py): .
+# One intra-op thread for this file's tests (tests/conftest.py): as in test_incremental.py, small
+# inputs gain nothing from intra-op threads, which only add contention on a shared machine.
 ONE_THREAD = True
+
+
+# -- models ------------------------------------------------------------------------------------
 
 
 def _vgg11_bn() -> nn.Module:
@@ -90,7 +91,7 @@ ARCHITECTURES = {
 def _build(name: str, dtype: torch.dtype = torch.float64) -> tuple[nn.Module, torch.Tensor]:
     architecture = ARCHITECTURES[name]
     torch.manual_seed(0)
-    model = _randomize_batchnorm(architecture.build(), seed=1)
+    model = randomize_batchnorm(architecture.build(), seed=1)
     inputs = torch.randn(1, 3, architecture.size, architecture.size)
     return model.to(dtype).eval(), inputs.to(dtype)
 
@@ -109,32 +110,6 @@ def _check(
             if mode is True:
                 assert result.incremental is True
             _assert_same(result, plain)
-
-
-class StdConv2d(nn.Conv2d):
-    """Weight standardisation (BiT's ResNets): its own ``forward`` over a transformed weight."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = self.weight.mean((1, 2, 3), keepdim=True)
-        var = self.weight.var((1, 2, 3), keepdim=True, unbiased=False)
-        weight = (self.weight - mean) / torch.sqrt(var + 1e-5)
-        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-
-
-class HalvedConv2d(nn.Conv2d):
-    """Overrides only ``_conv_forward``, the hook that ``nn.Conv2d.forward`` calls."""
-
-    def _conv_forward(
-        self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-    ) -> torch.Tensor:
-        return super()._conv_forward(input, weight * 0.5, bias)
-
-
-class UnitNorm(nn.Module):
-    """A parametrization: each filter scaled to norm 1."""
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight / weight.flatten(1).norm(dim=1)[:, None, None, None]
 
 
 def _convert_conv(old: nn.Conv2d, kind: str) -> nn.Module:
@@ -182,20 +157,7 @@ def _qat_net() -> nn.Module:
         model(torch.randn(8, 3, 24, 24))
     # Frozen: otherwise every forward pass would move the quantization ranges.
     model.apply(torch.ao.quantization.disable_observer)
-    return _randomize_batchnorm(model, seed=1).eval()
-
-
-class FlattenDropout(nn.Module):
-    """``nn.Dropout(inplace=True)`` on ``flatten``'s view of a map; inputs ``(N, 3, 12, 12)``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.dropout = nn.Dropout(inplace=True)
-        self.fc = nn.Linear(4 * 12 * 12, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(F.relu(self.conv(x)).flatten(1)))  # type: ignore[no-any-return]
+    return randomize_batchnorm(model, seed=1).eval()
 
 
 def _two_conv_net() -> nn.Module:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _models import ListWithParent, Owned, RegisteredTwice
 from torch import nn
 
 import netlens as nl
@@ -197,19 +198,8 @@ def test_a_torchscript_submodule_is_refused_and_the_rest_works() -> None:
 # -- a module registered under two names ---------------------------------------------------------
 
 
-class Aliased(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(3, 4)
-        self.b = self.a  # the same module under a second name
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.b(x))
-
-
 def test_every_name_of_a_shared_module_finds_it() -> None:
-    model = Aliased()
+    model = RegisteredTwice()
     assert nl.find_layers(model, "b")["b"] is model.a
     assert list(nl.find_layers(model, nn.Linear)) == ["a"]  # a type or glob: once, first name
     assert list(nl.find_layers(model, "*")) == ["a", "act"]
@@ -228,27 +218,6 @@ def test_every_name_of_a_shared_module_finds_it() -> None:
 
 
 # -- a module that contains itself ---------------------------------------------------------------
-
-
-class Owned(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(3, 4)
-        self.act = nn.ReLU()
-        self.act.owner = self  # registered as a submodule: the tree loops
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.fc(x))
-
-
-class ListWithParent(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList([nn.Linear(3, 3), nn.ReLU()])
-        self.blocks.append(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks[1](self.blocks[0](x))
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,18 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _models import RGBConvs, seeded
 from torch import nn
 
 import netlens as nl
 from netlens._core.outputs import layer_view
-from netlens._maximize.api import _INIT_STD, _channel_seed, _gaussian_blur
+from netlens._maximize.param import _INIT_STD, _channel_seed
+from netlens._maximize.transforms import gaussian_blur as _gaussian_blur
 from netlens.models import LeNet5, RowClassifier
 from netlens.testing import ContractModel, ZooModel, contract_zoo, model_unchanged
 
@@ -20,15 +21,9 @@ from netlens.testing import ContractModel, ZooModel, contract_zoo, model_unchang
 ONE_THREAD = True
 
 
-def _seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build().eval()
-
-
 @pytest.fixture(scope="module")
 def lenet() -> nn.Module:
-    return _seeded(LeNet5)
+    return seeded(LeNet5)
 
 
 # -- the known answer ---------------------------------------------------------------------------
@@ -101,7 +96,7 @@ def _reference(
 
 @pytest.mark.parametrize(("layer", "channels"), [("conv2", [0, 5, 63]), ("fc2", [1, 7])])
 def test_matches_a_plain_float64_loop(layer: str, channels: list[int]) -> None:
-    model = _seeded(LeNet5).double()
+    model = seeded(LeNet5).double()
     images, history = _reference(model, layer, channels, (1, 28, 28), steps=12, seed=3)
     with model_unchanged(model):
         result = nl.maximize_activation(
@@ -122,7 +117,7 @@ def test_matches_a_plain_float64_loop(layer: str, channels: list[int]) -> None:
 def test_one_channel_per_input_equals_the_full_layer() -> None:
     # A hook of the user's own on the layer makes netlens run the layer in full instead of
     # computing one channel per input; both must agree.
-    model = _seeded(LeNet5).double()
+    model = seeded(LeNet5).double()
     kwargs: dict[str, Any] = {"input_shape": (1, 28, 28), "steps": 10, "seed": 1}
     for layer in ("conv2", "fc1"):
         sliced = nl.maximize_activation(model, layer, [2, 9, 30], **kwargs)
@@ -192,7 +187,7 @@ def test_model_unchanged_over_the_zoo(zoo_model: ZooModel) -> None:
 
 
 def test_model_unchanged_when_the_model_raises_and_grads_are_kept() -> None:
-    model = _seeded(LeNet5)
+    model = seeded(LeNet5)
     model.fc2.weight.grad = torch.ones_like(model.fc2.weight)
     model.train()
     with model_unchanged(model), pytest.raises(nl.NetlensValueError, match="input_shape"):
@@ -252,7 +247,7 @@ def test_fourier_parametrisation(lenet: nn.Module) -> None:
 
 
 def test_fourier_image_of_one_frequency_is_a_wave_scaled_by_one_over_f() -> None:
-    from netlens._maximize.api import _Fourier
+    from netlens._maximize.param import Fourier as _Fourier
 
     spectrum = torch.zeros(1, 1, 16, 9, 2, dtype=torch.float64)
     spectrum[0, 0, 0, 2, 0] = 1.0  # horizontal frequency 2/16
@@ -264,7 +259,7 @@ def test_fourier_image_of_one_frequency_is_a_wave_scaled_by_one_over_f() -> None
 
 
 def test_transforms_shift_whole_pixels_and_keep_the_range() -> None:
-    from netlens._maximize.api import _transform
+    from netlens._maximize.transforms import resample as _transform
 
     images = torch.rand(2, 3, 12, 10, dtype=torch.float64)
     identity = torch.tensor([[0.5, 0.5, 0.5, 0.5]] * 2, dtype=torch.float64)
@@ -288,13 +283,13 @@ def test_blur_keeps_a_constant_and_smooths_noise() -> None:
     noise = torch.randn(2, 3, 10, 10, dtype=torch.float64)
     assert float(_gaussian_blur(noise, 1.0, 2).std()) < 0.6 * float(noise.std())
     result = nl.maximize_activation(
-        _seeded(LeNet5), "conv1", [0], input_shape=(1, 28, 28), steps=6, blur_every=2
+        seeded(LeNet5), "conv1", [0], input_shape=(1, 28, 28), steps=6, blur_every=2
     )
     assert bool(torch.isfinite(result.images).all())
 
 
 def test_recurrent_class_logit_and_hidden_unit() -> None:
-    model = _seeded(lambda: RowClassifier("lstm", input_size=8, hidden_size=12, num_classes=5))
+    model = seeded(lambda: RowClassifier("lstm", input_size=8, hidden_size=12, num_classes=5))
     with model_unchanged(model):
         logit = nl.maximize_activation(
             model, "fc", [0, 3], input_shape=(10, 8), steps=30, lr=0.1, seed=0
@@ -325,7 +320,7 @@ def test_recurrent_class_logit_and_hidden_unit() -> None:
 
 
 def test_colour_images_of_any_size_and_float64() -> None:
-    model = _seeded(lambda: LeNet5(in_channels=3, image_size=20)).double()
+    model = seeded(lambda: LeNet5(in_channels=3, image_size=20)).double()
     result = nl.maximize_activation(
         model, "conv2", [0, 1], input_shape=(3, 20, 20), steps=4, value_range=(0, 1), seed=0
     )
@@ -440,7 +435,7 @@ def test_transforms_need_an_image_or_a_sequence() -> None:
 
 
 def test_an_input_shape_of_the_wrong_rank_names_input_shape_and_what_the_layer_got() -> None:
-    lstm = _seeded(lambda: RowClassifier("lstm", input_size=8, hidden_size=4, num_classes=3))
+    lstm = seeded(lambda: RowClassifier("lstm", input_size=8, hidden_size=4, num_classes=3))
     # (2, 8) would pass an LSTM as one unbatched sequence of 2 steps: refused by its rank
     with model_unchanged(lstm), pytest.raises(nl.NetlensValueError) as caught:
         nl.maximize_activation(lstm, "rnn", input_shape=(8,), steps=2)
@@ -449,7 +444,7 @@ def test_an_input_shape_of_the_wrong_rank_names_input_shape_and_what_the_layer_g
     assert "(8,)" in message and "(N, T, F)" in message and "(2, 8)" in message
     assert "unsqueeze" not in message  # there are no user inputs to unsqueeze
     with pytest.raises(nl.NetlensValueError, match=r"input_shape.*\(N, C, H, W\)"):
-        nl.maximize_activation(_seeded(LeNet5), "conv2", input_shape=(28,), steps=2)
+        nl.maximize_activation(seeded(LeNet5), "conv2", input_shape=(28,), steps=2)
 
 
 def test_a_bad_select_is_reported_as_such_not_as_input_shape() -> None:
@@ -490,7 +485,7 @@ def test_plot_draws_the_grid_on_one_axes_without_pyplot(lenet: nn.Module) -> Non
     _, ax = one.plot()
     assert [text.get_text() for text in ax.texts] == ["7"]
     sequences = nl.maximize_activation(
-        _seeded(lambda: RowClassifier("gru", input_size=6, hidden_size=4, num_classes=3)),
+        seeded(lambda: RowClassifier("gru", input_size=6, hidden_size=4, num_classes=3)),
         "fc",
         input_shape=(5, 6),
         steps=2,
@@ -577,7 +572,7 @@ def test_int_channel_drops_the_channel_dim_and_a_list_keeps_it(lenet: nn.Module)
 
 
 def test_results_are_in_the_models_dtype_and_device() -> None:
-    model = _seeded(LeNet5).double()
+    model = seeded(LeNet5).double()
     result = nl.maximize_activation(model, "conv1", [0, 1], input_shape=(1, 28, 28), steps=2)
     parameter = next(model.parameters())
     for tensor in (result.images, result.activations, result.history):
@@ -701,7 +696,7 @@ def test_refused_under_inference_mode(lenet: nn.Module) -> None:
 
 
 def test_one_channel_per_input_only_where_it_equals_the_full_layer() -> None:
-    from netlens._maximize.api import _SlicedTarget
+    from netlens._maximize.readout import _SlicedLayer as _SlicedTarget
 
     bert = nn.Sequential(nn.Linear(5, 12), nn.GELU())
     image = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
@@ -726,7 +721,7 @@ def test_one_channel_per_input_only_where_it_equals_the_full_layer() -> None:
 @pytest.mark.parametrize("channel_dim", [None, 1])
 def test_a_bert_style_linear_sliced_or_not_equals_the_full_layer(channel_dim: Any) -> None:
     # The full path is forced by a hook of the user's own on the layer.
-    model = _seeded(lambda: nn.Sequential(nn.Linear(5, 12), nn.GELU())).double()
+    model = seeded(lambda: nn.Sequential(nn.Linear(5, 12), nn.GELU())).double()
     kwargs: dict[str, Any] = {
         "input_shape": (8, 5),
         "steps": 8,
@@ -752,20 +747,6 @@ def test_a_bert_style_linear_sliced_or_not_equals_the_full_layer(channel_dim: An
 
 
 # -- colours, normalisation, batches, input_shape ----------------------------------------------
-
-
-class _RGBNet(nn.Module):
-    """conv1 (3 -> 4), ReLU, conv2 (4 -> 5) on 8x8 pictures."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.relu = nn.ReLU()
-        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.conv2(self.relu(self.conv1(x)))
-        return out
 
 
 # Lucid's and lucent's color_correlation_svd_sqrt, typed in again.
@@ -827,7 +808,7 @@ def _colour_reference(
 
 @pytest.mark.parametrize("param", ["pixel", "fourier"])
 def test_decorrelated_colours_and_normalize_match_a_plain_float64_loop(param: str) -> None:
-    model = _seeded(_RGBNet).double()
+    model = seeded(lambda: RGBConvs(5)).double()
     mean = torch.tensor([0.4, 0.5, 0.6], dtype=torch.float64)
     std = torch.tensor([0.2, 0.25, 0.3], dtype=torch.float64)
     with model_unchanged(model):
@@ -899,7 +880,7 @@ def test_color_stats_against_torch_cov() -> None:
 def test_decorrelate_with_grey_statistics_gives_grey_pictures() -> None:
     grey = torch.rand(16, 1, 8, 8).expand(16, 3, 8, 8)
     result = nl.maximize_activation(
-        _seeded(_RGBNet),
+        seeded(lambda: RGBConvs(5)),
         "conv2",
         [0, 2],
         input_shape=(3, 8, 8),
@@ -914,7 +895,7 @@ def test_decorrelate_with_grey_statistics_gives_grey_pictures() -> None:
 
 
 def test_normalize_in_other_units_and_a_value_range_of_pixels() -> None:
-    model = _seeded(_RGBNet)
+    model = seeded(lambda: RGBConvs(5))
     result = nl.maximize_activation(
         model,
         "conv1",
@@ -965,7 +946,7 @@ def test_batch_adds_a_dimension_of_different_inputs(lenet: nn.Module) -> None:
 
 def test_a_normalised_run_is_drawn_as_its_pixels() -> None:
     result = nl.maximize_activation(
-        _seeded(_RGBNet),
+        seeded(lambda: RGBConvs(5)),
         "conv2",
         [0, 1],
         input_shape=(3, 8, 8),
@@ -984,7 +965,7 @@ def test_input_shape_completed_from_the_first_layer() -> None:
     linear = nn.Sequential(nn.Linear(6, 4), nn.ReLU())
     assert nl.maximize_activation(linear, "0", 1, steps=2).images.shape == (6,)
     with pytest.raises(nl.NetlensTypeError, match=r"takes 1 channels.*\(32, 32\)"):
-        nl.maximize_activation(_seeded(LeNet5), "conv1", 0, steps=2)
+        nl.maximize_activation(seeded(LeNet5), "conv1", 0, steps=2)
     broken = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(18, 4), nn.ReLU())
     with (
         model_unchanged(broken),
@@ -1021,12 +1002,12 @@ COLOUR_BAD: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
 
 @pytest.mark.parametrize("case", sorted(COLOUR_BAD))
 def test_bad_colour_and_batch_arguments(case: str) -> None:
-    model = _seeded(_RGBNet)
+    model = seeded(lambda: RGBConvs(5))
     kwargs: dict[str, Any] = {"layer": "conv2", "input_shape": (3, 8, 8), "steps": 2}
     changes, error, message = COLOUR_BAD[case]
     kwargs.update(changes)
     if case == "decorrelate grey":
-        model = _seeded(lambda: nn.Sequential(nn.Conv2d(1, 2, 3)))
+        model = seeded(lambda: nn.Sequential(nn.Conv2d(1, 2, 3)))
         kwargs["layer"] = "0"
     with model_unchanged(model), pytest.raises(error, match=message):
         nl.maximize_activation(model, **kwargs)
@@ -1035,9 +1016,9 @@ def test_bad_colour_and_batch_arguments(case: str) -> None:
 def test_the_channels_last_layout_changes_nothing_but_speed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import netlens._maximize.api as maximize
+    import netlens._maximize.optimise as maximize
 
-    model = _seeded(lambda: LeNet5(in_channels=3, image_size=16)).double()
+    model = seeded(lambda: LeNet5(in_channels=3, image_size=16)).double()
     kwargs: dict[str, Any] = {"input_shape": (16, 16), "steps": 6, "seed": 0, "decorrelate": True}
     fast = nl.maximize_activation(model, "conv2", [1, 5], **kwargs)
     monkeypatch.setattr(maximize, "_CHANNELS_LAST", False)
@@ -1047,7 +1028,7 @@ def test_the_channels_last_layout_changes_nothing_but_speed(
 
 
 def test_grouped_layout_hands_the_gradient_back_in_the_features_layout() -> None:
-    from netlens._maximize.api import _GroupedLayout
+    from netlens._maximize.readout import _GroupedLayout
 
     for layout in (torch.channels_last, torch.contiguous_format):
         features = torch.randn(3, 4, 5, 6, dtype=torch.float64).contiguous(memory_format=layout)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _models import RGBClassifier, seeded
 from torch import nn
 
 import netlens as nl
@@ -19,35 +20,9 @@ from netlens.testing import contract_zoo, model_unchanged, model_zoo
 ONE_THREAD = True
 
 
-class RGBNet(nn.Module):
-    """conv1 (3 -> 4), ReLU, pool, conv2 (4 -> 6), ReLU, pool, fc (-> 5) on 8x8 pictures."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2)
-        self.fc = nn.Linear(6 * 2 * 2, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self.conv2(x)))
-        logits: torch.Tensor = self.fc(x.flatten(1))
-        return logits
-
-
-def _seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build().eval()
-
-
 @pytest.fixture(scope="module")
 def rgb() -> nn.Module:
-    return _seeded(RGBNet).double()
+    return seeded(RGBClassifier).double()
 
 
 def _outputs(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -268,7 +243,7 @@ def test_the_forward_pass_stops_at_the_deepest_layer_read(rgb: nn.Module) -> Non
 
 
 def test_a_model_that_fails_after_the_layers_read() -> None:
-    lenet = _seeded(LeNet5)  # fc1 is sized for 28x28 inputs
+    lenet = seeded(LeNet5)  # fc1 is sized for 28x28 inputs
     result = nl.maximize_activation(
         lenet, objective=obj.channel("conv2", 5), input_shape=(32, 32), steps=2, seed=0
     )

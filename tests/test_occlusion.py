@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
+from _models import Colour, CountsBatches, FlatSignal, PackedOnly, WritesIntoItsInputLinear
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -213,22 +213,10 @@ def test_matches_loop_reference(
         assert torch.equal(result.channels, expected["channels"])
 
 
-class WritesIntoItsInput(nn.Module):
-    """Clamps its input in place before a linear layer: the copies must be rebuilt after it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(64, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x.clamp_(min=-0.3)
-        return self.fc(torch.flatten(x, 1))
-
-
 @pytest.mark.parametrize("batch_size", [None, 2, 6])
 def test_model_writing_into_its_input(batch_size: int | None) -> None:
     torch.manual_seed(1)
-    model = WritesIntoItsInput().double().eval()
+    model = WritesIntoItsInputLinear().double().eval()
     inputs = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     expected = reference(model, inputs, (3, 3), (1, 1), baseline=-1.0)
     result = nl.occlusion(
@@ -257,19 +245,9 @@ def test_ragged_edge_is_never_occluded() -> None:
     assert bool((result.attribution[..., :, 7] == 0).all())
 
 
-class Signal1d(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(2, 3, 3, padding=1)
-        self.fc = nn.Linear(3 * 10, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(F.relu(self.conv(x)), 1))
-
-
 def test_one_dimensional_signals() -> None:
     torch.manual_seed(3)
-    model = Signal1d().double().eval()
+    model = FlatSignal().double().eval()
     inputs = torch.randn(3, 2, 10, dtype=torch.float64)
     expected = reference(model, inputs, (3,), (2,), layer="conv")
     result = nl.occlusion(model, inputs, window=3, stride=2, layer="conv")
@@ -308,18 +286,6 @@ def test_property_random_geometry(height: int, width: int, data: st.DataObject) 
 
 
 # -- against Captum ------------------------------------------------------------------------------
-
-
-class Colour(nn.Module):
-    """A small RGB classifier, so that Captum's window spans 3 channels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 5, 3, padding=1)
-        self.fc = nn.Linear(5 * 4 * 4, 6)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(F.max_pool2d(F.relu(self.conv(x)), 2), 1))
 
 
 def _captum_case(kind: str) -> tuple[nn.Module, torch.Tensor]:
@@ -578,21 +544,10 @@ def test_not_a_model() -> None:
 # -- batching ------------------------------------------------------------------------------------
 
 
-class Counting(nn.Module):
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.batches: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.batches.append(x.shape[0])
-        return self.inner(x)  # type: ignore[no-any-return]
-
-
 @pytest.mark.parametrize("batch_size", [1, 3, 4, 7, 1000])
 def test_batch_size_bounds_every_forward_pass(batch_size: int) -> None:
     zoo = model_zoo(batch=4)["conv"]
-    model = Counting(zoo.model)
+    model = CountsBatches(zoo.model)
     result = nl.occlusion(
         model, zoo.inputs, window=(2, 2), stride=2, batch_size=batch_size, incremental=False
     )
@@ -611,7 +566,7 @@ def test_batch_size_bounds_every_forward_pass(batch_size: int) -> None:
 
 def test_memory_budget_sizes_chunks_from_measured_activations() -> None:
     zoo = model_zoo(batch=2)["conv"]
-    model = Counting(zoo.model)
+    model = CountsBatches(zoo.model)
     expected = nl.occlusion(zoo.model, zoo.inputs, window=(2, 2), stride=1)
     # conv1 (4x8x8), relu, pool (4x4x4), conv2 (6x4x4), relu, pool (6x2x2), flatten, fc (3):
     # 256 + 256 + 64 + 96 + 96 + 24 + 24 + 3 floats per copy, plus 3 copies of the 64 inputs.
@@ -629,7 +584,7 @@ def test_memory_budget_sizes_chunks_from_measured_activations() -> None:
 
 def test_small_jobs_take_one_forward_pass() -> None:
     zoo = model_zoo(batch=2)["conv"]
-    model = Counting(zoo.model)
+    model = CountsBatches(zoo.model)
     nl.occlusion(model, zoo.inputs, window=(2, 2), stride=2, incremental=False)
     assert model.batches == [(16 + 1) * 2]  # the unoccluded inputs ride along
 
@@ -747,7 +702,7 @@ def test_plot_errors() -> None:
 
 def test_plot_one_dimensional_and_channel_windows() -> None:
     torch.manual_seed(0)
-    signal = nl.occlusion(Signal1d().eval(), torch.randn(2, 2, 10), window=3, stride=1)
+    signal = nl.occlusion(FlatSignal().eval(), torch.randn(2, 2, 10), window=3, stride=1)
     _, axes = signal.plot_panels()
     assert axes.shape == (2, 4)
     model, inputs = _captum_case("colour")
@@ -887,22 +842,6 @@ def test_channel_dim_picks_the_axis() -> None:
             nl.occlusion(
                 model, inputs, window=3, layer="stage", channel_dim=channel_dim, channel=count
             )
-
-
-class PackedOnly(nn.Module):
-    """A layer whose output is a bare PackedSequence of a time-first LSTM."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rnn = nn.LSTM(3, 4)
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
-        packed = nn.utils.rnn.pack_padded_sequence(x.transpose(0, 1), lengths)
-        output, _ = self.rnn(packed)
-        padded, _ = nn.utils.rnn.pad_packed_sequence(output)
-        return self.fc(padded[-1])  # type: ignore[no-any-return]
 
 
 def test_packed_sequence_of_a_time_first_layer() -> None:
@@ -1056,7 +995,7 @@ def test_inference_mode_gives_the_same_results(batch_size: int | None) -> None:
 
 def test_inference_mode_with_a_model_writing_into_its_input() -> None:
     torch.manual_seed(1)
-    model = WritesIntoItsInput().double().eval()
+    model = WritesIntoItsInputLinear().double().eval()
     inputs = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     expected = reference(model, inputs, (3, 3), (1, 1), baseline=-1.0)
     with torch.inference_mode():

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _models import NaNWhereOccluded
 from torch import nn
 
 import netlens as nl
-
-
-class NaNWhereOccluded(nn.Module):
-    """Divides by the input's top-left value: an occluder with baseline 0 there gives inf."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3, padding=1)
-        self.fc = nn.Linear(2 * 8 * 8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scaled = x / x[:, :, :1, :1]
-        return self.fc(self.conv(scaled).flatten(1))
 
 
 @pytest.mark.parametrize("incremental", [False, True])

@@ -7,6 +7,17 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from _models import (
+    GPTMLP,
+    ActivationFirstMLP,
+    ChannelsFirstNorm,
+    Conv1D,
+    ConvThenProjection,
+    GatedBlock,
+    LayerNorm2d,
+    Permute,
+    Scale,
+)
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -15,40 +26,6 @@ from netlens._core.checks import check_channels, check_int, prepare_inputs
 from netlens._core.hooks import Hooks
 from netlens._core.model import batched_inputs
 from netlens._core.outputs import default_channel_dim, layer_view
-
-
-class Conv1D(nn.Module):
-    """Hugging Face's GPT-2 projection: weight stored (in, out)."""
-
-    def __init__(self, n_in: int, n_out: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(n_in, n_out))
-        self.bias = nn.Parameter(torch.zeros(n_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight + self.bias
-
-
-class Permute(nn.Module):
-    """torchvision.ops.misc.Permute."""
-
-    def __init__(self, dims: list[int]) -> None:
-        super().__init__()
-        self.dims = dims
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(self.dims)
-
-
-class Scale(nn.Module):
-    """A block of a kind netlens does not know."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
 
 
 def resnet_like() -> nn.Module:
@@ -351,65 +328,6 @@ def test_a_block_returning_something_else_than_its_last_module_reads_dim_1():
 # -- the data's path, not the order of registration ----------------------------------------------
 
 
-class GPTMLP(nn.Module):
-    """GPT-2's MLP: the activation is registered after c_proj but consumes c_fc's output."""
-
-    def __init__(self, dim: int = 8, hidden: int = 32) -> None:
-        super().__init__()
-        self.c_fc = Conv1D(dim, hidden)
-        self.c_proj = Conv1D(hidden, dim)
-        self.act = nn.GELU()
-        self.dropout = nn.Dropout(0.1)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.c_fc(hidden_states)
-        hidden_states = self.act(hidden_states)
-        hidden_states = self.c_proj(hidden_states)
-        return self.dropout(hidden_states)
-
-
-class ActivationFirstMLP(nn.Module):
-    """Hugging Face's ViTMLP and CLIPMLP: the activation is registered before both Linears."""
-
-    def __init__(self, dim: int = 8, hidden: int = 24) -> None:
-        super().__init__()
-        self.activation_fn = nn.GELU()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.activation_fn(self.fc1(x)))
-
-
-class ConvThenProjection(nn.Module):
-    """Sizes cannot tell: the ReLU consumes the conv's (N, 8, 5, 8) map, and the Linear(8, 8)
-    registered right before it would explain its last dim as well."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(8, 8, 1)
-        self.proj = nn.Linear(8, 8)
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.conv(x)
-        return self.proj(self.act(features))
-
-
-class GatedBlock(nn.Module):
-    """A block whose last registered module (a Linear gate) does not make its output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 6, 3, padding=1)
-        self.gate = nn.Linear(6, 6)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.conv(x)
-        gate = torch.sigmoid(self.gate(features.mean(dim=(2, 3))))
-        return features * gate[:, :, None, None]
-
-
 def _stats_over(tensor: torch.Tensor, dim: int) -> torch.Tensor:
     return tensor.double().movedim(dim, 0).flatten(1).mean(1)
 
@@ -585,28 +503,6 @@ def test_a_replaced_channel_dim_drops_the_inherited_width():
 
 
 # -- attention, embedding and normalisation kinds; subclasses by what they compute -----------------
-
-
-class LayerNorm2d(nn.LayerNorm):
-    """torchvision's ConvNeXt LayerNorm2d: a LayerNorm of the channels of (N, C, H, W) maps."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
-
-
-class ChannelsFirstNorm(nn.LayerNorm):
-    """Hugging Face's ConvNextLayerNorm: says its layout in ``data_format``."""
-
-    def __init__(self, width: int, data_format: str) -> None:
-        super().__init__(width)
-        self.data_format = data_format
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.data_format == "channels_first":
-            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return super().forward(x)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from _models import Log, WithUnusedLayer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -459,18 +460,8 @@ def test_shared_module_counts_every_call_and_channel_dim_override() -> None:
         nl.activation_stats(zoo.model, [zoo.inputs], "block.0", channel_dim={"block.0": "w"})
 
 
-class _WithUnusedLayer(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.used = nn.Linear(3, 3)
-        self.unused = nn.Linear(3, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.used(x)
-
-
 def test_layer_that_never_runs() -> None:
-    model = _WithUnusedLayer()
+    model = WithUnusedLayer()
     with model_unchanged(model), pytest.raises(nl.NotRecordedError, match="never ran"):
         nl.activation_stats(model, [torch.ones(2, 3)], ["used", "unused"])
 
@@ -495,13 +486,8 @@ def test_eval_mode_is_used_and_restored() -> None:
     assert model.training and not model[0].training
 
 
-class _Log(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log(x)  # NaN for negative inputs, -inf for zeros
-
-
 def test_activation_stats_counts_non_finite_activations_when_asked() -> None:
-    model = nn.Sequential(_Log())
+    model = nn.Sequential(Log())
     data = [torch.tensor([[1.0, -1.0], [0.0, 2.0]]), torch.tensor([[4.0, 1.0]])]
     with model_unchanged(model), pytest.warns(RuntimeWarning, match="NaN or inf"):
         found = nl.activation_stats(model, data, "0", nonfinite="count")["0"]
@@ -513,7 +499,7 @@ def test_activation_stats_counts_non_finite_activations_when_asked() -> None:
 
 
 def test_activation_stats_refuses_non_finite_activations_at_the_batch_that_gives_them() -> None:
-    model = nn.Sequential(_Log(), nn.Identity())
+    model = nn.Sequential(Log(), nn.Identity())
     consumed: list[int] = []
 
     def data() -> Iterator[torch.Tensor]:

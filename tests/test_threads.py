@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 import torch
+from _models import MixedNet
 from torch import nn
 
 import netlens as nl
@@ -31,38 +32,11 @@ T = TypeVar("T")
 _WAIT = 20.0  # seconds: a rendezvous that takes longer means a thread is stuck
 
 
-class _MixedNet(nn.Module):
-    """Conv, BatchNorm, ReLU, pool, conv, dropout, linear on ``(N, 1, 8, 8)``.
-
-    ``meet``, when set, is called at the start of every forward pass: the tests use it to hold
-    threads inside their calls.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.relu = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
-        self.drop = nn.Dropout(0.5)
-        self.fc = nn.Linear(6 * 4 * 4, 3)
-        self.meet: Callable[[], None] | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.meet is not None:
-            self.meet()
-        x = self.pool(self.relu(self.bn(self.conv(x))))
-        x = self.drop(torch.relu(self.conv2(x)))
-        logits: torch.Tensor = self.fc(torch.flatten(x, 1))
-        return logits
-
-
-def _model() -> _MixedNet:
+def _model() -> MixedNet:
     """A seeded model in training mode with one submodule (``conv2``) in eval mode."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = _MixedNet()
+        model = MixedNet()
         model.bn.running_mean.uniform_(-0.5, 0.5)
         model.bn.running_var.uniform_(0.5, 1.5)
     model.train()

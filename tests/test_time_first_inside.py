@@ -4,24 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from _models import TimeFirst
 
 import netlens as nl
-
-
-class TimeFirst(nn.Module):
-    """Takes ``(N, T, D)``, runs a ``batch_first=False`` encoder layer on ``(T, N, D)``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = nn.TransformerEncoderLayer(
-            d_model=8, nhead=2, dim_feedforward=16, dropout=0.0, batch_first=False
-        )
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.layer(x.transpose(0, 1)).transpose(0, 1)
-        return self.head(out.mean(1))
 
 
 @pytest.mark.filterwarnings("ignore:The path from the inputs")  # LayerNorm on the way back

@@ -8,6 +8,16 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from _models import (
+    CountsInputs,
+    FixedFilter,
+    TanhBetweenConvs,
+    ToChannelsLast,
+    TokenBlock,
+    WindowGeometry,
+    WindowGeometry1d,
+    seeded_lenet,
+)
 from torch import nn
 
 import netlens as nl
@@ -24,22 +34,6 @@ from netlens.testing import (
 
 def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-9)
-
-
-def _lenet(seed: int, size: int) -> LeNet5:
-    torch.manual_seed(seed)
-    return LeNet5(image_size=size).double().eval()
-
-
-class _Squashed(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 3, 3, padding=1)
-        self.act = nn.Tanh()
-        self.conv2 = nn.Conv2d(3, 3, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.act(self.conv1(x)))
 
 
 # -- the model is left alone, bad input ----------------------------------------------------------
@@ -91,7 +85,7 @@ def test_bad_input_to_top_activations() -> None:
 
 
 def test_top_activations_warns_once_too() -> None:
-    model = _Squashed().eval()
+    model = TanhBetweenConvs().eval()
     with pytest.warns(UserWarning, match="Tanh") as caught:
         nl.top_activations(model, [torch.randn(4, 1, 8, 8)] * 3, "conv2", k=2)
     assert len(caught) == 1
@@ -117,7 +111,7 @@ def _brute_force_top(
 
 
 def test_top_activations_equals_a_brute_force_search_and_its_projections() -> None:
-    model = _lenet(10, size=20)
+    model = seeded_lenet(10, size=20)
     data = torch.randn(45, 1, 20, 20, dtype=torch.float64)
     loader = [(data[i : i + 7], torch.zeros(7)) for i in range(0, 45, 7)]  # uneven batches
     top = nl.top_activations(model, loader, "conv2", channels=[3, 40, 7], k=5)
@@ -186,20 +180,8 @@ def test_receptive_fields_follow_pooling_strides_and_residual_paths() -> None:
         assert box[1:] == [[4 * i, 4 * i + 7], [4 * j, 4 * j + 7]]  # 3 + (3 - 1) * 2 = 7
 
 
-class _FixedFilter(nn.Module):
-    """A conv with a plain float32 tensor as weight (no parameter, no buffer)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = torch.randn(2, 1, 3, 3)
-        self.conv = nn.Conv2d(2, 2, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.relu(F.conv2d(x, self.weight)))
-
-
 def test_receptive_fields_of_a_model_that_keeps_its_own_dtype() -> None:
-    top = nl.top_activations(_FixedFilter().eval(), torch.randn(6, 1, 9, 9), "conv", k=2)
+    top = nl.top_activations(FixedFilter().eval(), torch.randn(6, 1, 9, 9), "conv", k=2)
     for (i, j), box in zip(
         top.positions.reshape(-1, 2).tolist(), top.boxes.reshape(-1, 3, 2).tolist(), strict=True
     ):
@@ -207,7 +189,7 @@ def test_receptive_fields_of_a_model_that_keeps_its_own_dtype() -> None:
 
 
 def test_running_top_memory_does_not_grow_with_the_data() -> None:
-    from netlens._deconvnet.top import _RunningTop
+    from netlens._deconvnet.ranking import RunningTop as _RunningTop
 
     model = TinyConvNet().eval()
     top = _RunningTop("conv2", 4, [0, 5])
@@ -224,7 +206,7 @@ def test_running_top_memory_does_not_grow_with_the_data() -> None:
 
 
 def test_an_int_channel_drops_the_channel_dim_and_a_list_keeps_it() -> None:
-    model = _lenet(19, size=16)
+    model = seeded_lenet(19, size=16)
     data = torch.randn(12, 1, 16, 16, dtype=torch.float64)
     single = nl.top_activations(model, data, "conv2", channels=7, k=3)
     pair = nl.top_activations(model, data, "conv2", channels=[2, 7], k=3)
@@ -292,19 +274,9 @@ def test_a_time_first_gru_with_as_many_steps_as_inputs_equals_its_batch_first_tw
         assert box == [[0, t + 1], [0, 5]]
 
 
-class _TokenBlock(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.intermediate = nn.Linear(32, 64)
-        self.head = nn.Linear(64, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(F.gelu(self.intermediate(x)).mean(dim=1))
-
-
 def test_a_linear_layer_on_tokens_has_its_units_on_the_last_dim() -> None:
     torch.manual_seed(22)
-    model = _TokenBlock().double().eval()
+    model = TokenBlock().double().eval()
     data = torch.randn(5, 8, 32, dtype=torch.float64)
     with model_unchanged(model):
         top = nl.top_activations(model, data, "intermediate", channels=[20, 63], k=2)
@@ -323,14 +295,9 @@ def test_a_linear_layer_on_tokens_has_its_units_on_the_last_dim() -> None:
     assert nl.top_activations(model, data, "intermediate", k=1).channels.shape == (64,)
 
 
-class _ToChannelsLast(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(0, 2, 3, 1)
-
-
 def test_channel_dim_and_select_reach_the_layer() -> None:
     torch.manual_seed(23)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), _ToChannelsLast()).eval()
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), ToChannelsLast()).eval()
     data = torch.randn(6, 1, 8, 8)
     last = nl.top_activations(model, data, "1", channels=[1, 3], k=2, channel_dim=-1)
     first = nl.top_activations(model, data, "0", channels=[1, 3], k=2)
@@ -374,7 +341,7 @@ def test_top_activations_is_a_frozen_plottable_result(tmp_path: Path) -> None:
 def test_plots_draw_on_a_new_figure_or_a_given_axes() -> None:
     from matplotlib.figure import Figure
 
-    model = _lenet(0, size=16)
+    model = seeded_lenet(0, size=16)
     x = torch.randn(10, 1, 16, 16, dtype=torch.float64)
     top = nl.top_activations(model, x, "conv2", channels=[0, 1, 2], k=9)
     fig, ax = top.plot()
@@ -388,7 +355,7 @@ def test_plots_draw_on_a_new_figure_or_a_given_axes() -> None:
 
 
 def _shards_and_whole() -> tuple[LeNet5, list[torch.Tensor], torch.Tensor]:
-    model = _lenet(30, size=16)
+    model = seeded_lenet(30, size=16)
     data = torch.randn(
         23, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(31)
     )
@@ -469,7 +436,7 @@ def test_a_result_pickles_and_merges_after() -> None:
 
 
 def test_each_kept_input_is_stored_once() -> None:
-    from netlens._deconvnet.top import _RunningTop
+    from netlens._deconvnet.ranking import RunningTop as _RunningTop
 
     top = _RunningTop("conv2", 4, None)
     model = TinyConvNet().eval()
@@ -486,21 +453,9 @@ def test_each_kept_input_is_stored_once() -> None:
 # -- receptive fields without copying the model or running past the layer ------------------------
 
 
-class _AfterLayer(nn.Module):
-    """Counts the inputs that reach it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen += x.shape[0]
-        return x
-
-
 def test_only_the_first_forward_pass_of_one_input_goes_past_the_layer() -> None:
     model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3), _AfterLayer(), nn.Flatten()
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3), CountsInputs(), nn.Flatten()
     ).eval()
     data = [torch.randn(6, 1, 9, 9) for _ in range(4)]
     top = nl.top_activations(model, data, "2", k=3)
@@ -518,8 +473,9 @@ def _previous_boxes(
     """
     from torch.overrides import TorchFunctionMode
 
+    from netlens._core.ops import NONLINEAR_ELEMENTWISE_NAMES as ELEMENTWISE
+    from netlens._core.ops import RELU_NAMES
     from netlens._core.outputs import layer_view
-    from netlens._deconvnet.project import ELEMENTWISE, RELU_NAMES
 
     class Linear(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
@@ -603,7 +559,8 @@ def _new_boxes(
 ) -> tuple[torch.Tensor, bool]:
     from netlens._core.model import evaluating
     from netlens._core.outputs import layer_view
-    from netlens._deconvnet.receptive import _geometry, _probe, receptive_fields
+    from netlens._deconvnet.probe import gradient_probe as _probe
+    from netlens._deconvnet.receptive import _geometry, receptive_fields
 
     view = layer_view(model, layer, **read)
     with evaluating(model):
@@ -622,7 +579,7 @@ def test_receptive_fields_equal_the_previous_method_on_the_zoo_and_lenet(
     model, sample = zoo_model.model, zoo_model.inputs[:1]
     cases = [(model, zoo_model.feature_layer, sample)]
     if zoo_model.name == "conv":
-        lenet = _lenet(40, size=16)
+        lenet = seeded_lenet(40, size=16)
         sample16 = torch.randn(1, 1, 16, 16, dtype=torch.float64)
         cases += [
             (lenet, layer, sample16) for layer in ("conv1", "relu1", "pool1", "conv2", "pool2")
@@ -654,48 +611,16 @@ def test_receptive_fields_on_the_contract_zoo_equal_the_previous_method() -> Non
         assert torch.equal(found, expected), name
 
 
-class _Geometry(nn.Module):
-    """Strides, paddings, dilations, groups, ceil mode, adaptive pools, a skip and a product."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(3, 4, 3, stride=2, padding=2, dilation=2)
-        self.bn = nn.BatchNorm2d(4)
-        self.pool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
-        self.b = nn.Conv2d(4, 6, (2, 3), padding="same", groups=2)
-        self.c = nn.Conv2d(6, 6, 1)
-        self.avg = nn.AvgPool2d(2, ceil_mode=True)
-        self.dilated = nn.MaxPool2d(2, stride=1, dilation=2)
-        self.adaptive = nn.AdaptiveMaxPool2d((3, 2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.relu(self.bn(self.a(x)), inplace=True))
-        y = self.b(x)
-        y = y + self.c(y) * torch.sigmoid(y)
-        return self.adaptive(self.dilated(self.avg(y)))
-
-
-class _OneDimensional(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv1d(2, 3, 4, stride=3, padding=1)
-        self.b = nn.Conv1d(3, 3, 3, groups=3, dilation=2)
-        self.pool = nn.AdaptiveAvgPool1d(3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.b(F.max_pool1d(self.a(x), 2)))
-
-
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 def test_receptive_fields_from_the_geometry_equal_the_probe() -> None:
     torch.manual_seed(41)
     cases = [
         (
-            _Geometry().eval(),
+            WindowGeometry().eval(),
             torch.randn(1, 3, 23, 19),
             ["a", "pool", "b", "c", "avg", "dilated", "adaptive"],
         ),
-        (_OneDimensional().eval(), torch.randn(1, 2, 40), ["a", "b", "pool"]),
+        (WindowGeometry1d().eval(), torch.randn(1, 2, 40), ["a", "b", "pool"]),
     ]
     for model, sample, layers in cases:
         for layer in layers:
@@ -705,7 +630,7 @@ def test_receptive_fields_from_the_geometry_equal_the_probe() -> None:
             assert known, layer
             assert torch.equal(found, probed), layer
     # a dilated max pool's window, not only its switch (which the previous method followed)
-    model = _Geometry().eval()
+    model = WindowGeometry().eval()
     keys = torch.tensor([[0, 0, 0]])
     box, _ = _new_boxes(model, "dilated", torch.randn(1, 3, 23, 19), keys, "default")
     undilated, _ = _new_boxes(

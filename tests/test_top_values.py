@@ -7,11 +7,11 @@ that chooses it (:func:`netlens._core.model.model_dtype_device`).
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import pytest
 import torch
+from _models import ConvPairNet, PoisonedChannels, Standardise, TemperedClassifier
 from torch import nn
 
 import netlens as nl
@@ -21,33 +21,14 @@ from netlens.testing import model_unchanged
 # -- NaN and infinity ------------------------------------------------------------------------------
 
 
-class _Poisoned(nn.Module):
-    """A conv on ``(N, 1, 8, 8)`` whose channel 1 is NaN and channel 2 is +inf on some inputs.
-
-    Channel 1 is NaN over the whole map of an input whose first pixel is above 1.5, channel 2
-    is +inf where it is below -1.5; channel 0 is always finite.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 3, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        first = x[:, 0, :1, :1]
-        nan = torch.where(first > 1.5, math.nan, y[:, 1])
-        inf = torch.where(first < -1.5, math.inf, y[:, 2])
-        return torch.stack([y[:, 0], nan, inf], dim=1)
-
-
 def _poisoned() -> tuple[nn.Module, torch.Tensor]:
-    """The model (``nn.Sequential(_Poisoned(), nn.ReLU())``, layer "0") and 8 inputs.
+    """The model (``nn.Sequential(PoisonedChannels(), nn.ReLU())``, layer "0") and 8 inputs.
 
     Input 3 makes channel 1 NaN (64 values), input 5 makes channel 2 infinite (64 values).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = nn.Sequential(_Poisoned(), nn.ReLU()).eval()
+        model = nn.Sequential(PoisonedChannels(), nn.ReLU()).eval()
     data = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
     data[3, 0, 0, 0] = 2.0
     data[5, 0, 0, 0] = -2.0
@@ -84,34 +65,10 @@ def test_non_finite_values_in_channels_not_asked_for_do_not_matter() -> None:
 # -- merging shards --------------------------------------------------------------------------------
 
 
-class _Pair(nn.Module):
-    """A conv whose output is returned twice, as ``(y, 2 * y)``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.conv(x)
-        return y, 2 * y
-
-
-class _PairNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.pair = _Pair()
-        self.fc = nn.Linear(4 * 8 * 8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        first, _ = self.pair(x)
-        logits: torch.Tensor = self.fc(torch.relu(first).flatten(1))
-        return logits
-
-
 def _pair_net() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = _PairNet().eval()
+        model = ConvPairNet().eval()
     generator = torch.Generator().manual_seed(2)
     return model, torch.randn(5, 1, 8, 8, generator=generator), torch.randn(4, 1, 8, 8)
 
@@ -168,29 +125,12 @@ def test_merge_ranks_in_the_wider_dtype_whichever_shard_comes_first() -> None:
 # -- the dtype inputs reach the model in -----------------------------------------------------------
 
 
-class _Tempered(nn.Module):
-    """A conv net with a float64 temperature of its own, registered first; takes float32."""
-
-    def __init__(self, dtype: torch.dtype = torch.float64) -> None:
-        super().__init__()
-        self.t = nn.Parameter(torch.tensor(2.0, dtype=dtype))
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.relu = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.fc = nn.Linear(4 * 4 * 4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.relu(self.conv(x)))
-        logits: torch.Tensor = self.fc(x.flatten(1)) / self.t.float()
-        return logits
-
-
 def _tempered_twins() -> tuple[nn.Module, nn.Module]:
     """The tempered model and its twin with a float32 temperature (same weights)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = _Tempered().eval()
-    twin = _Tempered(torch.float32).eval()
+        model = TemperedClassifier().eval()
+    twin = TemperedClassifier(torch.float32).eval()
     twin.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
     return model, twin
 
@@ -211,22 +151,10 @@ def test_a_float64_temperature_does_not_decide_the_inputs_dtype() -> None:
     torch.testing.assert_close(logits.images, nl.deconvnet(twin, data, "fc", 1).images)
 
 
-class _Scale(nn.Module):
-    """Normalisation constants as float64 buffers: ``(x - mean) / std``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(0.5, dtype=torch.float64))
-        self.register_buffer("std", torch.tensor(0.25, dtype=torch.float64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.mean) / self.std).to(x.dtype)
-
-
 def test_the_inputs_dtype_is_that_of_the_first_layer_that_holds_parameters() -> None:
     # a float64 temperature beside the layers, float64 normalisation buffers in front
-    assert model_dtype_device(_Tempered())[0] == torch.float32
-    normalised = nn.Sequential(_Scale(), nn.Conv2d(1, 2, 3))
+    assert model_dtype_device(TemperedClassifier())[0] == torch.float32
+    normalised = nn.Sequential(Standardise(), nn.Conv2d(1, 2, 3))
     assert model_dtype_device(normalised)[0] == torch.float32
     # mixed precision: a float16 model whose BatchNorm stays in float32 takes float16
     half = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(2, 2)).half()
@@ -241,7 +169,7 @@ def test_the_inputs_dtype_is_that_of_the_first_layer_that_holds_parameters() -> 
     block.act = nn.ReLU()
     assert model_dtype_device(block)[0] == torch.float64
     # no parameters: the first floating buffer; no floating tensor at all: nothing
-    assert model_dtype_device(_Scale())[0] == torch.float64
+    assert model_dtype_device(Standardise())[0] == torch.float64
     assert model_dtype_device(nn.ReLU()) == (None, None)
 
 

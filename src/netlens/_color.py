@@ -17,7 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._core.checks import batches, check_channel_dim, check_not_meta, non_finite
+from ._core.checks import (
+    batches,
+    check_channel_dim,
+    check_dim_in_range,
+    check_not_meta,
+    non_finite,
+)
 from ._core.errors import NetlensTypeError, NetlensValueError, describe
 
 __all__ = ["IMAGENET_COLOR_SQRT", "ColorStats", "color_matrix", "color_stats", "to_colors"]
@@ -159,11 +165,13 @@ def color_stats(data: object, *, channel_dim: int = 1) -> ColorStats:
                 f"{describe(images)}: its imaginary part would be lost."
             )
         check_not_meta(images, f"batch {index} of data")
-        if images.dim() < 2 or not -images.dim() <= dim < images.dim():
-            raise NetlensValueError(
-                f"Expected batches of images with their colours on dim {dim}, such as (N, 3, H, "
-                f"W), but got a batch of shape {tuple(images.shape)}."
-            )
+        wrong = (
+            f"Expected batches of images with their colours on dim {dim}, such as (N, 3, H, W), "
+            f"but got a batch of shape {tuple(images.shape)}."
+        )
+        if images.dim() < 2:
+            raise NetlensValueError(wrong)
+        check_dim_in_range(dim, images.dim(), wrong)
         if images.shape[dim] != 3:
             raise NetlensValueError(
                 f"Expected images with 3 colour channels on dim {dim}, but got a batch of shape "

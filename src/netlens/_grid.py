@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -23,6 +24,7 @@ from ._core.checks import (
     check_channel_dim,
     check_choice,
     check_cmap,
+    check_dim_in_range,
     check_int,
     check_not_meta,
 )
@@ -165,7 +167,7 @@ def image_grid(
     return grid.to_array(scale=scale, border=border)
 
 
-def _check_normalize(normalize: object) -> Normalize:
+def _check_tile_scaling(normalize: object) -> Normalize:
     expected = (
         "'filter', 'global', 'symmetric' or a (low, high) tuple of finite numbers with low < high"
     )
@@ -257,6 +259,35 @@ def _normalized(
     return np.clip(scaled, 0.0, 1.0), value_range
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How a grid lays out its tiles: row by row, ``ncols`` a row, and how it labels them.
+
+    Attributes:
+        nrows: Rows of tiles.
+        ncols: Tiles per row.
+        titles: One title above each tile (or beside it, for a column of heatmap blocks).
+        row_labels: One label per row, on the left.
+        col_labels: One label per column, on top.
+        heatmap: The tiles are heatmaps of weights: unscaled, framed, with a colorbar.
+    """
+
+    nrows: int
+    ncols: int
+    titles: list[str] | None = None
+    row_labels: list[str] | None = None
+    col_labels: list[str] | None = None
+    heatmap: bool = False
+
+    @classmethod
+    def table(cls, nrows: int, ncols: int, rows: str, labelled: bool) -> _Layout:
+        """Rows of ``rows`` (``"in 0"``, ``"in 1"``, ...) by numbered columns of channels."""
+        if not labelled:
+            return cls(nrows, ncols)
+        row_labels = [f"{rows} {i}" for i in range(nrows)]
+        return cls(nrows, ncols, row_labels=row_labels, col_labels=[str(i) for i in range(ncols)])
+
+
 class _Grid(Plottable):
     """Shared composition and drawing of :class:`FilterGrid` and :class:`ActivationGrid`.
 
@@ -270,15 +301,9 @@ class _Grid(Plottable):
         rgb: bool,
         normalize: object,
         cmap: Any,
-        nrows: int,
-        ncols: int,
-        positions: Sequence[tuple[int, int]],
-        titles: Sequence[str] | None,
-        row_labels: Sequence[str] | None = None,
-        col_labels: Sequence[str] | None = None,
-        heatmap: bool = False,
+        layout: _Layout,
     ) -> None:
-        normalize = _check_normalize(normalize)
+        normalize = _check_tile_scaling(normalize)
         self._raw = tiles
         self._rgb = rgb
         self._normalize = normalize
@@ -289,12 +314,12 @@ class _Grid(Plottable):
             self._cmap = "RdBu_r" if normalize == "symmetric" else None
         else:
             self._cmap = cmap
-        self._nrows, self._ncols = nrows, ncols
-        self._positions = list(positions)
-        self._titles = list(titles) if titles is not None else None
-        self._row_labels = list(row_labels) if row_labels is not None else None
-        self._col_labels = list(col_labels) if col_labels is not None else None
-        self._heatmap = heatmap
+        self._nrows, self._ncols = layout.nrows, layout.ncols
+        self._positions = [divmod(index, layout.ncols) for index in range(len(tiles))]
+        self._titles = layout.titles
+        self._row_labels = layout.row_labels
+        self._col_labels = layout.col_labels
+        self._heatmap = layout.heatmap
 
     # -- public -------------------------------------------------------------------------------
 
@@ -549,65 +574,48 @@ class FilterGrid(_Grid):
             else f"the weight {weight or _default_weight(source)!r} of {type(source).__name__}"
         )
         values = _as_array(tensor, what)
-        if values.ndim == 2:
-            tiles, labels = _heatmap_tiles(values, gates)
-            # gate blocks stacked as PyTorch stores them, unless asked otherwise
-            nrows, columns = grid_shape(len(tiles), ncols=1 if ncols is None else ncols)
-            super().__init__(
-                tiles,
-                rgb=False,
-                normalize=normalize,
-                cmap=cmap,
-                nrows=nrows,
-                ncols=columns,
-                positions=[divmod(i, columns) for i in range(len(tiles))],
-                titles=labels if titles is not False else None,
-                heatmap=True,
-            )
-            return
-        if values.ndim != 4:
-            raise NetlensValueError(
-                "Expected a 4-D conv weight (out, in, kh, kw) or a 2-D weight (out, in), but got "
-                f"{describe(tensor)}."
-            )
-        out_channels, in_count = values.shape[:2]
-        if in_channels is None:
-            in_channels = "rgb" if in_count == 3 else "mean"
-        check_choice("in_channels", in_channels, ("mean", "separate", "rgb"))
-        if in_channels == "separate" and in_count > 1:
-            tiles = values.transpose(1, 0, 2, 3).reshape(-1, *values.shape[2:])
-            super().__init__(
-                tiles,
-                rgb=False,
-                normalize=normalize,
-                cmap=cmap,
-                nrows=in_count,
-                ncols=out_channels,
-                positions=[divmod(i, out_channels) for i in range(len(tiles))],
-                titles=None,
-                row_labels=[f"in {i}" for i in range(in_count)] if titles is not False else None,
-                col_labels=[str(i) for i in range(out_channels)] if titles is not False else None,
-            )
-            return
-        if in_channels == "rgb":
-            if in_count != 3:
-                raise NetlensValueError(
-                    f"Expected 3 input channels for in_channels='rgb', but got {in_count}."
-                )
-            tiles = values.transpose(0, 2, 3, 1)
-        else:
-            tiles = values.mean(axis=1)
-        nrows, columns = grid_shape(out_channels, tiles.shape[1], tiles.shape[2], ncols=ncols)
-        super().__init__(
-            tiles,
-            rgb=in_channels == "rgb",
-            normalize=normalize,
-            cmap=cmap,
-            nrows=nrows,
-            ncols=columns,
-            positions=[divmod(i, columns) for i in range(out_channels)],
-            titles=_titles(titles, out_channels, [str(i) for i in range(out_channels)]),
+        tiles, rgb, layout = _filter_tiles(values, tensor, in_channels, ncols, titles, gates)
+        super().__init__(tiles, rgb=rgb, normalize=normalize, cmap=cmap, layout=layout)
+
+
+def _filter_tiles(
+    values: NDArray[np.float64],
+    tensor: torch.Tensor,
+    in_channels: object,
+    ncols: int | None,
+    titles: bool | Sequence[str],
+    gates: Sequence[str] | None,
+) -> tuple[NDArray[np.float64], bool, _Layout]:
+    """The tiles of a weight, whether they are RGB, and their layout (see :class:`FilterGrid`)."""
+    if values.ndim == 2:
+        tiles, labels = _heatmap_tiles(values, gates)
+        # gate blocks stacked as PyTorch stores them, unless asked otherwise
+        nrows, columns = grid_shape(len(tiles), ncols=1 if ncols is None else ncols)
+        shown = labels if titles is not False else None
+        return tiles, False, _Layout(nrows, columns, titles=shown, heatmap=True)
+    if values.ndim != 4:
+        raise NetlensValueError(
+            "Expected a 4-D conv weight (out, in, kh, kw) or a 2-D weight (out, in), but got "
+            f"{describe(tensor)}."
         )
+    out_channels, in_count = values.shape[:2]
+    if in_channels is None:
+        in_channels = "rgb" if in_count == 3 else "mean"
+    check_choice("in_channels", in_channels, ("mean", "separate", "rgb"))
+    if in_channels == "separate" and in_count > 1:
+        tiles = values.transpose(1, 0, 2, 3).reshape(-1, *values.shape[2:])
+        return tiles, False, _Layout.table(in_count, out_channels, "in", titles is not False)
+    if in_channels == "rgb":
+        if in_count != 3:
+            raise NetlensValueError(
+                f"Expected 3 input channels for in_channels='rgb', but got {in_count}."
+            )
+        tiles = values.transpose(0, 2, 3, 1)
+    else:
+        tiles = values.mean(axis=1)
+    nrows, columns = grid_shape(out_channels, tiles.shape[1], tiles.shape[2], ncols=ncols)
+    labels = _titles(titles, out_channels, [str(i) for i in range(out_channels)])
+    return tiles, in_channels == "rgb", _Layout(nrows, columns, titles=labels)
 
 
 def _check_gates(gates: object) -> list[str] | None:
@@ -739,57 +747,38 @@ class ActivationGrid(_Grid):
         cmap = check_cmap("cmap", cmap)
         dim = check_channel_dim("channel_dim", channel_dim, optional=True)
         values = _as_array(_channels_in_place(activations, dim), "activations")
-        if values.ndim == 2:
-            super().__init__(
-                values[None],
-                rgb=False,
-                normalize=normalize,
-                cmap=cmap,
-                nrows=1,
-                ncols=1,
-                positions=[(0, 0)],
-                titles=None,
-                heatmap=True,
-            )
-            return
-        if values.ndim not in (3, 4) or 0 in values.shape:
-            raise NetlensValueError(
-                "Expected activations of shape (C, H, W), (N, C, H, W) or (N, F), but got "
-                f"{describe(activations)}."
-            )
-        is_rgb = values.ndim == 4 and values.shape[1] == 3 and rgb is not False
-        if values.ndim == 4 and (values.shape[1] == 1 or is_rgb):
-            tiles = values.transpose(0, 2, 3, 1) if is_rgb else values[:, 0]
-        elif values.ndim == 4 and values.shape[0] > 1:
-            count, channels = values.shape[:2]
-            titled = titles is not False
-            super().__init__(
-                values.reshape(-1, *values.shape[2:]),
-                rgb=False,
-                normalize=normalize,
-                cmap=cmap,
-                nrows=count,
-                ncols=channels,
-                positions=[divmod(i, channels) for i in range(count * channels)],
-                titles=None,
-                row_labels=[f"input {i}" for i in range(count)] if titled else None,
-                col_labels=[str(i) for i in range(channels)] if titled else None,
-            )
-            return
-        else:
-            tiles = values[0] if values.ndim == 4 else values
-        count = len(tiles)
-        nrows, columns = grid_shape(count, tiles.shape[1], tiles.shape[2], ncols=ncols)
-        super().__init__(
-            tiles,
-            rgb=is_rgb,
-            normalize=normalize,
-            cmap=cmap,
-            nrows=nrows,
-            ncols=columns,
-            positions=[divmod(i, columns) for i in range(count)],
-            titles=_titles(titles, count, [str(i) for i in range(count)]),
+        tiles, is_rgb, layout = _activation_tiles(values, activations, ncols, titles, rgb)
+        super().__init__(tiles, rgb=is_rgb, normalize=normalize, cmap=cmap, layout=layout)
+
+
+def _activation_tiles(
+    values: NDArray[np.float64],
+    activations: torch.Tensor,
+    ncols: int | None,
+    titles: bool | Sequence[str],
+    rgb: bool | None,
+) -> tuple[NDArray[np.float64], bool, _Layout]:
+    """The tiles of activations, whether they are RGB, and their layout (see ActivationGrid)."""
+    if values.ndim == 2:
+        return values[None], False, _Layout(1, 1, heatmap=True)
+    if values.ndim not in (3, 4) or 0 in values.shape:
+        raise NetlensValueError(
+            "Expected activations of shape (C, H, W), (N, C, H, W) or (N, F), but got "
+            f"{describe(activations)}."
         )
+    is_rgb = values.ndim == 4 and values.shape[1] == 3 and rgb is not False
+    if values.ndim == 4 and (values.shape[1] == 1 or is_rgb):
+        tiles = values.transpose(0, 2, 3, 1) if is_rgb else values[:, 0]
+    elif values.ndim == 4 and values.shape[0] > 1:
+        count, channels = values.shape[:2]
+        layout = _Layout.table(count, channels, "input", titles is not False)
+        return values.reshape(-1, *values.shape[2:]), False, layout
+    else:
+        tiles = values[0] if values.ndim == 4 else values
+    count = len(tiles)
+    nrows, columns = grid_shape(count, tiles.shape[1], tiles.shape[2], ncols=ncols)
+    labels = _titles(titles, count, [str(i) for i in range(count)])
+    return tiles, is_rgb, _Layout(nrows, columns, titles=labels)
 
 
 def _channels_in_place(activations: torch.Tensor, channel_dim: int | None) -> torch.Tensor:
@@ -797,9 +786,10 @@ def _channels_in_place(activations: torch.Tensor, channel_dim: int | None) -> to
     rank = activations.dim()
     if channel_dim is None or rank not in (2, 3, 4):
         return activations
-    if not -rank <= channel_dim < rank:
-        raise NetlensValueError(
-            f"Expected channel_dim in [{-rank}, {rank}) for activations of shape "
-            f"{tuple(activations.shape)}, but got {channel_dim}."
-        )
-    return activations.movedim(channel_dim, 0 if rank == 3 else 1)
+    dim = check_dim_in_range(
+        channel_dim,
+        rank,
+        f"Expected channel_dim in [{-rank}, {rank}) for activations of shape "
+        f"{tuple(activations.shape)}, but got {channel_dim}.",
+    )
+    return activations.movedim(dim, 0 if rank == 3 else 1)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import suppress
-from types import TracebackType
 from typing import Any
 
 import torch
@@ -16,7 +13,6 @@ from torch.overrides import TorchFunctionMode
 from ._core.checks import check_bool
 from ._core.errors import (
     LayerNotFoundError,
-    NetlensError,
     NetlensTypeError,
     NetlensValueError,
     NotRecordedError,
@@ -24,72 +20,13 @@ from ._core.errors import (
 )
 from ._core.hooks import Hooks
 from ._core.layers import LayerSpec
+from ._core.ops import CallMode, mutated_tensors
 from ._core.outputs import LayerView, Select, layer_views
 
-__all__ = ["Recorder", "StopForward", "Target", "record"]
-
-_INPLACE_DUNDERS = frozenset(
-    f"__i{op}__"
-    for op in (
-        "add",
-        "sub",
-        "mul",
-        "truediv",
-        "floordiv",
-        "mod",
-        "pow",
-        "and",
-        "or",
-        "xor",
-        "lshift",
-        "rshift",
-        "matmul",
-    )
-)
+__all__ = ["Recorder", "record"]
 
 
-def _inplace_flag_position(func: Callable[..., Any]) -> int | None:
-    """Position of an ``inplace`` parameter (F.relu(x, True)), or None; cached per function."""
-    try:
-        return _INPLACE_POSITION_CACHE[func]
-    except KeyError:
-        pass
-    except TypeError:  # unhashable callables
-        return None
-    position: int | None = None
-    try:
-        parameters = list(inspect.signature(func).parameters)
-        if "inplace" in parameters:
-            position = parameters.index("inplace")
-    except (TypeError, ValueError):  # builtins without a signature
-        pass
-    _INPLACE_POSITION_CACHE[func] = position
-    return position
-
-
-_INPLACE_POSITION_CACHE: dict[Any, int | None] = {}
-
-
-def _mutated_tensors(
-    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> list[Any]:
-    """The tensors a torch function call is about to write into (conservatively)."""
-    name = getattr(func, "__name__", "")
-    targets: list[Any] = []
-    out = kwargs.get("out")
-    if out is not None:
-        targets.extend(out if isinstance(out, (tuple, list)) else [out])
-    inplace = (name.endswith("_") and not name.startswith("__")) or name in _INPLACE_DUNDERS
-    inplace = inplace or name == "__setitem__" or kwargs.get("inplace") is True
-    if not inplace:
-        position = _inplace_flag_position(func)
-        inplace = position is not None and len(args) > position and args[position] is True
-    if inplace and args:
-        targets.append(args[0])
-    return targets
-
-
-class _CopyOnWrite(TorchFunctionMode):
+class _CopyOnWrite(CallMode):
     """Clone a recorded tensor just before an in-place op would overwrite it.
 
     An ``nn.ReLU(inplace=True)`` right after a recorded conv would otherwise turn the stored conv
@@ -102,16 +39,11 @@ class _CopyOnWrite(TorchFunctionMode):
         super().__init__()
         self._recorder = recorder
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
+    def handle(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        kwargs = kwargs or {}
         if self._recorder._storages:
-            for target in _mutated_tensors(func, args, kwargs):
+            for target in mutated_tensors(func, args, kwargs):
                 if isinstance(target, torch.Tensor):
                     self._recorder._protect(target)
         return func(*args, **kwargs)
@@ -324,12 +256,7 @@ class Recorder(Mapping[str, torch.Tensor]):
             self._in_pass = False
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         with self._lock:
             hooks, self._hooks = self._hooks, None
             if hooks is not None:
@@ -433,74 +360,3 @@ def record(
     detach = check_bool("detach", detach)
     views = layer_views(model, layers, select=select, channel_dim=channel_dim)
     return Recorder(model, views, detach=detach, device=_check_device(device))
-
-
-# -- running a model up to one layer -----------------------------------------------------------
-
-
-class StopForward(BaseException):
-    """Raised from a hook once the target layer has run, to skip the rest of the forward pass.
-
-    A ``BaseException``, so that a model's own ``except Exception`` cannot swallow it.
-    """
-
-
-class Target:
-    """Runs the model just far enough to get one layer's output, arranged ``(N, C, *rest)``.
-
-    The recorder's hooks (and its copy-on-write mode) are in place only during each forward
-    pass. :meth:`probe` runs the whole model once first, to count the layer's calls per forward:
-    later passes stop right after the last of them.
-    """
-
-    def __init__(self, model: nn.Module, view: LayerView) -> None:
-        self.model = model
-        self.view = view
-        self.recorder = Recorder(model, {view.name: view}, detach=False, device=None)
-        self.calls = 1
-        self._seen = 0
-
-    def _stop(self, module: nn.Module, args: Any, output: Any) -> None:
-        self._seen += 1
-        if self._seen >= self.calls:
-            raise StopForward
-
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The layer's output for ``inputs``, arranged ``(N, C, *rest)``."""
-        self._seen = 0
-        with self.recorder, Hooks() as hooks:
-            # registered after the recorder's hook, so that the output is stored first
-            hooks.forward(self.view.module, self._stop)
-            with suppress(StopForward):
-                self.model(inputs)
-            output = self.recorder[self.view.name]
-        return self.view.arrange(output, inputs.shape[0])
-
-    def probe(self, inputs: torch.Tensor, what: str) -> torch.Tensor:
-        """Run the whole model once: count the layer's calls, check the output's shape.
-
-        ``what`` describes the inputs for messages (for example "inputs of input_shape (1, 28,
-        28)"). Returns the arranged output.
-        """
-        name = self.view.name
-        with self.recorder:
-            try:
-                with torch.no_grad():
-                    self.model(inputs)
-            except NetlensError:
-                raise
-            except Exception as error:
-                # A model may fail after the target layer (a linear layer sized for another
-                # input size); the layer's output is all that is needed.
-                if name not in self.recorder:
-                    raise NetlensValueError(
-                        f"Expected the model to run on {what}, but it raised "
-                        f"{type(error).__name__} before reaching layer {name!r}: {error}"
-                    ) from error
-        if name not in self.recorder:
-            raise NetlensValueError(
-                f"Expected layer {name!r} to run in the model's forward pass, but it did not run "
-                f"on {what}."
-            )
-        self.calls = len(self.recorder.calls(name))
-        return self.view.arrange(self.recorder[name], inputs.shape[0])

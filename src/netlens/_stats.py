@@ -27,11 +27,18 @@ from ._core.checks import (
     check_bool,
     check_channel_dim,
     check_choice,
+    check_dim_in_range,
     check_not_meta,
     count_text,
     prepare_inputs,
 )
-from ._core.distributed import gather, resolve_group, same_group
+from ._core.distributed import (
+    collective_device,
+    gather,
+    gather_tensors,
+    resolve_group,
+    same_group,
+)
 from ._core.errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
 from ._core.layers import LayerSpec, unwrap_parallel
 from ._core.model import batched_inputs, evaluating, model_dtype_device, progress_bar
@@ -445,12 +452,13 @@ class ActivationStats:
             raise NetlensTypeError(f"Expected a real tensor, but got {describe(tensor)}.")
         check_not_meta(tensor, "a tensor")
         dim = self.channel_dim
-        if not -tensor.dim() <= dim < tensor.dim():
-            raise NetlensValueError(
-                f"Expected a tensor with channel_dim {dim}, so with at least "
-                f"{dim + 1 if dim >= 0 else -dim} dims, but got {describe(tensor)}."
-            )
-        return self._add(tensor, dim % tensor.dim())
+        channel = check_dim_in_range(
+            dim,
+            tensor.dim(),
+            f"Expected a tensor with channel_dim {dim}, so with at least "
+            f"{dim + 1 if dim >= 0 else -dim} dims, but got {describe(tensor)}.",
+        )
+        return self._add(tensor, channel)
 
     def _add(
         self, tensor: torch.Tensor, dim: int, refuse: Callable[[_Moments], None] | None = None
@@ -540,8 +548,6 @@ class ActivationStats:
             NetlensValueError: When torch.distributed is not initialised, ranks disagree on
                 the number of channels, or the state was already all-reduced (see above).
         """
-        import torch.distributed as dist
-
         group = resolve_group(group, default=True)
         if self._reduced_over is not None:
             if same_group(self._reduced_over, group) and not self._changed_since:
@@ -557,16 +563,9 @@ class ActivationStats:
                 + "): reducing again would count that data once per rank. Call all_reduce "
                 "once, after the last update."
             )
-        world = dist.get_world_size(group)
-        if self._state is not None:
-            device = self._state.n.device
-        elif dist.get_backend(group) == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        else:
-            device = torch.device("cpu")
+        device = self._state.n.device if self._state is not None else collective_device(group)
         mine = torch.tensor([-1 if self._state is None else self.num_channels], device=device)
-        sizes = [torch.empty_like(mine) for _ in range(world)]
-        dist.all_gather(sizes, mine, group=group)
+        sizes = gather_tensors(mine, group)
         known = sorted({int(size.item()) for size in sizes if int(size.item()) >= 0})
         if len(known) > 1:
             raise NetlensValueError(
@@ -578,9 +577,7 @@ class ActivationStats:
         if not known:
             return self
         state = self._state if self._state is not None else _empty(known[0], device)
-        packed = torch.stack(list(state))
-        parts = [torch.empty_like(packed) for _ in range(world)]
-        dist.all_gather(parts, packed, group=group)
+        parts = gather_tensors(torch.stack(list(state)), group)
         merged = _Moments(*parts[0])
         for part in parts[1:]:
             merged = _merge(merged, _Moments(*part))

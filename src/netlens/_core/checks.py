@@ -35,12 +35,14 @@ __all__ = [
     "check_channels_fit",
     "check_choice",
     "check_cmap",
+    "check_dim_in_range",
     "check_gradients_allowed",
     "check_index",
     "check_int",
     "check_not_meta",
     "check_position",
     "check_real",
+    "check_sizes",
     "count_text",
     "non_finite",
     "prepare_inputs",
@@ -377,3 +379,56 @@ def check_position(name: str, value: object) -> tuple[int, ...]:
             f"its start (the last of T steps is T - 1), but got {shown}."
         )
     return position
+
+
+def check_dim_in_range(dim: int, rank: int, message: str) -> int:
+    """A dim (a channel axis) that a tensor of ``rank`` dims has, as a non-negative index.
+
+    The one range rule for an axis met with a tensor whose rank is known: ``dim`` lies in
+    ``[-rank, rank)``, negative ones counting from the end. What the axis is for differs, so the
+    caller gives the whole message of the error.
+
+    Args:
+        dim: The axis, as :func:`check_channel_dim` returns it.
+        rank: The tensor's number of dims.
+        message: The message of the error for a ``dim`` outside the range.
+
+    Returns:
+        ``dim % rank``.
+
+    Raises:
+        NetlensValueError: With ``message``, for a ``dim`` outside ``[-rank, rank)``.
+    """
+    if not -rank <= dim < rank:
+        raise NetlensValueError(message)
+    return dim % rank
+
+
+def check_sizes(name: str, value: object, rank: int) -> tuple[int, ...]:
+    """Positive sizes, one per dim: an int (the same along ``rank`` dims) or a list or tuple.
+
+    The one rule for an argument that takes "an int or a list of ints" of sizes (occlusion's
+    ``window`` and ``stride``, ...). How many sizes a list must hold depends on what they
+    measure, so the caller checks its length.
+
+    Args:
+        name: The argument's name, for messages.
+        value: What the user passed.
+        rank: How many times an int is repeated.
+
+    Returns:
+        The sizes, as a tuple of positive ints.
+
+    Raises:
+        NetlensTypeError: Neither an int nor a non-empty list or tuple of ints.
+        NetlensValueError: A size below 1.
+    """
+    single = as_int(value)
+    if single is not None:
+        return (check_int(name, single),) * rank
+    if not isinstance(value, (list, tuple)) or not value:
+        raise NetlensTypeError(
+            f"Expected {name} to be an int or a non-empty sequence of ints, but got "
+            f"{describe(value)}."
+        )
+    return tuple(check_int(f"each size of {name}", size) for size in value)

@@ -1,17 +1,29 @@
 """torch.distributed for data-set-wide results: which process group, and gathering across it.
 
 Only what merging results needs: every rank sends its partial result to every other rank
-(``all_gather_object``), and each merges them in rank order, so every rank ends with the same
-result. ``torch.distributed`` is imported only when a group is used.
+(``all_gather_object`` for any picklable value, ``all_gather`` for tensors of one shape), and
+each merges them in rank order, so every rank ends with the same result. ``torch.distributed``
+is imported only when a group is used: netlens calls it nowhere else.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from .errors import NetlensTypeError, NetlensValueError, describe
 
-__all__ = ["Group", "gather", "rank_of", "resolve_group", "same_group"]
+__all__ = [
+    "Group",
+    "collective_device",
+    "gather",
+    "gather_tensors",
+    "rank_of",
+    "resolve_group",
+    "same_group",
+    "world_size",
+]
 
 #: What ``group=`` accepts: None (no reduction), ``"default"`` or a process group.
 Group = Any
@@ -78,3 +90,41 @@ def rank_of(group: Any) -> int:
     import torch.distributed as dist
 
     return int(dist.get_rank(group))
+
+
+def world_size(group: Any) -> int:
+    """How many ranks ``group`` has (1 for no group)."""
+    if group is None:
+        return 1
+    import torch.distributed as dist
+
+    return int(dist.get_world_size(group))
+
+
+def gather_tensors(tensor: torch.Tensor, group: Any) -> list[torch.Tensor]:
+    """``tensor`` of every rank of ``group``, in rank order (``[tensor]`` for no group).
+
+    Every rank passes a tensor of the same shape and dtype, on :func:`collective_device` or
+    wherever the backend takes it; nothing is pickled.
+    """
+    if group is None:
+        return [tensor]
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, tensor, group=group)
+    return parts
+
+
+def collective_device(group: Any) -> torch.device:
+    """Where a tensor for :func:`gather_tensors` goes when nothing else says: NCCL needs CUDA.
+
+    The current CUDA device for the NCCL backend, the CPU otherwise (and for no group).
+    """
+    if group is None:
+        return torch.device("cpu")
+    import torch.distributed as dist
+
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

@@ -1,4 +1,4 @@
-"""All drawing goes through here: new figures, saving, notebook display, image montages.
+"""All drawing goes through here: new figures, saving, notebook display, image montages, maps.
 
 matplotlib is imported lazily, inside the functions, so ``import netlens`` stays free of it.
 Figures are ``matplotlib.figure.Figure`` objects made directly: pyplot's global state is never
@@ -19,11 +19,20 @@ from .errors import NetlensTypeError, NetlensValueError, describe
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
 
 __all__ = [
     "Plottable",
+    "axes_grid",
+    "category_colours",
+    "colour_bar",
     "display",
+    "draw_categories",
+    "draw_cells",
+    "draw_input",
+    "draw_signed_overlay",
     "figure_axes",
+    "frame_plane",
     "grid",
     "montage",
     "new_figure",
@@ -95,13 +104,17 @@ class Plottable:
 
 
 def display(
-    sample: torch.Tensor, *, centred: bool, value_range: tuple[float, float] | None = None
+    sample: torch.Tensor,
+    *,
+    centred: bool,
+    value_range: tuple[float, float] | None = None,
+    flat: float = 0.5,
 ) -> np.ndarray:
     """An input-shaped tensor as an RGB image in [0, 1].
 
     Three-channel inputs are drawn in colour, others as the mean over their leading dims; a
     vector is one row. Scaled on its own (``centred``: zero at 0.5) unless ``value_range``
-    gives a common range.
+    gives a common range; an input without range (constant, not ``centred``) is ``flat``.
     """
     values = sample.detach().to("cpu", torch.float64)
     if values.dim() == 0:
@@ -116,7 +129,7 @@ def display(
         values = values / (2 * extent) + 0.5 if extent > 0 else torch.full_like(values, 0.5)
     else:
         low, high = value_range or (float(values.min()), float(values.max()))
-        values = (values - low) / (high - low) if high > low else torch.full_like(values, 0.5)
+        values = (values - low) / (high - low) if high > low else torch.full_like(values, flat)
     array = values.clamp(0, 1).numpy()
     return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array
 
@@ -141,3 +154,175 @@ def grid(tiles: list[np.ndarray], ncols: int, gap: int = 1) -> np.ndarray:
     """Tile equally shaped RGB images row by row, ``ncols`` per row."""
     rows = [tiles[start : start + ncols] for start in range(0, len(tiles), ncols)]
     return montage(rows, gap)[0]
+
+
+# -- maps over an input's plane -------------------------------------------------------------
+#
+# A map drawn over an input shares the input's plane: ``(height, width)`` of its last two dims
+# (one row for a vector), the image's pixels centred on integer coordinates. A map with other
+# cells (one per position of a sliding window) is placed by an ``extent`` so that its cells sit
+# where they belong on the input.
+
+
+def frame_plane(axis: Axes, height: int, width: int) -> None:
+    """Show exactly a plane of ``height x width`` pixels on ``axis``, without ticks.
+
+    The aspect is equal unless one side is over eight times the other (a long signal).
+    """
+    axis.set_xlim(-0.5, width - 0.5)
+    axis.set_ylim(height - 0.5, -0.5)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.set_aspect("auto" if height * 8 < width or width * 8 < height else "equal")
+
+
+def draw_input(axis: Axes, sample: torch.Tensor, *, grey: bool = False) -> None:
+    """Draw one input (an input-shaped tensor) as an image over its plane (see :func:`display`).
+
+    Three-channel inputs are drawn in colour unless ``grey``; others, and grey ones, as the
+    mean over their leading dims with the ``"gray"`` colour map.
+    """
+    values = sample.detach()
+    if grey and values.dim() >= 3:
+        values = values.float().reshape(-1, *values.shape[-2:]).mean(0)
+    picture = display(values, centred=False, flat=0.0)  # a constant input is black
+    height, width = picture.shape[:2]
+    if values.dim() >= 3 and values.numel() == 3 * height * width:
+        axis.imshow(picture, interpolation="nearest")
+    else:
+        axis.imshow(picture[..., 0], cmap="gray", interpolation="nearest")
+    frame_plane(axis, height, width)
+
+
+def draw_signed_overlay(axis: Axes, values: torch.Tensor, *, cmap: Any, alpha: float) -> None:
+    """Draw a map of signed values, one per pixel, over what ``axis`` shows.
+
+    Diverging colours centred at zero: the colour map spans ``[-m, m]`` for the largest
+    magnitude ``m`` (1 for an all-zero map).
+    """
+    limit = float(values.abs().max()) or 1.0
+    axis.imshow(
+        values.detach().float().cpu().numpy(),
+        cmap=cmap,
+        vmin=-limit,
+        vmax=limit,
+        alpha=alpha,
+        interpolation="nearest",
+    )
+
+
+def draw_cells(
+    axis: Axes,
+    cells: torch.Tensor,
+    *,
+    extent: tuple[float, float, float, float],
+    plane: tuple[int, int],
+    cmap: Any,
+    **options: Any,
+) -> AxesImage:
+    """Draw a 2-D map of cells stretched over ``extent`` of a plane of ``plane`` pixels.
+
+    Args:
+        axis: Where to draw.
+        cells: ``(rows, columns)`` values.
+        extent: ``(left, right, bottom, top)`` of the cells in the plane's pixel coordinates.
+        plane: ``(height, width)`` of the plane, which the Axes then shows.
+        cmap: Colour map.
+        **options: More options of ``imshow`` (``alpha``, ``vmin``, ``vmax``).
+
+    Returns:
+        The image, for a colour bar.
+    """
+    image = axis.imshow(
+        cells.detach().cpu().numpy(),
+        cmap=cmap,
+        extent=extent,
+        interpolation="nearest",
+        **options,
+    )
+    frame_plane(axis, *plane)
+    return image
+
+
+def colour_bar(figure: Figure, image: AxesImage, axis: Axes) -> None:
+    """A colour bar for ``image`` beside ``axis``."""
+    figure.colorbar(image, ax=axis, shrink=0.8)
+
+
+def category_colours(categories: list[int]) -> list[Any]:
+    """One colour per category number: ``tab10``'s, or ``tab20``'s for numbers from 10 on."""
+    from matplotlib import colormaps
+
+    table = colormaps["tab10" if max(categories, default=0) < 10 else "tab20"]
+    return [table(c % table.N) for c in categories]
+
+
+def draw_categories(
+    axis: Axes,
+    codes: torch.Tensor,
+    *,
+    colours: list[Any],
+    labels: list[str],
+    extent: tuple[float, float, float, float],
+    plane: tuple[int, int],
+) -> None:
+    """Draw a map of categories as :func:`draw_cells` does, with a legend beside the Axes.
+
+    Args:
+        axis: Where to draw.
+        codes: ``(rows, columns)`` category codes: indices into ``colours`` and ``labels``.
+        colours: The colour of each code.
+        labels: The legend's label of each code.
+        extent: As for :func:`draw_cells`.
+        plane: As for :func:`draw_cells`.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    draw_cells(
+        axis,
+        codes,
+        extent=extent,
+        plane=plane,
+        cmap=ListedColormap(colours),
+        vmin=-0.5,
+        vmax=len(colours) - 0.5,
+    )
+    axis.legend(
+        handles=[
+            Patch(color=colour, label=label) for label, colour in zip(labels, colours, strict=True)
+        ],
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        fontsize="small",
+        frameon=False,
+    )
+
+
+def axes_grid(
+    axes: Any, rows: int, columns: int, *, size: tuple[float, float], what: str
+) -> tuple[Figure, np.ndarray]:
+    """A ``(rows, columns)`` array of Axes: new ones on a figure of ``size``, or those given.
+
+    Args:
+        axes: None for a new figure, or ``rows * columns`` Axes (any array-like shape).
+        rows: Rows of panels.
+        columns: Panels per row.
+        size: ``(width, height)`` in inches of a new figure.
+        what: What the panels are, for the message of a wrong number of Axes
+            (``"2 inputs times 5 panels"``).
+
+    Returns:
+        The figure (that of the first Axes given) and the Axes.
+
+    Raises:
+        NetlensValueError: Another number of Axes.
+    """
+    if axes is None:
+        figure = new_figure(*size)
+        return figure, np.asarray(figure.subplots(rows, columns, squeeze=False))
+    given = np.asarray(axes, dtype=object).reshape(-1)
+    if given.size != rows * columns:
+        raise NetlensValueError(f"Expected {rows * columns} Axes ({what}), but got {given.size}.")
+    arranged = given.reshape(rows, columns)
+    return cast("Figure", arranged[0, 0].figure), arranged

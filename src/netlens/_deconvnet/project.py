@@ -1,14 +1,10 @@
-"""Deconvnet projections (Zeiler & Fergus 2014): the backward rules and the projection.
+"""Deconvnet projections (Zeiler & Fergus 2014): :func:`deconvnet` and its :class:`Projection`.
 
 To project one activation of a layer back to the input, the paper sets every other activation of
 that layer to zero and runs the signal down an attached deconvnet: max-unpooling with the
 switches recorded in the forward pass, rectification of the signal, and the transposed filters.
-Autograd already does two of these three: the backward of max pooling routes the signal to the
-recorded argmax (unpooling with switches) and the backward of a convolution is the convolution
-with the transposed filters. Only the ReLU needs another rule, so :func:`deconvnet` swaps every
-ReLU call (``nn.ReLU``, ``F.relu``, ``torch.relu``, ``Tensor.relu`` and their in-place forms) for
-a function whose backward rectifies the signal, through a torch function mode that is active
-only during the forward pass, and otherwise backpropagates with autograd.
+Here one forward pass runs with the ReLU rule of :mod:`netlens._deconvnet.rules` in place, and
+autograd does the rest in one (batched) backward pass from the seeded activations.
 
 The layer's output is read through :class:`~netlens._core.outputs.LayerView`: the seed of a
 projection is built in the arranged ``(N, C, *rest)`` layout and mapped back to the layer's own
@@ -18,16 +14,13 @@ projected as its channels and batch axes say.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
-from torch.overrides import TorchFunctionMode
 
 from .._core.checks import (
     check_channels,
@@ -39,12 +32,12 @@ from .._core.checks import (
     prepare_inputs,
 )
 from .._core.errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
-from .._core.hooks import Hooks
 from .._core.layers import LayerSpec, check_model
-from .._core.model import autograd_ancestors, batched_inputs, depends_on, evaluating
-from .._core.outputs import LayerView, Select, first_tensor, layer_view
+from .._core.model import batched_inputs, depends_on, evaluating
+from .._core.outputs import LayerView, Select, layer_view
 from .._core.render import Plottable, display, figure_axes, montage
-from .._record import Recorder, _mutated_tensors
+from .._record import Recorder
+from .rules import Rectifier, warn_nonlinear
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -58,147 +51,6 @@ Position = Literal["max", "all"] | Sequence[int]
 
 _RULES = ("deconvnet", "guided", "gradient")
 _SCALES = ("activation", "unit")
-RELU_NAMES = frozenset({"relu", "relu_"})
-# Element-wise nonlinearities other than ReLU (with their in-place forms): no deconvnet rule.
-ELEMENTWISE = frozenset(
-    name + suffix
-    for name in [
-        "tanh",
-        "sigmoid",
-        "elu",
-        "selu",
-        "celu",
-        "leaky_relu",
-        "hardtanh",
-        "rrelu",
-        "threshold",
-    ]
-    for suffix in ("", "_")
-) | frozenset(
-    [
-        "gelu",
-        "softplus",
-        "silu",
-        "mish",
-        "relu6",
-        "hardswish",
-        "hardsigmoid",
-        "softsign",
-        "tanhshrink",
-        "logsigmoid",
-        "log_sigmoid",
-        "prelu",
-    ]
-)
-# Everything that makes a projection through it something else than a deconvnet projection.
-_NONLINEAR = ELEMENTWISE | frozenset(
-    [
-        "glu",
-        "softmax",
-        "log_softmax",
-        "softmin",
-        "exp",
-        "log",
-        "sin",
-        "cos",
-        "erf",
-        "lstm",
-        "gru",
-        "rnn_tanh",
-        "rnn_relu",
-        "lstm_cell",
-        "gru_cell",
-        "rnn_tanh_cell",
-        "rnn_relu_cell",
-        "layer_norm",
-        "group_norm",
-        "instance_norm",
-        "local_response_norm",
-        "normalize",
-        "scaled_dot_product_attention",
-        "multi_head_attention_forward",
-    ]
-)
-
-
-# -- the backward rules ------------------------------------------------------------------------
-
-
-class _RectifiedReLU(torch.autograd.Function):
-    """A ReLU whose backward rectifies the signal (deconvnet), also masked if ``guided``.
-
-    Guided backpropagation masks the rectified signal by the forward activation.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, input: torch.Tensor, guided: bool, inplace: bool) -> torch.Tensor:
-        if inplace:
-            output = input.relu_()
-            ctx.mark_dirty(output)
-        else:
-            output = input.relu()
-        ctx.guided = guided
-        if guided:
-            ctx.save_for_backward(output)
-        return output
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        signal = grad.clamp(min=0)
-        if ctx.guided:
-            (output,) = ctx.saved_tensors
-            signal = signal * (output > 0)
-        return signal, None, None
-
-
-def function_name(func: Callable[..., Any]) -> str:
-    """The name of a torch function as a torch function mode sees it (``"relu"``, ...)."""
-    return getattr(func, "__name__", "")
-
-
-def writes_first_argument(
-    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> bool:
-    """Whether a torch function call writes into its first argument (an in-place form)."""
-    return bool(args) and any(target is args[0] for target in _mutated_tensors(func, args, kwargs))
-
-
-class _Rectify(TorchFunctionMode):
-    """Swap ReLU calls for :class:`_RectifiedReLU` and note every other nonlinearity.
-
-    Active during the forward pass only. Other nonlinearities are noted by the autograd node of
-    their output, to warn about those on the path to the layer.
-    """
-
-    def __init__(self, guided: bool) -> None:
-        super().__init__()
-        self._guided = guided
-        self.nonlinear: list[tuple[str, Any]] = []
-
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        name = function_name(func)
-        if (
-            name in RELU_NAMES
-            and args
-            and isinstance(args[0], torch.Tensor)
-            and args[0].requires_grad
-            and torch.is_grad_enabled()
-        ):
-            inplace = writes_first_argument(func, args, kwargs)
-            return _RectifiedReLU.apply(args[0], self._guided, inplace)  # type: ignore[no-untyped-call]
-        result = func(*args, **kwargs)
-        if name in _NONLINEAR:
-            tensor = first_tensor(result)
-            if tensor is not None and tensor.grad_fn is not None:
-                self.nonlinear.append((name, tensor.grad_fn))
-        return result
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -216,27 +68,6 @@ def _check_position(position: object) -> str | tuple[int, ...]:
 
 
 # -- the projection ----------------------------------------------------------------------------
-
-
-def _leaf_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    for name, module in model.named_modules():
-        if name and next(module.children(), None) is None:
-            yield name, module
-
-
-def _nonlinear_on_path(
-    nonlinear: list[tuple[str, Any]], module_outputs: dict[Any, str], output: torch.Tensor
-) -> list[str]:
-    if not nonlinear:
-        return []
-    path = autograd_ancestors(output.grad_fn)
-    labels: list[str] = []
-    for name, node in nonlinear:
-        if node in path:
-            label = module_outputs.get(node, f"{name}()")
-            if label not in labels:
-                labels.append(label)
-    return labels
 
 
 def recorded(recorder: Recorder, name: str) -> torch.Tensor:
@@ -284,16 +115,12 @@ def project(
     """
     name = view.name
     leaf = inputs.detach().requires_grad_(True)
-    module_outputs: dict[Any, str] = {}
-    rectify = _Rectify(guided=rule == "guided") if rule != "gradient" else None
+    rectifier = Rectifier(model, guided=rule == "guided") if rule != "gradient" else None
     # The parameters keep requires_grad (another thread may be training with them): the
     # backward asks for the gradient of the input leaf alone.
     with evaluating(model), ExitStack() as stack:
-        if rectify is not None:
-            stack.enter_context(rectify)
-            hooks = stack.enter_context(Hooks())
-            for module_name, module in _leaf_modules(model):
-                hooks.forward(module, _note_output(module_name, module_outputs))
+        if rectifier is not None:
+            stack.enter_context(rectifier)
         # The recorder's copy-on-write mode must sit above the rectifier: it has to see an
         # in-place ReLU call before the rectifier replaces it.
         recorder = stack.enter_context(Recorder(model, {name: view}, detach=False, device=None))
@@ -319,7 +146,7 @@ def project(
             f"Expected the output of layer {name!r} to depend on the inputs, but no gradient "
             "reaches them."
         )
-    labels = _nonlinear_on_path(rectify.nonlinear, module_outputs, output) if rectify else []
+    labels = rectifier.nonlinear_on_path(output) if rectifier is not None else []
     return images.detach(), activations, positions, labels
 
 
@@ -345,31 +172,6 @@ def _backward(output: torch.Tensor, leaf: torch.Tensor, seed: torch.Tensor) -> t
             for part in seed
         ]
         return None if grads[0] is None else torch.stack([g for g in grads if g is not None])
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in a module's output, a PackedSequence's as its data (not a padded copy)."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, PackedSequence):
-        yield value.data
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            yield from _tensors(item)
-
-
-def _note_output(name: str, outputs: dict[Any, str]) -> Callable[[nn.Module, Any, Any], None]:
-    """A hook that labels the autograd nodes of a module's outputs with the module's name."""
-
-    def hook(module: nn.Module, args: Any, output: Any) -> None:
-        for tensor in _tensors(output):
-            if tensor.grad_fn is not None:
-                outputs.setdefault(tensor.grad_fn, f"{name!r} ({type(module).__name__})")
-
-    return hook
 
 
 def _seed(
@@ -418,19 +220,6 @@ def _check_position_fits(position: torch.Tensor, map_shape: tuple[int, ...], nam
         raise NetlensValueError(
             f"Expected position to index the {len(map_shape)}-d map of layer {name!r}, of shape "
             f"{map_shape}, but got {index}."
-        )
-
-
-def warn_nonlinear(labels: list[str], name: str, rule: str) -> None:
-    """Warn once that the path to the layer holds nonlinearities the rule does not cover."""
-    if labels:
-        warnings.warn(
-            f"The path from the inputs to layer {name!r} passes through nonlinearities other than "
-            f"ReLU: {', '.join(labels)}. The {rule} rule covers only ReLU; these are "
-            "backpropagated as plain gradients, so the projection is not a true "
-            f"{rule} projection.",
-            UserWarning,
-            stacklevel=3,
         )
 
 

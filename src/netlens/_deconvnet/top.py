@@ -1,16 +1,15 @@
 """The strongest activations of channels over a data set, with their projections and patches.
 
-One pass over the data keeps a running top-k per channel; then the kept activations are
-projected with the deconvnet (:mod:`netlens._deconvnet.project`) and cut to their receptive
-fields (:mod:`netlens._deconvnet.receptive`): the paper's Figure 2. Candidates are ordered by
-value, then by the input's index in the data, so that results over shards of the data
-(``torch.distributed`` ranks) merge into exactly the result of one pass over all of it.
+One pass over the data keeps a running top-k per channel (:mod:`netlens._deconvnet.ranking`,
+which also merges the candidates of several ranks); then the kept activations are projected
+with the deconvnet (:mod:`netlens._deconvnet.project`) and cut to their receptive fields
+(:mod:`netlens._deconvnet.receptive`): the paper's Figure 2.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +22,8 @@ from .._core.checks import (
     batches,
     check_bool,
     check_channels,
-    check_channels_fit,
     check_gradients_allowed,
     check_int,
-    count_text,
     prepare_inputs,
 )
 from .._core.distributed import Group, gather, rank_of, resolve_group, same_group
@@ -36,15 +33,18 @@ from .._core.layers import LayerSpec, check_model, unwrap_parallel
 from .._core.model import batched_inputs, evaluating, model_dtype_device, progress_bar
 from .._core.outputs import LayerView, Select, layer_view
 from .._core.render import Plottable, display, figure_axes, grid
+from .._core.stop import counting_calls, run_until
 from .._record import Recorder
-from .project import Seeds, project, recorded, unravel, warn_nonlinear
-from .receptive import crop, receptive_fields, run_to_layer, sweep
+from .project import Seeds, project, recorded, unravel
+from .ranking import RunningTop, Winners, merge_shards, ranked, shard_of
+from .receptive import crop, receptive_fields, sweep
+from .rules import tensors_of, warn_nonlinear
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["TopActivations", "top_activations"]
+__all__ = ["DataPass", "Observer", "TopActivations", "finish", "search", "top_activations"]
 
 # Memory that one chunk of projections, or of receptive-field probes, may take (estimated from
 # the size of the module outputs up to the layer), and the most inputs in one chunk.
@@ -52,118 +52,12 @@ _WORKING_BYTES = 64 * 2**20
 _MOST_PER_CHUNK = 256
 
 
-class _RunningTop:
-    """Per channel, the k inputs with the largest activation seen so far: O(channels x k).
-
-    Fed with each batch of inputs and the layer's output arranged ``(N, C, *map)``. Each kept
-    input is stored once (a copy, so that its batch can go), however many channels keep it.
-    """
-
-    def __init__(self, name: str, k: int, wanted: list[int] | None) -> None:
-        self.name, self.k, self.wanted = name, k, wanted
-        self.seen = 0
-        self.channels: torch.Tensor | None = None
-        self.sample_shape: tuple[int, ...] = ()
-        self.map_shape: tuple[int, ...] = ()
-        self.values = torch.empty(0)
-        self.indices = torch.empty(0, dtype=torch.long)
-        self.flat = torch.empty(0, dtype=torch.long)
-        self.kept: dict[int, torch.Tensor] = {}  # index in the data -> input
-
-    def _start(self, inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        channel_count = output.shape[1]
-        wanted = self.wanted if self.wanted is not None else list(range(channel_count))
-        check_channels_fit("channels", wanted, channel_count, self.name)
-        channels = torch.tensor(wanted, device=output.device)
-        self.sample_shape, self.map_shape = tuple(inputs.shape[1:]), tuple(output.shape[2:])
-        empty = (len(wanted), 0)
-        self.values = output.new_empty(empty)
-        self.indices = torch.empty(empty, dtype=torch.long, device=output.device)
-        self.flat = torch.empty(empty, dtype=torch.long, device=output.device)
-        return channels
-
-    def update(self, inputs: torch.Tensor, output: torch.Tensor) -> None:
-        """Take in a batch of inputs and the layer's arranged output ``(N, C, *map)`` for it."""
-        batch = inputs.shape[0]
-        if self.channels is None:
-            self.channels = self._start(inputs, output)
-        elif tuple(inputs.shape[1:]) != self.sample_shape:
-            raise NetlensValueError(
-                f"Expected every batch to hold inputs of shape {self.sample_shape}, but got a "
-                f"batch of shape {tuple(inputs.shape)}."
-            )
-        count = self.channels.shape[0]
-        maps = output[:, self.channels].reshape(batch, count, -1)
-        if maps.is_floating_point() and not bool(torch.isfinite(maps).all()):
-            raise NetlensValueError(_non_finite_message(self.name, maps, self.channels, self.seen))
-        values, flat = maps.max(dim=2)  # the strongest location of each input, (batch, count)
-        numbers = torch.arange(self.seen, self.seen + batch, device=values.device)
-        candidates = torch.cat([self.values, values.T], dim=1)
-        indices = torch.cat([self.indices, numbers.expand(count, batch)], dim=1)
-        order = _ranked(candidates, indices, self.k)
-        self.values = candidates.gather(1, order)
-        self.indices = indices.gather(1, order)
-        self.flat = torch.cat([self.flat, flat.T], dim=1).gather(1, order)
-        wanted = set(self.indices.flatten().tolist())
-        self.kept = {index: image for index, image in self.kept.items() if index in wanted}
-        for index in sorted(wanted - self.kept.keys()):
-            self.kept[index] = inputs[index - self.seen].clone()
-        self.seen += batch
-
-    def images_of(self, indices: torch.Tensor) -> torch.Tensor:
-        """The kept inputs of ``indices`` (indices in the data), stacked like them."""
-        flat = indices.reshape(-1).tolist()
-        if not flat:
-            return torch.empty((*indices.shape, *self.sample_shape))
-        return torch.stack([self.kept[index] for index in flat]).reshape(
-            *indices.shape, *self.sample_shape
-        )
-
-    @property
-    def images(self) -> torch.Tensor:
-        """The kept inputs of each channel, ``(C, k, *sample)``."""
-        return self.images_of(self.indices)
-
-
-def _non_finite_message(name: str, maps: torch.Tensor, channels: torch.Tensor, first: int) -> str:
-    """What NaN and infinite values the maps ``(batch, C, positions)`` of a batch hold.
-
-    ``first`` is the index in the data of the batch's first input.
-    """
-    nan = torch.isnan(maps).sum(dim=(0, 2)).tolist()
-    infinite = torch.isinf(maps).sum(dim=(0, 2)).tolist()
-    parts = []
-    for channel, nans, infs in zip(channels.tolist(), nan, infinite, strict=True):
-        counts = count_text(nans, infs)
-        if counts:
-            parts.append(f"channel {channel} holds {counts} values")
-    inputs = (first + (~torch.isfinite(maps)).flatten(1).any(dim=1).nonzero()[:, 0]).tolist()
-    shown = ", ".join(str(index) for index in inputs[:10]) + (", ..." if len(inputs) > 10 else "")
-    return (
-        f"Expected finite activations of layer {name!r} to rank, but "
-        + "; ".join(parts)
-        + f" on input{'s' if len(inputs) > 1 else ''} {shown} of the data (counted from 0 in "
-        "iteration order): a NaN would rank above every number. Check the model on these "
-        "inputs, or leave those channels out."
-    )
-
-
-def _ranked(values: torch.Tensor, indices: torch.Tensor, k: int) -> torch.Tensor:
-    """Per row, where the ``k`` best candidates are: largest value first, then smallest index.
-
-    The one order of every top-k here, so that merged shards equal one pass.
-    """
-    by_index = torch.sort(indices, dim=-1, stable=True).indices
-    by_value = torch.sort(values.gather(-1, by_index), dim=-1, descending=True, stable=True)
-    return by_index.gather(-1, by_value.indices)[..., :k]
-
-
 # -- the pass over the data ----------------------------------------------------------------------
 
 
 @dataclass
-class _Pass:
-    """What the pass over one rank's data found, besides the running top."""
+class DataPass:
+    """What the pass over one rank's data found about a layer, besides its running top."""
 
     calls: int = 1  # how many times the layer runs per forward pass
     info: InputInfo | None = None  # where the data came from, None without data
@@ -171,162 +65,96 @@ class _Pass:
     elements: int = 1  # per input, the elements of the module outputs up to the layer
 
 
-def _search(
-    model: nn.Module, view: LayerView, data: object, top: _RunningTop, progress: bool
-) -> _Pass:
-    """One pass over ``data`` into ``top``, each forward pass stopping at the layer."""
-    found = _Pass()
-    name = view.name
-    recorder = Recorder(model, {name: view}, detach=True, device=None)
+#: Called for each layer and batch of a :func:`search` with the layer's name, the inputs as given
+#: and the layer's output for them arranged ``(N, C, *map)``.
+Observer = Callable[[str, torch.Tensor, torch.Tensor], None]
+
+
+def search(
+    model: nn.Module,
+    views: Mapping[str, LayerView],
+    data: object,
+    tops: Mapping[str, RunningTop],
+    progress: bool,
+    *,
+    observe: Observer | None = None,
+    desc: str = "top activations",
+) -> dict[str, DataPass]:
+    """One pass over ``data`` into each layer's running top (and ``observe``), all layers at once.
+
+    Each forward pass stops after the last call of the deepest of the layers.
+    """
+    found = {name: DataPass() for name in views}
+    recorder = Recorder(model, dict(views), detach=True, device=None)
+    stops: dict[nn.Module, int] = {}
     with torch.no_grad():
-        for batch in progress_bar(batches(data), enabled=progress, desc="top activations"):
+        for batch in progress_bar(batches(data), enabled=progress, desc=desc):
             prepared, batch_info = prepare_inputs(batch, model, name="data")
-            if found.info is None:
-                found.info, found.dtype = batch_info, prepared.dtype
+            if not stops:
                 with batched_inputs(model, tuple(prepared.shape)):
-                    found.calls, found.elements = _count_calls(model, view, prepared)
+                    counted = _count_calls(model, views, prepared)
+                for name, view in views.items():
+                    calls, elements = counted[name]
+                    found[name] = DataPass(calls, batch_info, prepared.dtype, elements)
+                    stops[view.module] = max(stops.get(view.module, 1), calls)
             with recorder:
-                run_to_layer(model, view.module, found.calls, prepared)
-            output = view.arrange(recorded(recorder, name), prepared.shape[0])
+                run_until(model, stops, prepared)
             # Patches show the inputs as given: kept in their own dtype, not the model's.
-            top.update(batch.detach().to(prepared.device, found.info.dtype), output)
-            # the layer's output must not live on through the next batch's forward pass
+            given = batch.detach().to(prepared.device, batch_info.dtype)
+            for name, view in views.items():
+                output = view.arrange(recorded(recorder, name), prepared.shape[0])
+                tops[name].update(given, output)
+                if observe is not None:
+                    observe(name, given, output)
+                del output
+            # the layers' outputs must not live on through the next batch's forward pass
             recorder.clear()
-            del output, prepared
+            del prepared, given
     return found
 
 
-def _count_calls(model: nn.Module, view: LayerView, inputs: torch.Tensor) -> tuple[int, int]:
-    """How often the layer runs per forward pass, and the elements of module outputs up to it.
+def _count_calls(
+    model: nn.Module, views: Mapping[str, LayerView], inputs: torch.Tensor
+) -> dict[str, tuple[int, int]]:
+    """Per layer, how often it runs per forward pass and the elements of module outputs up to it.
 
     The whole model runs once on the first input alone (on the whole batch where it fails on
-    one input): later passes stop after the layer's last call, and the elements (per input)
+    one input): later passes stop after the layers' last calls, and the elements (per input)
     size the chunks of projections.
     """
     try:
-        return _counted_pass(model, view, inputs[:1])
+        return _counted_pass(model, views, inputs[:1])
     except Exception:
         if inputs.shape[0] == 1:
             raise
-        return _counted_pass(model, view, inputs)  # a model that needs several inputs
+        return _counted_pass(model, views, inputs)  # a model that needs several inputs
 
 
-def _counted_pass(model: nn.Module, view: LayerView, inputs: torch.Tensor) -> tuple[int, int]:
-    total, at_layer, calls = 0, 0, 0
+def _counted_pass(
+    model: nn.Module, views: Mapping[str, LayerView], inputs: torch.Tensor
+) -> dict[str, tuple[int, int]]:
+    total = 0
+    at_layer: dict[nn.Module, int] = {}
 
     def count(module: nn.Module, args: Any, output: Any) -> None:
         nonlocal total
-        total += sum(tensor.numel() for tensor in _tensors(output))
+        total += sum(tensor.numel() for tensor in tensors_of(output))
 
     def at_call(module: nn.Module, args: Any, output: Any) -> None:
-        nonlocal at_layer, calls
-        at_layer, calls = total, calls + 1
+        at_layer[module] = total
 
-    with Hooks() as hooks:
+    modules = [view.module for view in views.values()]
+    with Hooks() as hooks, counting_calls(modules) as calls:
         for module in model.modules():
             if next(module.children(), None) is None:
                 hooks.forward(module, count)
-        hooks.forward(view.module, at_call)
+        for module in dict.fromkeys(modules):
+            hooks.forward(module, at_call)
         model(inputs)
-    return max(1, calls), max(1, at_layer // inputs.shape[0])
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [tensor for item in value for tensor in _tensors(item)]
-    if isinstance(value, dict):
-        return [tensor for item in value.values() for tensor in _tensors(item)]
-    return []
-
-
-# -- merging the candidates of several ranks ----------------------------------------------------
-
-
-@dataclass
-class _Shard:
-    """One rank's candidates as they travel to the other ranks (tensors on the CPU)."""
-
-    seen: int
-    channels: list[int] | None  # None: no data on this rank
-    sample_shape: tuple[int, ...]
-    map_shape: tuple[int, ...]
-    values: torch.Tensor  # (C, kept), strongest first
-    indices: torch.Tensor  # (C, kept): the inputs' indices in this rank's data
-    flat: torch.Tensor  # (C, kept): flat positions in the channel's map
-    failure: str | None = None  # what the pass raised on this rank
-
-
-def _shard(top: _RunningTop, failure: BaseException | None) -> _Shard:
-    if failure is not None or top.channels is None:
-        empty = torch.empty(0, 0, dtype=torch.long)
-        message = None if failure is None else f"{type(failure).__name__}: {failure}"
-        return _Shard(top.seen, None, (), (), empty.float(), empty, empty, message)
-    return _Shard(
-        top.seen,
-        top.channels.tolist(),
-        top.sample_shape,
-        top.map_shape,
-        top.values.cpu(),
-        top.indices.cpu(),
-        top.flat.cpu(),
-    )
-
-
-@dataclass
-class _Winners:
-    """The top-k over every rank, ``(C, k)`` each, and where each winner's input is."""
-
-    channels: list[int]
-    sample_shape: tuple[int, ...]
-    map_shape: tuple[int, ...]
-    values: torch.Tensor
-    indices: torch.Tensor  # in the data of all ranks concatenated in rank order
-    flat: torch.Tensor
-    owner: torch.Tensor  # the rank that holds the input
-    slot: torch.Tensor  # the input's place in the owner's running top
-    samples: int  # inputs in all ranks' data
-
-
-def _merge_shards(shards: list[_Shard], k: int) -> _Winners:
-    """The best ``k`` of every rank's candidates."""
-    filled = [(rank, shard) for rank, shard in enumerate(shards) if shard.channels is not None]
-    total = sum(shard.seen for shard in shards)
-    if not filled or total < k:
-        where = f" (over the {len(shards)} ranks of the group)" if len(shards) > 1 else ""
-        raise NetlensValueError(f"Expected at least k={k} inputs in data{where}, but got {total}.")
-    reference_rank, reference = filled[0]
-    for rank, shard in filled[1:]:
-        for what in ("channels", "sample_shape", "map_shape"):
-            if getattr(shard, what) != getattr(reference, what):
-                raise NetlensValueError(
-                    f"Expected every rank to have the same {what.replace('_', ' ')}, but rank "
-                    f"{reference_rank} has {getattr(reference, what)} and rank {rank} has "
-                    f"{getattr(shard, what)}."
-                )
-    offsets = np.cumsum([0] + [shard.seen for shard in shards]).tolist()
-    values = torch.cat([shard.values for _, shard in filled], dim=1)
-    indices = torch.cat([shard.indices + offsets[rank] for rank, shard in filled], dim=1)
-    flat = torch.cat([shard.flat for _, shard in filled], dim=1)
-    owner = torch.cat([torch.full_like(shard.indices, rank) for rank, shard in filled], dim=1)
-    slot = torch.cat(
-        [torch.arange(shard.indices.shape[1]).expand_as(shard.indices) for _, shard in filled],
-        dim=1,
-    )
-    order = _ranked(values, indices, k)
-    assert reference.channels is not None
-    return _Winners(
-        reference.channels,
-        reference.sample_shape,
-        reference.map_shape,
-        values.gather(1, order),
-        indices.gather(1, order),
-        flat.gather(1, order),
-        owner.gather(1, order),
-        slot.gather(1, order),
-        total,
-    )
+    return {
+        name: (max(1, calls[view.module]), max(1, at_layer.get(view.module, 0) // inputs.shape[0]))
+        for name, view in views.items()
+    }
 
 
 # -- projections, receptive fields, patches ------------------------------------------------------
@@ -354,7 +182,7 @@ class _UpTo(nn.Module):
     def forward(self, inputs: torch.Tensor) -> None:
         """Run the model on ``inputs`` up to the layer."""
         model, layer, calls = self.__dict__["_target"]
-        run_to_layer(model, layer, calls, inputs)
+        run_until(model, {layer: calls}, inputs)
 
 
 def _per_chunk(elements: int, dtype: torch.dtype, copies: int) -> int:
@@ -366,8 +194,8 @@ def _per_chunk(elements: int, dtype: torch.dtype, copies: int) -> int:
 def _project_and_cut(
     model: nn.Module,
     view: LayerView,
-    found: _Pass,
-    top: _RunningTop,
+    found: DataPass,
+    top: RunningTop,
     wanted: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     boxes: list[list[list[int]]],
     size: tuple[int, ...],
@@ -415,12 +243,12 @@ class _Pieces:
     projections: torch.Tensor
 
 
-def _finish(
+def finish(
     model: nn.Module,
     view: LayerView,
-    top: _RunningTop,
-    found: _Pass,
-    winners: _Winners,
+    top: RunningTop,
+    found: DataPass,
+    winners: Winners,
     listed: bool,
     group: Any,
 ) -> TopActivations:
@@ -606,16 +434,16 @@ def top_activations(
     k = check_int("k", k)
     process_group = resolve_group(group)
     check_gradients_allowed("top_activations")
-    top = _RunningTop(view.name, k, wanted)
+    top = RunningTop(view.name, k, wanted)
     with evaluating(runner):
-        found, failure = _Pass(), None
+        found, failure = DataPass(), None
         try:
-            found = _search(runner, view, data, top, progress)
+            found = search(runner, {view.name: view}, data, {view.name: top}, progress)[view.name]
         except Exception as error:
             if process_group is None:
                 raise
             failure = error  # raised after every rank has reported, so that none waits
-        shards = gather(_shard(top, failure), process_group)
+        shards = gather(shard_of(top, failure), process_group)
         if failure is not None:
             raise failure
         for rank, shard in enumerate(shards):
@@ -624,8 +452,8 @@ def top_activations(
                     "Expected every rank of the group to pass over its data, but rank "
                     f"{rank} raised {shard.failure}"
                 )
-        winners = _merge_shards(shards, k)
-        return _finish(runner, view, top, found, winners, listed, process_group)
+        winners = merge_shards(shards, k)
+        return finish(runner, view, top, found, winners, listed, process_group)
 
 
 # -- the result ------------------------------------------------------------------------------------
@@ -745,7 +573,7 @@ class TopActivations(Plottable):
             return joined.unsqueeze(0) if single else joined
 
         values, indices = both("activations"), both("indices")
-        order = _ranked(values, indices, k)
+        order = ranked(values, indices, k)
         merged: dict[str, torch.Tensor] = {}
         for name in self._PER_CANDIDATE:
             joined = (

@@ -1,6 +1,10 @@
 """The objectives of activation maximisation; :mod:`netlens.objectives` is their public home.
 
-The module's documentation, for users, is that of :mod:`netlens.objectives`.
+The module's documentation, for users, is that of :mod:`netlens.objectives`. An
+:class:`Objective` is a weighted sum of terms, each one quantity read from one layer (or from
+the model's output). The terms that read one channel's map (:class:`_ChannelTerm`: ``channel``,
+``neuron``, and the ``objective=`` callable of the ``layer``/``channels`` form) take the map and
+reduce it in two steps, so that the maps of many inputs can be reduced in one call.
 """
 
 from __future__ import annotations
@@ -8,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -184,29 +188,37 @@ def _join(parts: Sequence[tuple[float, str]], times: str) -> str:
 class _Term:
     """One quantity read from one layer's arranged output ``(n, C, *map)``.
 
-    ``layer`` None reads the model's output (class axis last, arranged to dim 1).
+    ``layer`` None reads the model's output (class axis last, arranged to dim 1). ``repr``
+    spells the term as the call that makes it: ``_kind(layer, <_arguments()>, select=...)``.
     """
 
     layer: LayerSpec | None
     select: Select | None
     channel_dim: int | None
 
+    #: The name of the function that makes the term, for ``repr``.
+    _kind: ClassVar[str] = ""
+
     def value(self, arranged: torch.Tensor) -> torch.Tensor:
         """One value per input, ``(n,)``."""
         raise NotImplementedError
 
     def label(self) -> str:
+        """A short label, for titles."""
         raise NotImplementedError
 
-    def _layer_repr(self) -> tuple[str, str]:
-        """The layer as written in ``repr``, and the keywords that follow it."""
+    def _arguments(self) -> str:
+        """The arguments after the layer in ``repr`` (each with its leading ``", "``)."""
+        return ""
+
+    def __repr__(self) -> str:
         extra = ""
         if self.select is not None:
             extra += f", select={self.select!r}"
         if self.channel_dim is not None:
             extra += f", channel_dim={self.channel_dim}"
         layer = repr(self.layer) if isinstance(self.layer, str) else self._name()
-        return layer, extra
+        return f"{self._kind}({layer}{self._arguments()}{extra})"
 
     def _name(self) -> str:
         """A short name of the layer spec (a module object or class by its class name)."""
@@ -230,28 +242,49 @@ def _mean_over_map(maps: torch.Tensor) -> torch.Tensor:
     return maps.flatten(1).mean(1) if maps.dim() > 1 else maps
 
 
-@dataclass(frozen=True, eq=False)
-class _Channel(_Term):
+@dataclass(frozen=True, eq=False, repr=False)
+class _ChannelTerm(_Term):
+    """A quantity of one channel's map: :meth:`reduce` of the map ``(n, *map)``.
+
+    Reading the map and reducing it are apart, so that the maps of many such terms (one
+    channel per input) can be reduced in one call.
+    """
+
     channel: int
 
-    def value(self, arranged: torch.Tensor) -> torch.Tensor:
-        return _mean_over_map(self._channel_map(arranged, self.channel, "a channel"))
+    def reduce(self, maps: torch.Tensor) -> torch.Tensor:
+        """One value per row of ``maps``, ``(n, *map)``: each the map of this term's channel."""
+        raise NotImplementedError
 
-    def __repr__(self) -> str:
-        layer, extra = self._layer_repr()
-        return f"channel({layer}, {self.channel}{extra})"
+    def value(self, arranged: torch.Tensor) -> torch.Tensor:
+        """One value per input, ``(n,)``."""
+        return self.reduce(self._channel_map(arranged, self.channel, "a channel"))
+
+    def _arguments(self) -> str:
+        return f", {self.channel}"
 
     def label(self) -> str:
+        """``layer:channel``."""
         return f"{self._name()}:{self.channel}"
 
 
-@dataclass(frozen=True, eq=False)
-class _Neuron(_Term):
-    channel: int
+@dataclass(frozen=True, eq=False, repr=False)
+class _Channel(_ChannelTerm):
+    _kind: ClassVar[str] = "channel"
+
+    def reduce(self, maps: torch.Tensor) -> torch.Tensor:
+        """The mean over the map."""
+        return _mean_over_map(maps)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class _Neuron(_ChannelTerm):
     position: tuple[int, ...] | None
 
-    def value(self, arranged: torch.Tensor) -> torch.Tensor:
-        maps = self._channel_map(arranged, self.channel, "a channel")
+    _kind: ClassVar[str] = "neuron"
+
+    def reduce(self, maps: torch.Tensor) -> torch.Tensor:
+        """The value at ``position`` of the map (its centre when None)."""
         size = tuple(maps.shape[1:])
         position = tuple(n // 2 for n in size) if self.position is None else self.position
         if len(position) != len(size) or not all(
@@ -264,20 +297,49 @@ class _Neuron(_Term):
         index: tuple[slice | int, ...] = (slice(None), *position)
         return maps[index]
 
-    def __repr__(self) -> str:
-        layer, extra = self._layer_repr()
-        where = "" if self.position is None else f", {self.position}"
-        return f"neuron({layer}, {self.channel}{where}{extra})"
+    def _arguments(self) -> str:
+        return f", {self.channel}" + ("" if self.position is None else f", {self.position}")
 
     def label(self) -> str:
+        """``layer:channel@position``."""
         where = "centre" if self.position is None else ",".join(map(str, self.position))
         return f"{self._name()}:{self.channel}@{where}"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
+class _MapFunction(_ChannelTerm):
+    """A function of the channel's map: the ``objective=`` callable of the layer form.
+
+    Not made by any public function: :func:`~netlens.maximize_activation` makes these terms
+    for ``objective=callable`` with ``layer`` and ``channels``, and reduces the maps of all
+    inputs in one call of the function.
+    """
+
+    function: Callable[[torch.Tensor], torch.Tensor]
+
+    _kind: ClassVar[str] = "map_function"
+
+    def reduce(self, maps: torch.Tensor) -> torch.Tensor:
+        """The function of the maps, checked to give one value per map."""
+        values = self.function(maps)
+        if not isinstance(values, torch.Tensor) or values.shape != (maps.shape[0],):
+            raise NetlensValueError(
+                f"Expected the objective to return one value per channel, a tensor of shape "
+                f"({maps.shape[0]},) from maps of shape {tuple(maps.shape)}, but it returned "
+                f"{describe(values)}."
+            )
+        return values
+
+    def _arguments(self) -> str:
+        return f", {self.channel}, {self.function!r}"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
 class _Direction(_Term):
     vector: torch.Tensor
     cosine: bool
+
+    _kind: ClassVar[str] = "direction"
 
     def value(self, arranged: torch.Tensor) -> torch.Tensor:
         count = arranged.shape[1]
@@ -302,16 +364,16 @@ class _Direction(_Term):
             along = (arranged * vector).sum(1)
         return _mean_over_map(along)
 
-    def __repr__(self) -> str:
-        layer, extra = self._layer_repr()
+    def _arguments(self) -> str:
         cosine = ", cosine=True" if self.cosine else ""
-        return f"direction({layer}, <vector of {self.vector.numel()}>{cosine}{extra})"
+        return f", <vector of {self.vector.numel()}>{cosine}"
 
     def label(self) -> str:
+        """``layer:direction``."""
         return f"{self._name()}:direction"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class _ClassLogit(_Term):
     index: int
     log_probability: bool
@@ -325,14 +387,17 @@ class _ClassLogit(_Term):
         return f"class_logit({self.index}{extra})"
 
     def label(self) -> str:
+        """``logit k`` or ``log p(k)``."""
         return f"log p({self.index})" if self.log_probability else f"logit {self.index}"
 
     def _name(self) -> str:
         return "output"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class _Diversity(_Term):
+    _kind: ClassVar[str] = "diversity"
+
     def value(self, arranged: torch.Tensor) -> torch.Tensor:
         count = arranged.shape[0]
         features = arranged.flatten(2) if arranged.dim() > 2 else arranged[..., None]
@@ -341,11 +406,8 @@ class _Diversity(_Term):
         similarity = grams @ grams.T  # (n, n) cosine similarities of the Gram matrices
         return -(similarity.sum(1) - similarity.diagonal()) / count
 
-    def __repr__(self) -> str:
-        layer, extra = self._layer_repr()
-        return f"diversity({layer}{extra})"
-
     def label(self) -> str:
+        """``diversity(layer)``."""
         return f"diversity({self._name()})"
 
 
@@ -367,6 +429,11 @@ def _where(select: object, channel_dim: object) -> tuple[Select | None, int | No
     return check_select(select), check_channel_dim("channel_dim", channel_dim, optional=True)
 
 
+def _alone(term: _Term) -> Objective:
+    """The objective of one term, of weight 1."""
+    return Objective(((1.0, term),))
+
+
 def channel(
     layer: LayerSpec, channel: int, *, select: Select | None = None, channel_dim: int | None = None
 ) -> Objective:
@@ -386,16 +453,8 @@ def channel(
         >>> obj.channel("features.3", 12)
         channel('features.3', 12)
     """
-    return Objective(
-        (
-            (
-                1.0,
-                _Channel(
-                    _layer(layer), *_where(select, channel_dim), check_index("channel", channel)
-                ),
-            ),
-        )
-    )
+    index = check_index("channel", channel)
+    return _alone(_Channel(_layer(layer), *_where(select, channel_dim), index))
 
 
 def neuron(
@@ -419,7 +478,7 @@ def neuron(
         channel_dim: The layer's channel axis, where its kind does not tell it.
 
     Returns:
-        An :class:`Objective`.
+        An :class:`Objective`: the unit's value.
 
     Example:
         >>> from netlens import objectives as obj
@@ -428,7 +487,7 @@ def neuron(
     """
     where = None if position is None else check_position("position", position)
     index = check_index("channel", channel)
-    return Objective(((1.0, _Neuron(_layer(layer), *_where(select, channel_dim), index, where)),))
+    return _alone(_Neuron(_layer(layer), *_where(select, channel_dim), index, where))
 
 
 def direction(
@@ -491,9 +550,7 @@ def direction(
             f"Expected vector to be finite, but it holds {bad} values (at entries "
             f"{where[:10]}{', ...' if len(where) > 10 else ''})."
         )
-    return Objective(
-        ((1.0, _Direction(_layer(layer), *_where(select, channel_dim), values, cosine)),)
-    )
+    return _alone(_Direction(_layer(layer), *_where(select, channel_dim), values, cosine))
 
 
 def class_logit(index: int, *, log_probability: bool = False) -> Objective:
@@ -518,9 +575,7 @@ def class_logit(index: int, *, log_probability: bool = False) -> Objective:
         class_logit(3) - class_logit(5)
     """
     log_probability = check_bool("log_probability", log_probability)
-    return Objective(
-        ((1.0, _ClassLogit(None, None, None, check_index("index", index), log_probability)),)
-    )
+    return _alone(_ClassLogit(None, None, None, check_index("index", index), log_probability))
 
 
 def diversity(
@@ -542,11 +597,11 @@ def diversity(
         channel_dim: The layer's channel axis, where its kind does not tell it.
 
     Returns:
-        An :class:`Objective`.
+        An :class:`Objective`: higher for inputs less alike.
 
     Example:
         >>> from netlens import objectives as obj
         >>> obj.channel("conv2", 7) + 100 * obj.diversity("conv2")
         channel('conv2', 7) + 100 * diversity('conv2')
     """
-    return Objective(((1.0, _Diversity(_layer(layer), *_where(select, channel_dim))),))
+    return _alone(_Diversity(_layer(layer), *_where(select, channel_dim)))
