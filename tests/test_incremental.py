@@ -598,7 +598,8 @@ def _slowed(monkeypatch: pytest.MonkeyPatch, target: Any, name: str, seconds: fl
 def test_auto_carries_on_with_the_faster_path(monkeypatch: pytest.MonkeyPatch) -> None:
     model, inputs = _build("lenet", torch.float32)  # 169 positions, where incremental pays
     plain = nl.occlusion(model, inputs, window=4, stride=2, incremental=False)
-    assert nl.occlusion(model, inputs, window=4, stride=2).incremental
+    # Which path is faster unforced depends on the machine's load (a busy CI machine once chose
+    # the plain path here): each path is made slow on purpose instead, one way, then the other.
     with monkeypatch.context() as patch:  # incremental passes made slow: auto leaves them
         _slowed(patch, _passes.IncrementalPass, "run", 0.05)
         chosen = nl.occlusion(model, inputs, window=4, stride=2, batch_size=16)
