@@ -47,7 +47,8 @@ def main(argv: list[str]) -> int:
     tops = {name.split("/")[0] for name in names}
     if tops != {"netlens", f"netlens-{version}.dist-info"}:
         problems.append(f"the wheel holds more than the package: {sorted(tops)}")
-    for needed in ("netlens/__init__.py", "netlens/py.typed"):
+    # the atlas reads its page templates from the package
+    for needed in ("netlens/__init__.py", "netlens/py.typed", "netlens/_atlas/templates/page.html"):
         if needed not in names:
             problems.append(f"the wheel lacks {needed}")
 

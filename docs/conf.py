@@ -60,6 +60,7 @@ templates_path = ["_templates"]
 exclude_patterns = [
     "_build",
     "_ext",
+    "_extra",
     "api/generated/*.md",
     # The gallery's sources; sphinx-gallery turns them into pages under gallery/.
     "gallery_src",
@@ -87,6 +88,10 @@ nitpick_ignore = [
     ("py:class", "LayerView"),
     ("py:class", "_Term"),
     ("py:class", "netlens.testing._State"),
+    # An atlas' parts: described in the attributes that hold them (Atlas.occluded,
+    # AtlasLayer.histogram).
+    ("py:class", "netlens._atlas.inputs.Occluded"),
+    ("py:class", "netlens._atlas.histogram.Histogram"),
     # Written in modules being reworked now; to be made resolvable there (see the release list).
     ("py:data", "netlens._color.IMAGENET_COLOR_SQRT"),
     ("py:meth", "Maximization.plot"),
@@ -101,6 +106,11 @@ nitpick_ignore = [
 html_theme = "pydata_sphinx_theme"
 html_title = f"netlens {release}"
 html_static_path = ["_static"]
+# Files the build makes and copies into the site as they are: the gallery's atlas
+# (gallery_src/plot_09_atlas.py writes docs/_extra/atlas/). Created here so that the path
+# exists before the gallery runs.
+(HERE / "_extra").mkdir(exist_ok=True)
+html_extra_path = ["_extra"]
 html_css_files = ["netlens.css"]
 html_show_sourcelink = False
 html_theme_options = {
@@ -175,6 +185,7 @@ _API_SECTIONS = [
     ),
     ("Occlusion sensitivity", ["occlusion", "OcclusionMap"]),
     ("Activation maximisation", ["maximize_activation", "Maximization", "objectives"]),
+    ("An atlas of a model", ["atlas", "Atlas", "AtlasLayer", "ChannelCard"]),
     (
         "Errors",
         [

@@ -206,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-only", action="store_true", help="train and write the curves, skip the lenses"
     )
     parser.add_argument(
+        "--atlas",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also build the model's atlas (a browsable site of every channel of conv1, conv2 "
+        "and fc1 over the test set) in OUT/atlas (default: on, off with --quick)",
+    )
+    parser.add_argument(
         "--train-subset",
         type=int,
         metavar="N",
@@ -354,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.train_only:
         return 0
     lenses = look_inside(model, test_set, out, quick=args.quick, log=log)
+    if args.atlas if args.atlas is not None else not args.quick:
+        build_atlas(model, test_set, out, quick=args.quick, progress=not args.no_progress, log=log)
     if args.tensorboard is not None:
         write_tensorboard_images(model, args.tensorboard, name)
     seconds = time.perf_counter() - started
@@ -361,6 +370,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     harness.atomic_write_text(out / "REPORT.md", report)
     log(f"wrote {out / 'REPORT.md'}")
     return 0
+
+
+# -- the atlas ----------------------------------------------------------------------------------
+
+
+def build_atlas(
+    model: nn.Module,
+    test_set: tuple[torch.Tensor, torch.Tensor],
+    out: Path,
+    *,
+    quick: bool,
+    progress: bool,
+    log: Callable[[str], None],
+) -> nl.Atlas:
+    """The atlas of conv1, conv2 and fc1 over the test set, written to ``out/atlas``."""
+    inputs = test_set[0]
+    batches = [inputs[start : start + 500] for start in range(0, inputs.shape[0], 500)]
+    started = time.perf_counter()
+    book = nl.atlas(
+        model,
+        batches,
+        ["conv1", "conv2", "fc1"],
+        out=out / "atlas",
+        k=9,
+        # feature visualisations of every conv channel (96); fc1's 1,024 units show their
+        # strongest test images instead (maximize=True would add them, for a minute or two)
+        maximize=["conv1", "conv2"],
+        steps=16 if quick else 128,
+        progress=progress,
+    )
+    log(
+        f"atlas: {out / 'atlas' / 'index.html'} ({book.site_bytes / 2**20:.0f} MiB, "
+        f"{time.perf_counter() - started:.0f} s)"
+    )
+    return book
 
 
 # -- curves --------------------------------------------------------------------------------------

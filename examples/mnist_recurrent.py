@@ -50,6 +50,7 @@ import math
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -159,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--init", choices=["pytorch", "orthogonal"], help="of the recurrent weights"
     )
     parser.add_argument("--no-lenses", action="store_true", help="train and compare only")
+    parser.add_argument(
+        "--atlas",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also build the LSTM's atlas (a browsable site of its 128 hidden units over the "
+        "test set) in OUT/lstm/atlas (default: on, off with --quick)",
+    )
     for action in parser._actions:
         if action.dest == "lr":
             action.help = "peak (or constant) lr for every model; default: the recipe's (" + (
@@ -368,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_lenses:
         sizes = LensSizes(32, 3, 24) if args.quick else LensSizes()
         lenses = write_lenses(trained, test_set, out / "lenses", sizes, args.seed, log)
+    if "lstm" in trained and (args.atlas if args.atlas is not None else not args.quick):
+        build_atlas(trained["lstm"], test_set, out / "lstm" / "atlas", args.quick, args, log)
     write_report(arguments, args, recipes, rows, lenses, out)
     for row in rows:
         log(
@@ -376,6 +386,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     log(f"report: {out / 'REPORT.md'}")
     return 0
+
+
+def build_atlas(
+    model: nn.Module,
+    test_set: tuple[torch.Tensor, torch.Tensor],
+    out: Path,
+    quick: bool,
+    args: argparse.Namespace,
+    log: Callable[[str], None],
+) -> nl.Atlas:
+    """The atlas of the LSTM's hidden units over the test digits (rows as time steps)."""
+    inputs = as_input("lstm", test_set[0])
+    batches = [inputs[start : start + 500] for start in range(0, inputs.shape[0], 500)]
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        # The deconvnet's rule covers ReLU; through an LSTM's gates its projections are plain
+        # gradients, which netlens warns about. Expected here: the atlas shows them as such.
+        warnings.filterwarnings("ignore", message=".*nonlinearities other than ReLU")
+        book = nl.atlas(
+            model,
+            batches,
+            "rnn",
+            out=out,
+            k=9,
+            steps=16 if quick else 128,
+            progress=not args.no_progress,
+        )
+    log(
+        f"lstm atlas: {out / 'index.html'} ({book.site_bytes / 2**20:.0f} MiB, "
+        f"{time.perf_counter() - started:.0f} s)"
+    )
+    return book
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -70,6 +70,10 @@ CASES: dict[str, Callable[[], tuple[Callable[..., Any], dict[str, Any]]]] = {
         {"model": _net(), "layer": "conv1", "channels": 0, "input_shape": (1, 28, 28), "steps": 1},
     ),
     "netlens.color_stats": lambda: (nl.color_stats, {"data": torch.rand(4, 3, 8, 8)}),
+    "netlens.atlas": lambda: (
+        nl.atlas,
+        {"model": _net(), "data": _images(), "layers": "conv1", "k": 1, "maximize": False},
+    ),
     "netlens.FilterGrid": lambda: (nl.FilterGrid, {"source": _net().conv1}),
     "netlens.ActivationGrid": lambda: (nl.ActivationGrid, {"activations": torch.rand(4, 3, 5)}),
     "netlens.ActivationStats": lambda: (nl.ActivationStats, {}),
@@ -95,6 +99,9 @@ NOT_CALLED = {
     "netlens.Projection",
     "netlens.TopActivations",
     "netlens.Recorder",  # made by nl.record
+    "netlens.Atlas",  # made by nl.atlas, as its layers and their channel cards
+    "netlens.AtlasLayer",
+    "netlens.ChannelCard",
     "netlens.objectives.Objective",  # made by the functions of netlens.objectives and arithmetic
     # the data sets read files: their argument checks are tested in test_datasets.py
     "netlens.datasets.CIFAR10",

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from _examples import EXAMPLES, load_example
 from _models import seeded_lenet
+from _spawn import LOOPBACK, free_port, spawn
 from torch import nn
 
 import netlens as nl
@@ -37,53 +34,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 FIELDS = ("activations", "indices", "positions", "boxes", "patches", "projections")
-# The loopback interface, so that gloo never looks beyond this machine.
-LOOPBACK = "lo0" if sys.platform == "darwin" else "lo"
 
 
 # One intra-op thread for this file's tests (tests/conftest.py): The ranks run one thread each;
 # float32 reductions (the per-batch sums of the statistics) come out the same only with the same
 # number of threads.
 ONE_THREAD = True
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _entry(rank: int, worker: Callable[..., None], world: int, port: int, *args: Any) -> None:
-    os.environ["GLOO_SOCKET_IFNAME"] = LOOPBACK
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        worker(rank, world, *args)
-    finally:
-        dist.destroy_process_group()
-
-
-def _spawn(worker: Callable[..., None], world: int, *args: Any, timeout: float = 120) -> None:
-    """Run ``worker(rank, world, *args)`` in ``world`` fresh processes; fail rather than hang."""
-    context = mp.start_processes(
-        _entry,
-        args=(worker, world, _free_port(), *args),
-        nprocs=world,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + timeout
-    while not context.join(timeout=max(0.1, deadline - time.monotonic())):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the {world} processes did not finish within {timeout} s")
 
 
 # -- shared data: the same on every rank and in the parent ---------------------------------------
@@ -238,7 +194,7 @@ def _same_stats(found: dict[str, Any], expected: dict[str, nl.ChannelStats]) -> 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("two_ranks")
-    _spawn(_two_ranks, 2, str(out))
+    spawn(_two_ranks, 2, str(out))
     return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
 
 
@@ -318,7 +274,7 @@ def test_ddp_models_resolve_layers_and_reduce(two_ranks: list[dict[str, Any]]) -
 def one_rank() -> Iterator[None]:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", LOOPBACK)
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
     )
     try:
         yield
@@ -400,7 +356,7 @@ def test_the_example_under_torchrun_equals_one_process(tmp_path: Path) -> None:
     out = tmp_path / "out"
     # 32 test images per rank: two batches of 16 each, the very batches one process reads
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     command += [str(EXAMPLES / "distributed_lenses.py"), "--data-dir", str(data_dir)]
     command += ["--out", str(out), "--batch-size", "16"]
     environment = {**os.environ, "GLOO_SOCKET_IFNAME": LOOPBACK, "OMP_NUM_THREADS": "1"}

@@ -114,6 +114,16 @@ def test_quick_run_writes_every_output(quick_run: Path) -> None:
     assert list((quick_run.parent / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+def test_the_atlas_flag_builds_the_models_atlas(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert example.main(["--data-dir", str(data_dir), "--out", str(out), *QUICK, "--atlas"]) == 0
+    index = (out / "atlas" / "index.html").read_text()
+    assert all(f'href="{layer}/index.html"' in index for layer in ("conv1", "conv2", "fc1"))
+    channel = (out / "atlas" / "conv2" / "63.html").read_text()
+    assert "Feature visualisation" in channel and "Strongest data-set examples" in channel
+    assert "Feature visualisation" not in (out / "atlas" / "fc1" / "5.html").read_text()
+
+
 def test_quick_run_learns_the_gratings(quick_run: Path) -> None:
     with (quick_run / "history.csv").open(newline="") as file:
         rows = list(csv.DictReader(file))

@@ -80,6 +80,22 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple
     return out, "\n".join(lines)
 
 
+@pytest.mark.slow
+def test_the_atlas_flag_builds_the_lstms_atlas(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["--data-dir", str(data_dir), "--out", str(out), "--quick", "--no-progress"]
+    argv += ["--batch-size", "32", "--models", "lstm", "--no-lenses", "--atlas"]
+    example.print = lambda *args: None  # the example logs with print
+    try:
+        assert example.main(argv) == 0
+    finally:
+        del example.print
+    site = out / "lstm" / "atlas"
+    assert 'href="rnn/index.html"' in (site / "index.html").read_text()
+    unit = (site / "rnn" / "127.html").read_text()  # the last of its 128 hidden units
+    assert "Feature visualisation" in unit and "Weights" in unit  # its input weights per gate
+
+
 def _run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exit_info:
         harness.run_cli(example.main, argv)

@@ -2,10 +2,12 @@
 
 Activation recorders, weight and activation grids, streaming activation statistics, deconvnet
 projections (Zeiler & Fergus 2014), occlusion sensitivity and activation maximisation, for any
-``nn.Module``.
+``nn.Module``, and an atlas of a model that puts them all together.
 """
 
 from . import objectives
+from ._atlas.api import atlas
+from ._atlas.cards import Atlas, AtlasLayer, ChannelCard
 from ._color import ColorStats, color_stats
 from ._core.errors import (
     LayerNotFoundError,
@@ -28,6 +30,9 @@ from ._version import __version__
 __all__ = [
     "ActivationGrid",
     "ActivationStats",
+    "Atlas",
+    "AtlasLayer",
+    "ChannelCard",
     "ChannelStats",
     "ColorStats",
     "FilterGrid",
@@ -45,6 +50,7 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "activation_stats",
+    "atlas",
     "color_stats",
     "deconvnet",
     "find_layers",

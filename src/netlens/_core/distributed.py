@@ -22,6 +22,7 @@ __all__ = [
     "rank_of",
     "resolve_group",
     "same_group",
+    "sum_over_ranks",
     "world_size",
 ]
 
@@ -114,6 +115,25 @@ def gather_tensors(tensor: torch.Tensor, group: Any) -> list[torch.Tensor]:
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, tensor, group=group)
     return parts
+
+
+def sum_over_ranks(tensor: torch.Tensor, group: Any) -> None:
+    """Replace ``tensor`` by its sum over the ranks of ``group``, on every rank (in place).
+
+    A tensor on another device than the backend takes (the CPU for NCCL) travels through a copy
+    on :func:`collective_device`. Nothing is pickled.
+    """
+    if group is None:
+        return
+    import torch.distributed as dist
+
+    device = collective_device(group)
+    if tensor.device == device:
+        dist.all_reduce(tensor, group=group)
+        return
+    moved = tensor.to(device)
+    dist.all_reduce(moved, group=group)
+    tensor.copy_(moved)
 
 
 def collective_device(group: Any) -> torch.device:

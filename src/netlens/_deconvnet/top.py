@@ -26,7 +26,14 @@ from .._core.checks import (
     check_int,
     prepare_inputs,
 )
-from .._core.distributed import Group, gather, rank_of, resolve_group, same_group
+from .._core.distributed import (
+    Group,
+    gather,
+    rank_of,
+    resolve_group,
+    same_group,
+    sum_over_ranks,
+)
 from .._core.errors import NetlensTypeError, NetlensValueError, describe
 from .._core.hooks import Hooks
 from .._core.layers import LayerSpec, check_model, unwrap_parallel
@@ -233,16 +240,6 @@ def _project_and_cut(
     return patches, projections
 
 
-@dataclass
-class _Pieces:
-    """A rank's patches, projections and boxes for the winners it holds (``where``, flat)."""
-
-    where: torch.Tensor
-    boxes: torch.Tensor
-    patches: torch.Tensor
-    projections: torch.Tensor
-
-
 def finish(
     model: nn.Module,
     view: LayerView,
@@ -304,14 +301,19 @@ def finish(
     if group is None:  # this rank holds every winner, in order
         every_box, every_patch, every_projection = boxes, patches, projections
     else:
+        # Each rank fills the rows of the winners it holds and leaves the others zero; a sum
+        # over the ranks then gives every rank every row, in place: nothing is pickled, and no
+        # rank holds more than the result (the rows of a large layer's patches and projections
+        # are hundreds of megabytes). Adding zeros is exact.
         every_box = torch.zeros((count * k, *boxes.shape[1:]), dtype=torch.long)
+        every_box[where] = boxes
         every_patch = torch.zeros((count * k, *size), dtype=found.info.dtype, device=device)
+        every_patch[where.to(device)] = patches.to(every_patch)
         every_projection = torch.zeros((count * k, *size), dtype=found.dtype, device=device)
-        mine = _Pieces(where, boxes, patches.cpu(), projections.cpu())
-        for pieces in gather(mine, group):
-            every_box[pieces.where] = pieces.boxes
-            every_patch[pieces.where.to(device)] = pieces.patches.to(every_patch)
-            every_projection[pieces.where.to(device)] = pieces.projections.to(every_projection)
+        every_projection[where.to(device)] = projections.to(every_projection)
+        del patches, projections
+        for tensor in (every_box, every_patch, every_projection):
+            sum_over_ranks(tensor, group)
     restore = found.info.restore
 
     def per_channel(flat: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,404 @@
+"""What an atlas holds: :class:`Atlas` of :class:`AtlasLayer` of :class:`ChannelCard`.
+
+The tensors live once, per layer; a card is a view of one channel of them, made when asked for
+(``atlas["conv2"][17]``). Every object shows itself in a notebook (``_repr_html_``, the same
+markup as the site's pages, pictures inline) and draws with ``plot()``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .._core.errors import LayerNotFoundError, NetlensTypeError, NetlensValueError, describe
+from .._core.render import Plottable, figure_axes
+from .._deconvnet.top import TopActivations
+from .._stats import ChannelStats
+from .histogram import Histogram, display
+from .images import as_rgb, as_rgbs, strip, to_image, to_images
+from .inputs import Occluded
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "Atlas",
+    "AtlasLayer",
+    "ChannelCard",
+    "feature_rgb",
+    "features_rgb",
+    "patch_rgb",
+    "patches_rgb",
+    "weight_rgb",
+]
+
+# Thumbnails' shorter side in pixels: pictures are upscaled by whole pixels to at least this.
+THUMBNAIL = 96
+PATCH = 48
+
+
+def feature_rgb(image: torch.Tensor) -> np.ndarray:
+    """A feature visualisation (an input) as RGB, on its own range."""
+    return as_rgb(to_image(image))
+
+
+def patch_rgb(patch: torch.Tensor, *, projection: bool = False) -> np.ndarray:
+    """A data-set patch (its own range) or a deconvnet projection (centred at zero)."""
+    return as_rgb(to_image(patch), cmap="RdBu_r" if projection else "gray", symmetric=projection)
+
+
+def patches_rgb(patches: torch.Tensor, *, projection: bool = False) -> np.ndarray:
+    """:func:`patch_rgb` of each of a batch ``(k, *patch)``, as ``(k, H, W, 3)``."""
+    cmap = "RdBu_r" if projection else "gray"
+    return as_rgbs(to_images(patches), cmap=cmap, symmetric=projection)
+
+
+def features_rgb(images: torch.Tensor) -> np.ndarray:
+    """:func:`feature_rgb` of each of a batch ``(k, *input)``, as ``(k, H, W, 3)``."""
+    return as_rgbs(to_images(images))
+
+
+def weight_rgb(weights: torch.Tensor) -> np.ndarray:
+    """A channel's weights as a picture: RGB for 3 input channels, else a diverging map."""
+    picture = to_image(weights)
+    if picture.dim() == 3:
+        return as_rgb(picture)
+    return as_rgb(picture, cmap="RdBu_r", symmetric=True)
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelCard(Plottable):
+    """One channel (unit) of a layer, as its page in the atlas shows it.
+
+    Attributes:
+        layer: The layer's name.
+        channel: The channel's index in the layer.
+        channels: How many channels the layer has (the card's neighbours are ``channel - 1``
+            and ``channel + 1``).
+        mean: Mean activation over the data (every input and position).
+        std: Standard deviation of the activations.
+        min: Smallest activation.
+        max: Largest activation.
+        zero_fraction: Fraction of activations exactly zero.
+        count: Number of finite activations the statistics cover.
+        dead: Whether every activation was zero.
+        saturated: Whether the unit sat at a bound of its activation function (within 1% of
+            its range) for at least 99% of the data; ``None`` for unbounded kinds.
+        edges: Histogram bin edges from ``min`` to ``max`` (float64).
+        counts: Activations per bin (float64: spread from finer bins, see
+            :func:`netlens.atlas`).
+        activations: The ``k`` strongest activations, strongest first (each at the input's
+            strongest position); empty where the atlas has no data-set examples.
+        indices: Their inputs' indices in the data.
+        patches: The inputs under those activations' receptive fields, ``(k, *patch)``, or
+            ``None``.
+        projections: Their deconvnet projections, cut like the patches, or ``None``.
+        feature: The feature visualisation (an input that excites the channel), or ``None``.
+        diverse: Further, diverse feature visualisations ``(n, *input)``, or ``None``.
+        weights: The channel's weights where they make a picture, or ``None``.
+    """
+
+    layer: str
+    channel: int
+    channels: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    zero_fraction: float
+    count: int
+    dead: bool
+    saturated: bool | None
+    edges: torch.Tensor
+    counts: torch.Tensor
+    activations: torch.Tensor
+    indices: torch.Tensor
+    patches: torch.Tensor | None
+    projections: torch.Tensor | None
+    feature: torch.Tensor | None
+    diverse: torch.Tensor | None
+    weights: torch.Tensor | None
+
+    def __repr__(self) -> str:
+        return (
+            f"ChannelCard(layer={self.layer!r}, channel={self.channel}, mean={self.mean:.4g}, "
+            f"max={self.max:.4g}, zero_fraction={self.zero_fraction:.3g}, "
+            f"examples={int(self.activations.numel())})"
+        )
+
+    def mosaic(self) -> np.ndarray:
+        """The card's pictures as one RGB array: visualisations, then patches, projections."""
+        rows: list[np.ndarray] = []
+        size = PATCH
+        if self.feature is not None:
+            pictures = self.feature[None]
+            if self.diverse is not None:
+                pictures = torch.cat([pictures, self.diverse])
+            rows.append(strip(list(_fit(features_rgb(pictures), THUMBNAIL)), gap=4))
+        if self.patches is not None and self.projections is not None:
+            rows.append(strip(list(_fit(patches_rgb(self.patches), size)), gap=2))
+            projected = patches_rgb(self.projections, projection=True)
+            rows.append(strip(list(_fit(projected, size)), gap=2))
+        if not rows:
+            return np.full((1, 1, 3), 255, dtype=np.uint8)
+        width = max(row.shape[1] for row in rows)
+        padded = [
+            np.pad(row, ((0, 6), (0, width - row.shape[1]), (0, 0)), constant_values=255)
+            for row in rows
+        ]
+        return np.concatenate(padded)[:-6]
+
+    def plot(self, ax: Axes | None = None) -> tuple[Figure, Axes]:
+        """Draw the card's pictures on one Axes.
+
+        The first row shows the feature visualisation(s), the second the data-set patches of the
+        strongest activations, the third their deconvnet projections (red positive, blue
+        negative).
+
+        Args:
+            ax: An Axes to draw on; a new figure when ``None``.
+
+        Returns:
+            ``(Figure, Axes)``.
+        """
+        picture = self.mosaic()
+        height, width = picture.shape[:2]
+        figure, axes = figure_axes(ax, width=2 + width / 60, height=1 + height / 60)
+        axes.imshow(picture, interpolation="nearest")
+        axes.set_axis_off()
+        axes.set_title(
+            f"layer {self.layer!r}, channel {self.channel}: mean {self.mean:.3g}, "
+            f"max {self.max:.3g}, zero {100 * self.zero_fraction:.0f}%",
+            fontsize=9,
+        )
+        return figure, axes
+
+    def _repr_html_(self) -> str:
+        from .site import card_html
+
+        return card_html(self)
+
+
+def _fit(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Upscale by whole pixels towards ``size`` (never down: small inputs stay sharp).
+
+    ``rgb`` is ``(H, W, 3)`` or a batch ``(k, H, W, 3)``.
+    """
+    height, width = rgb.shape[-3], rgb.shape[-2]
+    factor = max(1, size // max(1, height, width))
+    if factor == 1:
+        return rgb
+    return rgb.repeat(factor, axis=-3).repeat(factor, axis=-2)
+
+
+@dataclass(frozen=True, eq=False)
+class AtlasLayer(Mapping[int, ChannelCard]):
+    """One layer of an atlas: a mapping from channel index to :class:`ChannelCard`.
+
+    Attributes:
+        name: The layer's name in the model.
+        kind: The module's class name.
+        output_shape: One input's output of the layer, arranged channels first ``(C, *map)``.
+        parameters: The module's own parameters (its submodules' included).
+        stats: Per-channel statistics over the data.
+        histogram: Per-channel histograms over the data.
+        top: The strongest activations with patches and projections, or ``None``.
+        features: One feature visualisation per channel ``(C, *input)``, or ``None``.
+        diverse: Diverse visualisations ``(C, n, *input)``, or ``None``.
+        weights: Per channel, the weights as a picture source, or ``None``.
+        saturated: Per channel, whether the unit is saturated, or ``None`` (unbounded kind).
+    """
+
+    name: str
+    kind: str
+    output_shape: tuple[int, ...]
+    parameters: int
+    stats: ChannelStats
+    histogram: Histogram
+    top: TopActivations | None = None
+    features: torch.Tensor | None = None
+    diverse: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    saturated: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.stats.num_channels
+
+    def __contains__(self, channel: object) -> bool:
+        return isinstance(channel, (int, np.integer)) and 0 <= int(channel) < len(self)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self)))
+
+    def __getitem__(self, channel: int) -> ChannelCard:
+        if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
+            raise NetlensTypeError(
+                f"Expected a channel index (an int), but got {describe(channel)}."
+            )
+        index = int(channel)
+        if not 0 <= index < len(self):
+            raise NetlensValueError(
+                f"Expected a channel in [0, {len(self)}) for layer {self.name!r}, but got {index}."
+            )
+        stats, top = self.stats, self.top
+        edges, counts = display(
+            self.histogram.counts[index], float(stats.min[index]), float(stats.max[index])
+        )
+        empty = torch.empty(0)
+        return ChannelCard(
+            layer=self.name,
+            channel=index,
+            channels=len(self),
+            mean=float(stats.mean[index]),
+            std=float(stats.std[index]),
+            min=float(stats.min[index]),
+            max=float(stats.max[index]),
+            zero_fraction=float(stats.zero_fraction[index]),
+            count=int(stats.count[index]),
+            dead=bool(stats.dead[index]),
+            saturated=None if self.saturated is None else bool(self.saturated[index]),
+            edges=torch.from_numpy(edges),
+            counts=torch.from_numpy(counts),
+            activations=empty if top is None else top.activations[index],
+            indices=empty.long() if top is None else top.indices[index],
+            patches=None if top is None else top.patches[index],
+            projections=None if top is None else top.projections[index],
+            feature=None if self.features is None else self.features[index],
+            diverse=None if self.diverse is None else self.diverse[index],
+            weights=None if self.weights is None else self.weights[index],
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"AtlasLayer({self.name!r}, kind={self.kind}, output_shape={self.output_shape}, "
+            f"channels={len(self)}, dead={int(self.stats.dead.sum())})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def plot(self, ax: Axes | None = None, *, ncols: int | None = None) -> tuple[Figure, Axes]:
+        """Draw every channel's feature visualisation (or strongest patch) as one grid.
+
+        Args:
+            ax: An Axes to draw on; a new figure when ``None``.
+            ncols: Tiles per row; about square by default.
+
+        Returns:
+            ``(Figure, Axes)``.
+        """
+        tiles = [_fit(_thumbnail(self[channel]), PATCH) for channel in self]
+        columns = ncols or max(1, math.ceil(math.sqrt(len(tiles))))
+        picture = strip(tiles, gap=2, columns=columns)
+        figure, axes = figure_axes(
+            ax, width=1 + picture.shape[1] / 50, height=1 + picture.shape[0] / 50
+        )
+        axes.imshow(picture, interpolation="nearest")
+        axes.set_axis_off()
+        axes.set_title(f"layer {self.name!r}: {len(self)} channels", fontsize=9)
+        return figure, axes
+
+    def _repr_html_(self) -> str:
+        from .site import layer_html
+
+        return layer_html(self)
+
+
+def _thumbnail(card: ChannelCard) -> np.ndarray:
+    """A channel's picture: its feature visualisation, else its strongest patch, else blank."""
+    if card.feature is not None:
+        return feature_rgb(card.feature)
+    if card.patches is not None and card.patches.shape[0]:
+        return patch_rgb(card.patches[0])
+    return np.full((8, 8, 3), 255, dtype=np.uint8)
+
+
+@dataclass(frozen=True, eq=False)
+class Atlas(Mapping[str, AtlasLayer]):
+    """An atlas of a model: a mapping from layer name to :class:`AtlasLayer`.
+
+    ``atlas["conv2"][17]`` is layer ``conv2``'s channel 17, a :class:`ChannelCard`.
+
+    Attributes:
+        model: The model's class name.
+        samples: How many inputs the data pass covered.
+        input_shape: One input's shape.
+        k: Data-set examples kept per channel.
+        out: Where the site was written, or ``None``.
+        site_bytes: The site's size on disk in bytes (0 without a site).
+        seconds: Wall-clock seconds per stage of the build (``"pass"``, ``"examples"``,
+            ``"features"``, ``"occlusion"``, ``"site"``); stages loaded from an earlier build
+            are absent.
+        occluded: The occlusion maps and most probable classes of ``inputs_for_occlusion``
+            (``.occlusion``, an :class:`~netlens.OcclusionMap`; ``.classes`` and
+            ``.probabilities``, the five most probable per input), or ``None``.
+        class_names: The names of the model's classes, where given.
+    """
+
+    model: str
+    samples: int
+    input_shape: tuple[int, ...]
+    k: int
+    layers: dict[str, AtlasLayer]
+    out: Path | None = None
+    site_bytes: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    occluded: Occluded | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def __getitem__(self, name: str) -> AtlasLayer:
+        if name not in self.layers:
+            raise LayerNotFoundError(
+                f"Expected one of the atlas' layers {list(self.layers)}, but got {name!r}."
+            )
+        return self.layers[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        channels = sum(len(layer) for layer in self.layers.values())
+        where = f", out={str(self.out)!r}" if self.out is not None else ""
+        return (
+            f"Atlas(model={self.model}, layers={list(self.layers)}, channels={channels}, "
+            f"samples={self.samples}{where})"
+        )
+
+    def save(self, out: str | os.PathLike[str]) -> Atlas:
+        """Write the atlas as a static site into the folder ``out``; returns it with ``out`` set.
+
+        The site opens from the file system (``out/index.html``) in any browser, without a
+        server or a network.
+        """
+        from .site import write_site
+
+        if not isinstance(out, (str, os.PathLike)):
+            raise NetlensTypeError(f"Expected out to be a str or a path, but got {describe(out)}.")
+        folder = Path(out)
+        size = write_site(self, folder)
+        return replace(self, out=folder, site_bytes=size, seconds=dict(self.seconds))
+
+    def _repr_html_(self) -> str:
+        from .site import atlas_html
+
+        return atlas_html(self)
