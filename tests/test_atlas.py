@@ -79,6 +79,24 @@ def test_examples_equal_top_activations(built: tuple[nl.Atlas, Path]) -> None:
         assert card.patches is not None and torch.equal(card.patches, expected.patches[1])
 
 
+def test_a_layer_projected_in_parts_is_the_layer_projected_at_once(
+    built: tuple[nl.Atlas, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netlens._atlas import api
+
+    monkeypatch.setattr(api, "PART", 4)  # conv2's 6 channels in two parts, fc's 3 in one
+    book = nl.atlas(_model(), _loader(_images()), LAYERS, out=tmp_path, k=3, steps=6, diverse=2)
+    assert len(book["conv2"].parts) == 2 and len(book["fc"].parts) == 1
+    expected = nl.top_activations(_model(), _loader(_images()), "conv2", k=3)
+    joined = book["conv2"].top
+    assert joined is not None
+    for field in ("activations", "indices", "positions", "boxes", "patches", "projections"):
+        assert torch.equal(getattr(joined, field), getattr(expected, field)), field
+    card = book["conv2"][5]  # in the second part
+    assert card.patches is not None and torch.equal(card.patches, expected.patches[5])
+    assert _files(tmp_path) == _files(built[1])  # the same site
+
+
 def test_feature_visualisations_equal_maximize_activation(built: tuple[nl.Atlas, Path]) -> None:
     book, _ = built
     images = _images()

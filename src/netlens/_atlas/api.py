@@ -35,7 +35,7 @@ from .collect import LayerPass, PassResult, data_pass
 from .histogram import Histogram
 from .inputs import Occluded, check_inputs, occlude
 from .pictures import feature_visualisations, weight_pictures
-from .site import slug, write_front, write_layer
+from .site import clear_layer, slug, write_channels, write_front, write_layer_page
 from .store import Store, fingerprint
 
 __all__ = ["atlas"]
@@ -172,24 +172,42 @@ def atlas(
         for name, view in progress_bar(
             views.items(), enabled=progress and len(views) > 1, desc="atlas: layers"
         ):
-            top = _examples_stage(runner, view, result, process_group, store, seconds)
-            result.tops.pop(name, None)  # the winners' inputs: projected, no longer needed
             features, more = None, None
             if name in visualised:
                 features, more = _features_stage(
                     runner, view, result, steps, diverse, seed, process_group, store, seconds
                 )
-            built[name] = _layer(view, result.layers[name], top, features, more, result)
             if writes:
                 assert folder is not None
-                started = time.perf_counter()
-                written += write_layer(model_name, built[name], folder)
-                seconds["site"] = seconds.get("site", 0.0) + time.perf_counter() - started
-                # The layer's patches and projections (the bulk of an atlas) now live in its
-                # stage file: mapped from there, they take memory only where read again.
-                mapped = store.load(f"examples/{_stage_name(name)}", mapped=True)
-                if mapped is not None:
-                    built[name] = replace(built[name], top=TopActivations(**mapped))
+                clear_layer(folder, name)
+            # A large layer is projected a part at a time; with a site, each part's pages are
+            # written at once and the part read back mapped from its stage file, so that the
+            # layer's patches and projections are never all in memory.
+            parts: list[TopActivations] = []
+            channels = result.layers[name].stats.num_channels
+            for number, start in enumerate(range(0, channels, PART)):
+                chunk = range(start, min(start + PART, channels))
+                parts.append(
+                    _examples_part(
+                        runner, view, result, chunk, number, process_group, store, seconds
+                    )
+                )
+                if writes:
+                    assert folder is not None
+                    started = time.perf_counter()
+                    partial = _layer(
+                        view, result.layers[name], tuple(parts), features, more, result
+                    )
+                    written += write_channels(model_name, partial, chunk, folder)
+                    seconds["site"] = seconds.get("site", 0.0) + time.perf_counter() - started
+                    mapped = store.load(_part_stage(name, number), mapped=True)
+                    if mapped is not None:
+                        parts[-1] = TopActivations(**mapped)
+            result.tops.pop(name, None)  # the winners' inputs: projected, no longer needed
+            built[name] = _layer(view, result.layers[name], tuple(parts), features, more, result)
+            if writes:
+                assert folder is not None
+                written += write_layer_page(model_name, built[name], folder)
         occluded = None
         if inputs_for_occlusion is not None:
             chosen = check_inputs(inputs_for_occlusion, result.input_shape)
@@ -287,25 +305,51 @@ def _pass_stage(
     return result
 
 
-def _examples_stage(
+#: Channels projected together: a part of a large layer (its patches and projections are in
+#: memory at once; 64 of layer4 of a ResNet at 64 px take 54 MiB).
+PART = 64
+
+
+def _part_stage(layer: str, number: int) -> str:
+    return f"examples/{_stage_name(layer)}/{number}"
+
+
+def _examples_part(
     model: nn.Module,
     view: LayerView,
     result: PassResult,
+    chunk: range,
+    number: int,
     group: Any,
     store: Store,
     seconds: dict[str, float],
 ) -> TopActivations:
-    """The layer's winners cut to their receptive fields, with their deconvnet projections."""
-    stage = f"examples/{_stage_name(view.name)}"
-    kept = store.load(stage)
+    """Some of a layer's winners cut to their receptive fields, with their projections."""
+    stage = _part_stage(view.name, number)
+    kept = store.load(stage, mapped=True)  # read where looked at
     if kept is not None:
         return TopActivations(**kept)
     started = time.perf_counter()
     layer = result.layers[view.name]
-    top = finish(model, view, result.tops[view.name], layer.found, layer.winners, True, group)
+    winners = _rows(layer.winners, chunk)
+    top = finish(model, view, result.tops[view.name], layer.found, winners, True, group)
     seconds["examples"] = seconds.get("examples", 0.0) + time.perf_counter() - started
     store.save(stage, _packed_top(top))
     return top
+
+
+def _rows(winners: Winners, chunk: range) -> Winners:
+    """The winners of the channels ``chunk`` (positions in the layer's channel list)."""
+    rows = slice(chunk.start, chunk.stop)
+    return dataclasses.replace(
+        winners,
+        channels=winners.channels[rows],
+        values=winners.values[rows],
+        indices=winners.indices[rows],
+        flat=winners.flat[rows],
+        owner=winners.owner[rows],
+        slot=winners.slot[rows],
+    )
 
 
 def _features_stage(
@@ -347,7 +391,7 @@ def _features_stage(
 def _layer(
     view: LayerView,
     layer: LayerPass,
-    top: TopActivations,
+    parts: tuple[TopActivations, ...],
     features: torch.Tensor | None,
     more: torch.Tensor | None,
     result: PassResult,
@@ -360,7 +404,7 @@ def _layer(
         parameters=sum(parameter.numel() for parameter in module.parameters()),
         stats=layer.stats,
         histogram=layer.histogram,
-        top=top,
+        parts=parts,
         features=features,
         diverse=more,
         weights=weight_pictures(module, result.input_shape),

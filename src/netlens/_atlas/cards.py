@@ -210,7 +210,10 @@ class AtlasLayer(Mapping[int, ChannelCard]):
         parameters: The module's own parameters (its submodules' included).
         stats: Per-channel statistics over the data.
         histogram: Per-channel histograms over the data.
-        top: The strongest activations with patches and projections, or ``None``.
+        parts: The strongest activations with patches and projections, in parts of
+            consecutive channels (a large layer is projected a part at a time, and written
+            parts are read back from the site's stage files only where looked at); empty
+            without data-set examples. :attr:`top` joins them.
         features: One feature visualisation per channel ``(C, *input)``, or ``None``.
         diverse: Diverse visualisations ``(C, n, *input)``, or ``None``.
         weights: Per channel, the weights as a picture source, or ``None``.
@@ -223,7 +226,7 @@ class AtlasLayer(Mapping[int, ChannelCard]):
     parameters: int
     stats: ChannelStats
     histogram: Histogram
-    top: TopActivations | None = None
+    parts: tuple[TopActivations, ...] = ()
     features: torch.Tensor | None = None
     diverse: torch.Tensor | None = None
     weights: torch.Tensor | None = None
@@ -248,7 +251,13 @@ class AtlasLayer(Mapping[int, ChannelCard]):
             raise NetlensValueError(
                 f"Expected a channel in [0, {len(self)}) for layer {self.name!r}, but got {index}."
             )
-        stats, top = self.stats, self.top
+        stats, top = self.stats, None
+        for part in self.parts:
+            if index < part.channels.shape[0]:
+                top = part
+                break
+            index -= part.channels.shape[0]
+        offset, index = index, int(channel)
         edges, counts = display(
             self.histogram.counts[index], float(stats.min[index]), float(stats.max[index])
         )
@@ -267,13 +276,37 @@ class AtlasLayer(Mapping[int, ChannelCard]):
             saturated=None if self.saturated is None else bool(self.saturated[index]),
             edges=torch.from_numpy(edges),
             counts=torch.from_numpy(counts),
-            activations=empty if top is None else top.activations[index],
-            indices=empty.long() if top is None else top.indices[index],
-            patches=None if top is None else top.patches[index],
-            projections=None if top is None else top.projections[index],
+            activations=empty if top is None else top.activations[offset],
+            indices=empty.long() if top is None else top.indices[offset],
+            patches=None if top is None else top.patches[offset],
+            projections=None if top is None else top.projections[offset],
             feature=None if self.features is None else self.features[index],
             diverse=None if self.diverse is None else self.diverse[index],
             weights=None if self.weights is None else self.weights[index],
+        )
+
+    @property
+    def top(self) -> TopActivations | None:
+        """The strongest activations of every channel, its parts joined (made when asked for)."""
+        if not self.parts:
+            return None
+        if len(self.parts) == 1:
+            return self.parts[0]
+        first = self.parts[0]
+
+        def joined(name: str) -> torch.Tensor:
+            return torch.cat([getattr(part, name) for part in self.parts])
+
+        return TopActivations(
+            layer=first.layer,
+            channels=joined("channels"),
+            activations=joined("activations"),
+            indices=joined("indices"),
+            positions=joined("positions"),
+            boxes=joined("boxes"),
+            patches=joined("patches"),
+            projections=joined("projections"),
+            samples=first.samples,
         )
 
     def __repr__(self) -> str:

@@ -47,10 +47,13 @@ if TYPE_CHECKING:
 __all__ = [
     "atlas_html",
     "card_html",
+    "clear_layer",
     "layer_html",
     "slug",
+    "write_channels",
     "write_front",
     "write_layer",
+    "write_layer_page",
     "write_site",
 ]
 
@@ -336,19 +339,34 @@ def write_front(atlas: Atlas, out: Path) -> int:
 
 def write_layer(model: str, layer: AtlasLayer, out: Path) -> int:
     """A layer's page and its channels' pages, replacing any earlier ones; the bytes written."""
-    folder = out / slug(layer.name)
+    clear_layer(out, layer.name)
+    total = write_channels(model, layer, range(len(layer)), out)
+    return total + write_layer_page(model, layer, out)
+
+
+def clear_layer(out: Path, name: str) -> None:
+    """An empty folder for a layer's pages: no stale channel of an earlier build remains."""
+    folder = out / slug(name)
     if folder.exists():
-        shutil.rmtree(folder)  # a layer's pages are written whole: no stale channels remain
+        shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    crumbs = _fill('<a href="../index.html">$model</a> / $name', model=model, name=layer.name)
-    total = _write(
-        folder / "index.html", _page(f"{layer.name} - atlas", "../", crumbs, _layer_body(layer))
-    )
-    for channel in range(len(layer)):
+
+
+def write_channels(model: str, layer: AtlasLayer, channels: range, out: Path) -> int:
+    """The pages of some of a layer's channels (its folder made by :func:`clear_layer`)."""
+    folder, total = out / slug(layer.name), 0
+    for channel in channels:
         card = layer[channel]
         sources = {stem: _data_uri(rgb) for stem, rgb in _pictures(card).items()}
         total += _write(folder / f"{channel}.html", _channel_page(model, card, sources))
     return total
+
+
+def write_layer_page(model: str, layer: AtlasLayer, out: Path) -> int:
+    """A layer's own page: its channels' thumbnails, sortable."""
+    crumbs = _fill('<a href="../index.html">$model</a> / $name', model=model, name=layer.name)
+    page = _page(f"{layer.name} - atlas", "../", crumbs, _layer_body(layer))
+    return _write(out / slug(layer.name) / "index.html", page)
 
 
 def _class_name(atlas: Atlas, index: int) -> str:

@@ -261,7 +261,14 @@ def finish(
     positions = unravel(winners.flat.reshape(-1), winners.map_shape)  # (C * k, d)
     where = (winners.owner.reshape(-1) == rank_of(group)).nonzero()[:, 0]
     rows, slots = where // k, winners.slot.reshape(-1)[where]
-    local = top.indices.cpu()[rows, slots] if where.numel() else where
+    # the winners may be some of the running top's channels (the atlas projects a large layer
+    # in parts): their rows there, by channel
+    if top.channels is not None and top.channels.shape[0] != count:
+        row_of = {channel: row for row, channel in enumerate(top.channels.tolist())}
+        top_rows = torch.tensor([row_of[channel] for channel in channels[rows].tolist()])
+    else:
+        top_rows = rows
+    local = top.indices.cpu()[top_rows, slots] if where.numel() else where
     if local.numel():
         sample = top.images_of(local[:1])
     elif top.kept:
