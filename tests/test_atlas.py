@@ -496,3 +496,31 @@ def test_two_processes_build_the_site_of_one(
             else:
                 assert torch.equal(found[key], tensor), (rank, key)
     assert _files(tmp_path / "site") == _files(tmp_path / "one")
+
+
+# -- a model nobody here wrote --------------------------------------------------------------------
+
+
+def test_an_atlas_of_torchvisions_resnet18_equals_its_techniques(tmp_path: Path) -> None:
+    from _torchvision import import_torchvision
+
+    torchvision = import_torchvision()
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    images = torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    data = _loader(images, 6)
+    layers = ["layer1", "layer2"]
+    with model_unchanged(model):
+        book = nl.atlas(model, data, layers, out=tmp_path, k=2, maximize=["layer1"], steps=2)
+    stats = nl.activation_stats(model, data, layers)
+    for name in layers:
+        torch.testing.assert_close(book[name].stats.mean, stats[name].mean, rtol=1e-9, atol=1e-9)
+        assert torch.equal(book[name].histogram.counts.sum(1), stats[name].count)
+    expected = nl.top_activations(model, data, "layer2", k=2)
+    found = book["layer2"].top
+    assert found is not None
+    for field in ("indices", "positions", "boxes", "patches", "projections"):
+        assert torch.equal(getattr(found, field), getattr(expected, field)), field
+    assert book["layer1"].features is not None and book["layer2"].features is None
+    assert book["layer1"][0].weights is None  # 64 input channels: no picture
+    assert (tmp_path / "layer2" / "127.html").exists()

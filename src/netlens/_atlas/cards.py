@@ -22,7 +22,7 @@ from .._core.render import Plottable, figure_axes
 from .._deconvnet.top import TopActivations
 from .._stats import ChannelStats
 from .histogram import Histogram, display
-from .images import as_rgb, as_rgbs, strip, to_image, to_images
+from .images import as_rgb, as_rgbs, fit, strip, to_image, to_images
 from .inputs import Occluded
 
 if TYPE_CHECKING:
@@ -33,10 +33,9 @@ __all__ = [
     "Atlas",
     "AtlasLayer",
     "ChannelCard",
-    "feature_rgb",
     "features_rgb",
-    "patch_rgb",
     "patches_rgb",
+    "thumbnail",
     "weight_rgb",
 ]
 
@@ -45,24 +44,14 @@ THUMBNAIL = 96
 PATCH = 48
 
 
-def feature_rgb(image: torch.Tensor) -> np.ndarray:
-    """A feature visualisation (an input) as RGB, on its own range."""
-    return as_rgb(to_image(image))
-
-
-def patch_rgb(patch: torch.Tensor, *, projection: bool = False) -> np.ndarray:
-    """A data-set patch (its own range) or a deconvnet projection (centred at zero)."""
-    return as_rgb(to_image(patch), cmap="RdBu_r" if projection else "gray", symmetric=projection)
-
-
 def patches_rgb(patches: torch.Tensor, *, projection: bool = False) -> np.ndarray:
-    """:func:`patch_rgb` of each of a batch ``(k, *patch)``, as ``(k, H, W, 3)``."""
+    """Patches (each on its own range) or projections (centred at zero) as ``(k, H, W, 3)``."""
     cmap = "RdBu_r" if projection else "gray"
     return as_rgbs(to_images(patches), cmap=cmap, symmetric=projection)
 
 
 def features_rgb(images: torch.Tensor) -> np.ndarray:
-    """:func:`feature_rgb` of each of a batch ``(k, *input)``, as ``(k, H, W, 3)``."""
+    """Feature visualisations (inputs) of a batch ``(k, *input)``, each on its own range."""
     return as_rgbs(to_images(images))
 
 
@@ -134,19 +123,33 @@ class ChannelCard(Plottable):
             f"examples={int(self.activations.numel())})"
         )
 
+    def pictures(self) -> dict[str, np.ndarray]:
+        """The card's RGB pictures by name (only those it has), as its page shows them.
+
+        ``"feature"``, ``"diverse"`` (a strip), ``"patches"`` and ``"projections"`` (strips of
+        the ``k`` examples) and ``"weights"``.
+        """
+        pictures: dict[str, np.ndarray] = {}
+        if self.feature is not None:
+            pictures["feature"] = fit(features_rgb(self.feature[None])[0], THUMBNAIL)
+            if self.diverse is not None and self.diverse.shape[0]:
+                pictures["diverse"] = strip(list(fit(features_rgb(self.diverse), THUMBNAIL)), gap=4)
+        if self.patches is not None and self.projections is not None and self.patches.shape[0]:
+            pictures["patches"] = strip(list(fit(patches_rgb(self.patches), PATCH)), gap=2)
+            projected = patches_rgb(self.projections, projection=True)
+            pictures["projections"] = strip(list(fit(projected, PATCH)), gap=2)
+        if self.weights is not None:
+            pictures["weights"] = fit(weight_rgb(self.weights), PATCH)
+        return pictures
+
     def mosaic(self) -> np.ndarray:
         """The card's pictures as one RGB array: visualisations, then patches, projections."""
-        rows: list[np.ndarray] = []
-        size = PATCH
-        if self.feature is not None:
-            pictures = self.feature[None]
-            if self.diverse is not None:
-                pictures = torch.cat([pictures, self.diverse])
-            rows.append(strip(list(_fit(features_rgb(pictures), THUMBNAIL)), gap=4))
-        if self.patches is not None and self.projections is not None:
-            rows.append(strip(list(_fit(patches_rgb(self.patches), size)), gap=2))
-            projected = patches_rgb(self.projections, projection=True)
-            rows.append(strip(list(_fit(projected, size)), gap=2))
+        pictures = self.pictures()
+        rows = [
+            pictures[name] for name in ("feature", "patches", "projections") if name in pictures
+        ]
+        if "diverse" in pictures:  # beside the first visualisation
+            rows[0] = _side_by_side(rows[0], pictures["diverse"])
         if not rows:
             return np.full((1, 1, 3), 255, dtype=np.uint8)
         width = max(row.shape[1] for row in rows)
@@ -187,16 +190,13 @@ class ChannelCard(Plottable):
         return card_html(self)
 
 
-def _fit(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Upscale by whole pixels towards ``size`` (never down: small inputs stay sharp).
-
-    ``rgb`` is ``(H, W, 3)`` or a batch ``(k, H, W, 3)``.
-    """
-    height, width = rgb.shape[-3], rgb.shape[-2]
-    factor = max(1, size // max(1, height, width))
-    if factor == 1:
-        return rgb
-    return rgb.repeat(factor, axis=-3).repeat(factor, axis=-2)
+def _side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarray:
+    """Two RGB pictures in a row, top-aligned, white around them."""
+    height = max(left.shape[0], right.shape[0])
+    row = np.full((height, left.shape[1] + gap + right.shape[1], 3), 255, dtype=np.uint8)
+    row[: left.shape[0], : left.shape[1]] = left
+    row[: right.shape[0], left.shape[1] + gap :] = right
+    return row
 
 
 @dataclass(frozen=True, eq=False)
@@ -331,7 +331,7 @@ class AtlasLayer(Mapping[int, ChannelCard]):
         Returns:
             ``(Figure, Axes)``.
         """
-        tiles = [_fit(_thumbnail(self[channel]), PATCH) for channel in self]
+        tiles = [thumbnail(self[channel]) for channel in self]
         columns = ncols or max(1, math.ceil(math.sqrt(len(tiles))))
         picture = strip(tiles, gap=2, columns=columns)
         figure, axes = figure_axes(
@@ -348,12 +348,12 @@ class AtlasLayer(Mapping[int, ChannelCard]):
         return layer_html(self)
 
 
-def _thumbnail(card: ChannelCard) -> np.ndarray:
-    """A channel's picture: its feature visualisation, else its strongest patch, else blank."""
+def thumbnail(card: ChannelCard) -> np.ndarray:
+    """A channel's thumbnail: its feature visualisation, else its strongest patch, else blank."""
     if card.feature is not None:
-        return feature_rgb(card.feature)
+        return fit(features_rgb(card.feature[None])[0], PATCH)
     if card.patches is not None and card.patches.shape[0]:
-        return patch_rgb(card.patches[0])
+        return fit(patches_rgb(card.patches[:1])[0], PATCH)
     return np.full((8, 8, 3), 255, dtype=np.uint8)
 
 

@@ -195,9 +195,5 @@ def _merged(
     low = min(part["range"][0] for part in with_data)
     high = max(part["range"][1] for part in with_data)
     samples = sum(part["shards"][next(iter(views))].seen for part in everyone)
-    input_shape = tuple(next(iter(tops.values())).sample_shape) or _first_shape(first, views)
+    input_shape = tuple(first["shards"][next(iter(views))].sample_shape)  # a rank with data
     return PassResult(layers, tops, samples, input_shape, (low, high))
-
-
-def _first_shape(first: dict[str, Any], views: dict[str, LayerView]) -> tuple[int, ...]:
-    return tuple(first["shards"][next(iter(views))].sample_shape)

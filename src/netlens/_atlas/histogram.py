@@ -17,6 +17,7 @@ interpolated linearly inside each fine bin), which adds up to every value counte
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,15 +39,13 @@ _LOWEST = (127 - _OCTAVES) * _PER_OCTAVE
 _INFINITE = 0x7F800000  # a float32 magnitude's bits from here on: inf or NaN
 
 
+@functools.lru_cache(maxsize=1)
 def _fine_edges() -> np.ndarray:
     """The ``FINE + 1`` increasing edges of the fine bins (float64, exact)."""
     keys = np.arange(_LOWEST, _LOWEST + _SIDE + 1)
     exponents, steps = np.divmod(keys, _PER_OCTAVE)
     positive = np.ldexp(1.0 + steps / _PER_OCTAVE, exponents - 127)
     return np.concatenate([-positive[::-1], positive])
-
-
-_EDGES = _fine_edges()
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,7 +89,7 @@ def display(counts: torch.Tensor, low: float, high: float) -> tuple[np.ndarray, 
     fine = counts.to(torch.float64).numpy()
     if not high > low:
         low, high = low - 0.5, high + 0.5
-    edges = _EDGES.copy()
+    edges = _fine_edges().copy()
     # the outermost fine bins hold everything beyond them: stretch them to the data's range
     edges[0], edges[-1] = min(edges[0], low), max(edges[-1], high)
     cumulative = np.concatenate([[0.0], np.cumsum(fine)])

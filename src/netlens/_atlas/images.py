@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-__all__ = ["as_rgb", "as_rgbs", "png_bytes", "strip", "to_image", "to_images"]
+__all__ = ["as_rgb", "as_rgbs", "fit", "png_bytes", "strip", "to_image", "to_images"]
 
 
 @lru_cache(maxsize=8)
@@ -120,17 +120,21 @@ def strip(tiles: list[np.ndarray], *, gap: int = 1, columns: int | None = None) 
     return sheet
 
 
-def _upscaled(rgb: np.ndarray, minimum: int) -> np.ndarray:
-    """Repeat pixels so that the shorter side reaches ``minimum`` (crisp, like 'nearest')."""
-    factor = max(1, -(-minimum // max(1, min(rgb.shape[:2]))))
+def fit(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Upscale by whole pixels towards ``size`` (never down: small inputs stay sharp).
+
+    ``rgb`` is ``(H, W, 3)`` or a batch ``(k, H, W, 3)``.
+    """
+    height, width = rgb.shape[-3], rgb.shape[-2]
+    factor = max(1, size // max(1, height, width))
     if factor == 1:
         return rgb
-    return rgb.repeat(factor, axis=0).repeat(factor, axis=1)
+    return rgb.repeat(factor, axis=-3).repeat(factor, axis=-2)
 
 
-def png_bytes(rgb: np.ndarray, *, minimum: int = 0) -> bytes:
-    """Encode ``(H, W, 3)`` uint8 as a PNG (8-bit RGB, no interlace), upscaled to ``minimum``."""
-    rgb = np.ascontiguousarray(_upscaled(rgb, minimum), dtype=np.uint8)
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """Encode ``(H, W, 3)`` uint8 as a PNG (8-bit RGB, no interlace)."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     height, width = rgb.shape[:2]
     rows = np.concatenate([np.zeros((height, 1), np.uint8), rgb.reshape(height, -1)], axis=1)
 

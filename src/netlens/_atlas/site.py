@@ -29,17 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .cards import (
-    PATCH,
-    THUMBNAIL,
-    _fit,
-    _thumbnail,
-    feature_rgb,
-    features_rgb,
-    patches_rgb,
-    weight_rgb,
-)
-from .images import png_bytes, strip
+from .cards import thumbnail
+from .images import png_bytes
 
 if TYPE_CHECKING:
     from .cards import Atlas, AtlasLayer, ChannelCard
@@ -91,22 +82,6 @@ def _number(value: float) -> str:
 
 
 # -- the pictures of a channel ------------------------------------------------------------------
-
-
-def _pictures(card: ChannelCard) -> dict[str, np.ndarray]:
-    """The RGB pictures of a card, by name (only those it has)."""
-    pictures: dict[str, np.ndarray] = {}
-    if card.feature is not None:
-        pictures["feature"] = _fit(feature_rgb(card.feature), THUMBNAIL)
-        if card.diverse is not None and card.diverse.shape[0]:
-            pictures["diverse"] = strip(list(_fit(features_rgb(card.diverse), THUMBNAIL)), gap=4)
-    if card.patches is not None and card.projections is not None and card.patches.shape[0]:
-        pictures["patches"] = strip(list(_fit(patches_rgb(card.patches), PATCH)), gap=2)
-        projected = patches_rgb(card.projections, projection=True)
-        pictures["projections"] = strip(list(_fit(projected, PATCH)), gap=2)
-    if card.weights is not None:
-        pictures["weights"] = _fit(weight_rgb(card.weights), PATCH)
-    return pictures
 
 
 def _histogram_svg(card: ChannelCard) -> _Html:
@@ -205,7 +180,7 @@ def _data_uri(rgb: np.ndarray) -> str:
 
 def card_html(card: ChannelCard) -> str:
     """A card for a notebook: the channel page's body with its pictures inline."""
-    sources = {stem: _data_uri(rgb) for stem, rgb in _pictures(card).items()}
+    sources = {stem: _data_uri(rgb) for stem, rgb in card.pictures().items()}
     title = _fill("<h3>layer $layer, channel $channel</h3>", layer=card.layer, channel=card.channel)
     return f'<div class="netlens-atlas">{title}{_channel_body(card, sources)}</div>'
 
@@ -224,7 +199,7 @@ def layer_html(layer: AtlasLayer) -> str:
         _fill(
             '<figure><img src="$src" alt="channel $c" width="48"><figcaption>$c</figcaption>'
             "</figure>",
-            src=_data_uri(_fit(_thumbnail(layer[channel]), PATCH)),
+            src=_data_uri(thumbnail(layer[channel])),
             c=channel,
         )
         for channel in range(len(layer))
@@ -290,7 +265,7 @@ def _layer_body(layer: AtlasLayer) -> _Html:
             c=channel,
             mean=f"{mean:.6g}",  # for sorting: rounded, the same whatever the merge order
             zero=f"{zero:.6g}",
-            src=_data_uri(_fit(_thumbnail(layer[channel]), PATCH)),
+            src=_data_uri(thumbnail(layer[channel])),
         )
         for channel, mean, zero in _layer_rows(layer)
     )
@@ -357,7 +332,7 @@ def write_channels(model: str, layer: AtlasLayer, channels: range, out: Path) ->
     folder, total = out / slug(layer.name), 0
     for channel in channels:
         card = layer[channel]
-        sources = {stem: _data_uri(rgb) for stem, rgb in _pictures(card).items()}
+        sources = {stem: _data_uri(rgb) for stem, rgb in card.pictures().items()}
         total += _write(folder / f"{channel}.html", _channel_page(model, card, sources))
     return total
 
