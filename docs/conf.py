@@ -39,6 +39,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "sphinx_copybutton",
     "sphinx_gallery.gen_gallery",
+    "short_types",
 ]
 autosummary_generate = True
 autodoc_typehints = "description"
@@ -167,6 +168,10 @@ sphinx_gallery_conf = {
     "write_computation_times": False,
     # The notebooks begin by installing nothing: they run where netlens is installed.
     "first_notebook_cell": None,
+    # Each API page ends with the gallery examples that call it, as thumbnails (the "Examples
+    # using ..." of scikit-learn and Matplotlib): a picture of what the function makes.
+    "doc_module": ("netlens",),
+    "backreferences_dir": "api/backreferences",
 }
 
 # -- API reference, generated from ``netlens.__all__`` ----------------------------------------

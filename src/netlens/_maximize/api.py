@@ -93,30 +93,6 @@ def maximize_activation(
     ``channels``, synthesises one input per objective; an objective may combine channels,
     units, directions, class logits and diversity over several layers.
 
-    All inputs are optimised together as one batch with Adam: each input is the parameter of
-    its own channel or objective only. Each step runs the model in eval mode (dropout off,
-    BatchNorm on its running statistics) with frozen parameters, and only as far as the
-    deepest layer read: the forward pass stops right after it (through to the output for
-    :func:`~netlens.objectives.class_logit`); for a plain ``nn.Conv2d`` or ``nn.Linear`` target
-    of the first form, whose channels are its own output features, only each input's own channel
-    is computed. The model is left exactly as it was, also when this raises.
-
-    Layers are read by the layer contract, as in every technique: a tuple or list gives its
-    first tensor, a mapping its first tensor value, a ``PackedSequence`` its padded tensor
-    (``select=`` picks another part); the channel axis follows from the module's kind (dim 1
-    for the convolution family, the last dim for ``nn.Linear``, transformers-style ``Conv1D``,
-    recurrent layers, attention, ...) or from ``channel_dim=``; the batch axis of a recurrent
-    layer with ``batch_first=False`` is dim 1.
-
-    An input is made as ``parameter -> spatial image (param) -> colours (decorrelate) -> value
-    range -> normalize -> transforms -> model``. ``value_range=(low, high)`` keeps the inputs
-    strictly inside the box by a smooth parametrisation, ``low + (high - low) * (tanh(z) + 1) /
-    2`` of the unconstrained ``z``, rather than by clipping after each step: gradients stay
-    informative everywhere, Adam's moments are not fought by a projection, and it composes with
-    the Fourier parametrisation, whose pixels cannot be clipped one by one. With
-    ``normalize=(mean, std)`` the inputs are pictures in ``value_range`` ((0, 1) by default)
-    mapped by ``(x - mean) / std`` before the model, as torchvision's ``Normalize``.
-
     Args:
         model: Any ``nn.Module`` taking floating-point batches ``(n, *input_shape)``.
         layer: The target layer, as for :func:`find_layers`; must select exactly one layer.
@@ -201,6 +177,31 @@ def maximize_activation(
             the message names the step and the channels or objectives (nothing is returned).
         NetlensTypeError: Arguments of the wrong type, complex ``normalize`` or
             ``decorrelate`` values among them.
+
+    Notes:
+        All inputs are optimised together as one batch with Adam: each input is the parameter of
+        its own channel or objective only. Each step runs the model in eval mode (dropout off,
+        BatchNorm on its running statistics) with frozen parameters, and only as far as the
+        deepest layer read: the forward pass stops right after it (through to the output for
+        :func:`~netlens.objectives.class_logit`); for a plain ``nn.Conv2d`` or ``nn.Linear`` target
+        of the first form, whose channels are its own output features, only each input's own channel
+        is computed. The model is left exactly as it was, also when this raises.
+
+        Layers are read by the layer contract, as in every technique: a tuple or list gives its
+        first tensor, a mapping its first tensor value, a ``PackedSequence`` its padded tensor
+        (``select=`` picks another part); the channel axis follows from the module's kind (dim 1
+        for the convolution family, the last dim for ``nn.Linear``, transformers-style ``Conv1D``,
+        recurrent layers, attention, ...) or from ``channel_dim=``; the batch axis of a recurrent
+        layer with ``batch_first=False`` is dim 1.
+
+        An input is made as ``parameter -> spatial image (param) -> colours (decorrelate) -> value
+        range -> normalize -> transforms -> model``. ``value_range=(low, high)`` keeps the inputs
+        strictly inside the box by a smooth parametrisation, ``low + (high - low) * (tanh(z) + 1) /
+        2`` of the unconstrained ``z``, rather than by clipping after each step: gradients stay
+        informative everywhere, Adam's moments are not fought by a projection, and it composes with
+        the Fourier parametrisation, whose pixels cannot be clipped one by one. With
+        ``normalize=(mean, std)`` the inputs are pictures in ``value_range`` ((0, 1) by default)
+        mapped by ``(x - mean) / std`` before the model, as torchvision's ``Normalize``.
 
     Example:
         >>> import netlens as nl

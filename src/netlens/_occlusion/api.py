@@ -48,36 +48,6 @@ def occlusion(
     channel; and it spreads the drops of the target score back over the input (``.attribution``,
     the quantity of ``captum.attr.Occlusion`` with the channel dim inside its window).
 
-    The window covers the last ``len(window)`` dims of each input: for images ``(N, C, H, W)`` a
-    window ``(h, w)`` hides a patch across all channels at once; for 1-D signals ``(N, C, L)`` a
-    window ``(k,)`` hides a segment; for row sequences ``(N, T, F)`` a window ``(k, F)`` hides k
-    rows; for token ids ``(N, T)`` a window ``(k,)`` hides k tokens. Positions are the full
-    windows at ``0, s, 2s, ...`` in each dim, ``(size - window) // stride + 1`` of them. At a
-    ragged edge (when ``stride`` does not divide ``size - window``) the last ``(size - window)
-    % stride`` elements are covered by fewer windows or, with a stride larger than the window,
-    by none: their attribution is then 0. (Captum adds a cut-off window there; the two agree
-    whenever the positions tile the input exactly.)
-
-    The inputs are moved to the model's device (floating ones to its floating dtype); the
-    results come back on the inputs' device, floating results in the inputs' dtype. The model
-    runs in eval mode (each module's ``training`` flag is restored afterwards) and without
-    gradients, also under ``torch.inference_mode()``; the model itself is left as it was.
-
-    By default the occluded copies are computed by **incremental inference** (Nakandala et al.,
-    SIGMOD 2019) where the model allows it and it saves work: the model (traced with
-    ``torch.fx``) runs once on the unoccluded inputs, keeping its activations, and each copy
-    recomputes, layer by layer, only the box of each feature map its window can change, from
-    the kept activations around it; past an operation that mixes every position (a flatten and
-    a linear layer, global pooling, an operation it does not know) the rest of the network runs
-    as usual. The results are the same as running each copy through the model, up to rounding.
-    ``result.incremental`` says which way they were computed. Otherwise the occluded copies are
-    built a chunk of positions at a time by scattering the baseline under every window of the
-    chunk (no Python loop over positions), in a buffer reused from pass to pass, and evaluated
-    ``batch_size`` copies per forward pass, or by default as many as fit in ``memory_budget``.
-    The first pass, which also carries the unoccluded inputs, assumes activations of up to 256
-    times the input's size and measures the real ones to size the passes after it. Peak memory
-    thus stays bounded however many positions there are.
-
     Args:
         model: A classifier returning ``(N, classes)``, or any model with ``scores``.
         inputs: ``(N, ...)`` inputs with their batch dim: floating point and finite, or integer
@@ -134,6 +104,37 @@ def occlusion(
             cannot run.
         NetlensTypeError: Arguments of the wrong type, inputs that are neither floating point
             nor integer, or a baseline that is not an integer for integer inputs.
+
+    Notes:
+        The window covers the last ``len(window)`` dims of each input: for images ``(N, C, H, W)`` a
+        window ``(h, w)`` hides a patch across all channels at once; for 1-D signals ``(N, C, L)`` a
+        window ``(k,)`` hides a segment; for row sequences ``(N, T, F)`` a window ``(k, F)`` hides k
+        rows; for token ids ``(N, T)`` a window ``(k,)`` hides k tokens. Positions are the full
+        windows at ``0, s, 2s, ...`` in each dim, ``(size - window) // stride + 1`` of them. At a
+        ragged edge (when ``stride`` does not divide ``size - window``) the last ``(size - window)
+        % stride`` elements are covered by fewer windows or, with a stride larger than the window,
+        by none: their attribution is then 0. (Captum adds a cut-off window there; the two agree
+        whenever the positions tile the input exactly.)
+
+        The inputs are moved to the model's device (floating ones to its floating dtype); the
+        results come back on the inputs' device, floating results in the inputs' dtype. The model
+        runs in eval mode (each module's ``training`` flag is restored afterwards) and without
+        gradients, also under ``torch.inference_mode()``; the model itself is left as it was.
+
+        By default the occluded copies are computed by **incremental inference** (Nakandala et al.,
+        SIGMOD 2019) where the model allows it and it saves work: the model (traced with
+        ``torch.fx``) runs once on the unoccluded inputs, keeping its activations, and each copy
+        recomputes, layer by layer, only the box of each feature map its window can change, from
+        the kept activations around it; past an operation that mixes every position (a flatten and
+        a linear layer, global pooling, an operation it does not know) the rest of the network runs
+        as usual. The results are the same as running each copy through the model, up to rounding.
+        ``result.incremental`` says which way they were computed. Otherwise the occluded copies are
+        built a chunk of positions at a time by scattering the baseline under every window of the
+        chunk (no Python loop over positions), in a buffer reused from pass to pass, and evaluated
+        ``batch_size`` copies per forward pass, or by default as many as fit in ``memory_budget``.
+        The first pass, which also carries the unoccluded inputs, assumes activations of up to 256
+        times the input's size and measures the real ones to size the passes after it. Peak memory
+        thus stays bounded however many positions there are.
 
     Example:
         >>> import torch, torch.nn as nn
