@@ -117,7 +117,7 @@ html_show_sourcelink = False
 html_theme_options = {
     "logo": {"text": "netlens"},
     "navbar_align": "left",
-    "header_links_before_dropdown": 5,
+    "header_links_before_dropdown": 6,
     "show_toc_level": 2,
     "navigation_with_keys": False,
     # One sidebar on the left (the section's pages, then this page's outline) instead of one on
@@ -136,6 +136,12 @@ html_sidebars = {
     # The landing page and the gallery's index use the full width: their pictures are the content.
     "index": [],
     "gallery/index": [],
+    # Pages without pages below them: "Section Navigation" would be an empty heading.
+    "getting_started": ["page-toc"],
+    "migrating": ["page-toc"],
+    "architecture": ["page-toc"],
+    "releasing": ["page-toc"],
+    "changelog": ["page-toc"],
 }
 
 # -- Copy buttons ------------------------------------------------------------------------------

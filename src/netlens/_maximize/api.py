@@ -125,7 +125,9 @@ def maximize_activation(
         tv: Weight of the total variation (mean absolute difference of neighbours), per input.
         value_range: ``(low, high)`` bounds of the inputs (``(-1, 1)`` for netlens' CIFAR-10).
             With ``normalize``, the bounds of the pictures before it, (0, 1) by default;
-            without, of the model's inputs, unbounded by default.
+            without, of the model's inputs, unbounded by default: netlens cannot know the
+            range a model's inputs live in, and a bound in the wrong range would go unnoticed.
+            lucent's image is ``param="fourier", decorrelate=True, value_range=(0, 1)``.
         seed: Makes the run repeatable; the global random state is never touched. Each
             channel (or objective, by its index) draws from its own generator, so a channel's
             input is the same alone or in a batch.
