@@ -46,6 +46,14 @@ class ExampleError(Exception):
     """A problem the user can fix (bad argument, missing data): shown as one line, exit code 2."""
 
 
+# The extras of a netlens checkout ("examples": tqdm and tensorboard) are not on PyPI yet: name
+# the package itself, and the extra for those who installed from a checkout.
+TENSORBOARD_MISSING = (
+    "--tensorboard needs the tensorboard package: pip install tensorboard (in a checkout of "
+    'netlens, pip install -e ".[examples]" installs it with tqdm)'
+)
+
+
 @dataclass
 class TrainConfig:
     """How one model is trained. Every field is recorded in the checkpoint and the report."""
@@ -224,9 +232,7 @@ def _tensorboard(log_dir: str | None) -> Iterator[Any]:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ExampleError(
-            "--tensorboard needs the tensorboard package: pip install 'netlens[examples]'"
-        ) from None
+        raise ExampleError(TENSORBOARD_MISSING) from None
     writer = SummaryWriter(log_dir)
     try:
         yield writer
@@ -244,6 +250,58 @@ def _bar(total: int, description: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=description, leave=False, unit="batch")
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`, with the epochs finished before it (all checkpointed).
+
+    A ``KeyboardInterrupt``, so that whatever does not know it still stops; the scripts catch
+    it to write the history and the figures of the finished epochs before they stop.
+    """
+
+    def __init__(self, name: str, history: History) -> None:
+        super().__init__(name)
+        self.name = name
+        self.history = history
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``7 min``, ``1 h 20 min``: a rounded time for estimates."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
+def estimate_line(
+    epoch: int,
+    epochs: int,
+    seconds: Sequence[float],
+    later: float = 0.0,
+    *,
+    last: int | None = None,
+    now: float | None = None,
+) -> str:
+    """What is left after ``epoch`` of ``epochs``, from the times of this invocation's epochs.
+
+    Training goes on to epoch ``last`` (``epochs`` by default; less with ``--stop-after``).
+    ``later`` is the work after this training (the lenses, further models), counted in epochs
+    of this training; with it the line also gives the time left for the whole run and the
+    clock time (``now``: seconds since the epoch, the present by default) at which it ends.
+    """
+    last = epochs if last is None else last
+    mean = sum(seconds) / len(seconds)
+    parts = [f"epoch {epoch}/{epochs} took {duration(seconds[-1])}"]
+    training = (last - epoch) * mean
+    if epoch < last:
+        parts.append(f"about {duration(training)} to go for training")
+    if later > 0:
+        whole = training + later * mean
+        finish = time.strftime("%H:%M", time.localtime((now or time.time()) + whole))
+        parts.append(f"about {duration(whole)} for the whole run (done at about {finish})")
+    return "; ".join(parts)
+
+
 def train(
     name: str,
     model: nn.Module,
@@ -259,13 +317,17 @@ def train(
     tensorboard: str | None = None,
     stop_after: int | None = None,
     setup: Mapping[str, Any] | None = None,
+    later: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> History:
     """Train ``model`` with Adam and cross-entropy; write an atomic checkpoint every epoch.
 
     ``resume`` continues from ``checkpoint``, which must come from the same model, config,
     ``setup`` (what the script sets beyond the config: ``--quick``, the recipe ...) and data;
-    ``stop_after`` ends the run after that many epochs (to test resuming).
+    ``stop_after`` ends the run after that many epochs (to test resuming). After each epoch a
+    line estimates the time left (:func:`estimate_line`; ``later`` is the work that follows,
+    in epochs of this training). Ctrl-C raises :class:`TrainingInterrupted` with the finished
+    epochs, after the progress bar is closed, so that what follows starts on a line of its own.
     """
     config.validate()
     inputs, targets = train_set
@@ -285,66 +347,79 @@ def train(
         history = History(state["history"])
         start_epoch = len(history.rows) + 1
         log(f"{name}: resumed from {checkpoint} after epoch {start_epoch - 1}")
-    with _tensorboard(tensorboard and str(Path(tensorboard) / name)) as writer:
-        for epoch in range(start_epoch, config.epochs + 1):
-            if stop_after is not None and epoch > stop_after:
-                break
-            started = time.perf_counter()
-            model.train()
-            torch.manual_seed(config.seed * 7919 + epoch)  # dropout and other in-model noise
-            order = torch.randperm(len(inputs), generator=_generator(config.seed, epoch, 0))
-            augment_rng = _generator(config.seed, epoch, 1)
-            loss_sum, correct, seen = 0.0, 0, 0
-            bar = _bar(steps_per_epoch, f"{name} epoch {epoch}/{config.epochs}", progress)
-            for start in range(0, len(inputs), config.batch_size):
-                index = order[start : start + config.batch_size]
-                x, y = inputs[index], targets[index]
-                if augment is not None:
-                    x = augment(x, augment_rng)
-                x, y = x.to(device), y.to(device)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.clip_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise ExampleError(
-                        f"{name}: the training loss became {loss_value} in epoch {epoch}; "
-                        "lower --lr"
-                    )
-                loss_sum += loss_value * len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                seen += len(y)
+    last_epoch = config.epochs if stop_after is None else min(stop_after, config.epochs)
+    seconds: list[float] = []  # of this invocation's epochs: a resumed run may be elsewhere
+    bar = None
+    try:
+        with _tensorboard(tensorboard and str(Path(tensorboard) / name)) as writer:
+            for epoch in range(start_epoch, last_epoch + 1):
+                started = time.perf_counter()
+                model.train()
+                torch.manual_seed(config.seed * 7919 + epoch)  # dropout and other in-model noise
+                order = torch.randperm(len(inputs), generator=_generator(config.seed, epoch, 0))
+                augment_rng = _generator(config.seed, epoch, 1)
+                loss_sum, correct, seen = 0.0, 0, 0
+                bar = _bar(steps_per_epoch, f"{name} epoch {epoch}/{config.epochs}", progress)
+                for start in range(0, len(inputs), config.batch_size):
+                    index = order[start : start + config.batch_size]
+                    x, y = inputs[index], targets[index]
+                    if augment is not None:
+                        x = augment(x, augment_rng)
+                    x, y = x.to(device), y.to(device)
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.clip_grad_norm is not None:
+                        nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        raise ExampleError(
+                            f"{name}: the training loss became {loss_value} in epoch {epoch}; "
+                            "lower --lr"
+                        )
+                    loss_sum += loss_value * len(y)
+                    correct += int((logits.argmax(1) == y).sum())
+                    seen += len(y)
+                    if bar is not None:
+                        bar.update(1)
                 if bar is not None:
-                    bar.update(1)
-            if bar is not None:
-                bar.close()
-            test_loss, test_accuracy = evaluate(model, *test_set, config.batch_size, device)
-            row = {
-                "epoch": epoch,
-                "train_loss": loss_sum / seen,
-                "train_accuracy": correct / seen,
-                "test_loss": test_loss,
-                "test_accuracy": test_accuracy,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - started,
-            }
-            history.rows.append(row)
-            log(
-                f"{name} epoch {epoch:>2}/{config.epochs}: train loss {row['train_loss']:.4f} "
-                f"acc {row['train_accuracy']:.2%} | test loss {test_loss:.4f} "
-                f"acc {test_accuracy:.2%} | {row['seconds']:.1f} s"
-            )
-            if writer is not None:
-                for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr"):
-                    writer.add_scalar(key, row[key], epoch)
-            save_checkpoint(
-                checkpoint, name, config, model, optimizer, scheduler, history, setup, data
-            )
+                    bar.close()
+                    bar = None
+                test_loss, test_accuracy = evaluate(model, *test_set, config.batch_size, device)
+                row = {
+                    "epoch": epoch,
+                    "train_loss": loss_sum / seen,
+                    "train_accuracy": correct / seen,
+                    "test_loss": test_loss,
+                    "test_accuracy": test_accuracy,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": time.perf_counter() - started,
+                }
+                history.rows.append(row)
+                seconds.append(row["seconds"])
+                log(
+                    f"{name} epoch {epoch:>2}/{config.epochs}: train loss "
+                    f"{row['train_loss']:.4f} acc {row['train_accuracy']:.2%} | test loss "
+                    f"{test_loss:.4f} acc {test_accuracy:.2%} | {row['seconds']:.1f} s"
+                )
+                if writer is not None:
+                    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr"):
+                        writer.add_scalar(key, row[key], epoch)
+                save_checkpoint(
+                    checkpoint, name, config, model, optimizer, scheduler, history, setup, data
+                )
+                if epoch < last_epoch or later > 0:
+                    line = estimate_line(epoch, config.epochs, seconds, later, last=last_epoch)
+                    log("  " + line)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()  # clears the bar's line (and the ^C on it)
+        elif sys.stdout.isatty():
+            print()  # the terminal echoed ^C after the last line
+        raise TrainingInterrupted(name, history) from None
     model.eval()
     return history
 
@@ -400,11 +475,41 @@ def save_checkpoint(
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def refuse_to_replace(checkpoint: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to start afresh over an earlier run's ``checkpoint`` unless told what to do.
+
+    A rerun into the same ``--out`` would replace it after its first epoch: an interrupted
+    run's hours would be lost to a command typed without ``--resume``.
+    """
+    if resume or overwrite or not checkpoint.exists():
+        return
+    raise ExampleError(
+        f"{checkpoint} holds {_describe_checkpoint(checkpoint)}; rerun with --resume to continue "
+        "from it, or with --overwrite to start afresh and replace it"
+    )
+
+
+def _describe_checkpoint(path: Path) -> str:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        name, done, planned = state["name"], len(state["history"]), int(state["config"]["epochs"])
+    except Exception:  # damaged, or not ours: still not ours to replace silently
+        return "a file that is not a readable checkpoint of these examples"
+    finished = "finished" if done >= planned else "interrupted"
+    return (
+        f"the checkpoint of another run ({name}, {done} of {planned} "
+        f"epoch{'s' if planned != 1 else ''} done: {finished})"
+    )
+
+
 def one_line(error: BaseException, limit: int | None = None) -> str:
     """An error message on one line (cut to ``limit`` characters: torch's can be long)."""
     text = " ".join(str(error).split()) or type(error).__name__
     return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
+
+# The way out of a checkpoint that cannot be resumed.
+AFRESH = "start afresh with --overwrite instead of --resume"
 
 _CHECKPOINT_FIELDS = {
     "name": str,
@@ -419,7 +524,7 @@ _CHECKPOINT_FIELDS = {
 
 
 def _read_checkpoint(path: Path) -> Any:
-    drop = "delete it, or drop --resume to start afresh"
+    drop = f"delete it, or {AFRESH}"
     try:
         size = path.stat().st_size
         if size == 0:
@@ -460,8 +565,8 @@ def load_checkpoint(
         raise ExampleError(f"{path} is not a checkpoint of these examples")
     if state["name"] != name:
         raise ExampleError(
-            f"checkpoint {path} is of model {state['name']!r}, expected {name!r}; drop --resume "
-            "to start afresh, or use the same settings"
+            f"checkpoint {path} is of model {state['name']!r}, expected {name!r}; {AFRESH}, "
+            "or use the same settings"
         )
     problems = [
         key for key, kind in _CHECKPOINT_FIELDS.items() if not isinstance(state.get(key), kind)
@@ -476,7 +581,7 @@ def load_checkpoint(
         why = "written by an older version of the examples" if old else "damaged"
         raise ExampleError(
             f"checkpoint {path} lacks or has broken {', '.join(problems)} ({why}); delete it, or "
-            "drop --resume to start afresh"
+            f"{AFRESH}"
         )
     if config is not None:
         _check_same_run(path, state, config, dict(setup or {}), data)
@@ -502,7 +607,7 @@ def _check_same_run(
         now = ", ".join(f"{key} {wanted.get(key)}" for key in changed)
         raise ExampleError(
             f"checkpoint {path} was trained with other settings ({', '.join(changed)}): there "
-            f"{there}, now {now}; drop --resume to start afresh, or use the same settings"
+            f"{there}, now {now}; {AFRESH}, or use the same settings"
         )
     if data is not None and state["data"] != dict(data):
         keys = sorted(
@@ -511,19 +616,19 @@ def _check_same_run(
         raise ExampleError(
             f"checkpoint {path} was trained on other data ({', '.join(keys)} differ: "
             f"{state['data'].get('train_size')} training images there, {data.get('train_size')} "
-            "now); drop --resume to start afresh, or use the same --data-dir and subset"
+            f"now); {AFRESH}, or use the same --data-dir and subset"
         )
     done, before = len(state["history"]), state["config"]["epochs"]
     if config.epochs != before and config.schedule != "constant":
         raise ExampleError(
             f"checkpoint {path} is of a {before}-epoch run whose {config.schedule} schedule is "
             f"laid out over all its epochs; --epochs {config.epochs} would make another run. "
-            f"Resume with --epochs {before}, or drop --resume to start afresh"
+            f"Resume with --epochs {before}, or {AFRESH}"
         )
     if config.epochs < done:
         raise ExampleError(
             f"checkpoint {path} already holds {done} epochs, more than --epochs {config.epochs}; "
-            "drop --resume to start afresh, or give at least that many epochs"
+            f"{AFRESH}, or give at least that many epochs"
         )
 
 
@@ -548,7 +653,7 @@ def restore(
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as error:
         raise ExampleError(
             f"{broken} ({type(error).__name__}: {one_line(error, 300)}); it is damaged or of "
-            "another version: delete it, or drop --resume to start afresh"
+            f"another version: delete it, or {AFRESH}"
         ) from None
     # Adam's load_state_dict takes moments of any shape; the first step would then fail.
     for group in optimizer.param_groups:
@@ -561,19 +666,52 @@ def restore(
                 ):
                     raise ExampleError(
                         f"{broken}: the optimizer's {key} has shape {tuple(value.shape)} for a "
-                        f"parameter of shape {tuple(parameter.shape)}; delete it, or drop "
-                        "--resume to start afresh"
+                        f"parameter of shape {tuple(parameter.shape)}; delete it, or "
+                        f"{AFRESH}"
                     )
     steps = len(state["history"]) * steps_per_epoch
     if scheduler.last_epoch != steps:
         raise ExampleError(
             f"{broken}: its schedule is at step {scheduler.last_epoch}, but "
             f"{len(state['history'])} epochs of {steps_per_epoch} steps make {steps}; delete it, "
-            "or drop --resume"
+            f"or {AFRESH}"
         )
 
 
+class Steps:
+    """The numbered steps after training, each logged as it starts and ends with its time.
+
+    ``lens 3/7: occlusion ...`` and then ``lens 3/7: occlusion: 12.3 s``: the long part of a run
+    after its last epoch shows how far it is (the techniques add their own bars inside a step).
+    """
+
+    def __init__(self, total: int, log: Callable[[str], None], what: str = "lens") -> None:
+        self.total = total
+        self.log = log
+        self.what = what
+        self.started = 0
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, label: str) -> Iterator[None]:
+        self.started += 1
+        prefix = f"{self.what} {self.started}/{self.total}: {label}"
+        self.log(f"{prefix} ...")
+        started = time.perf_counter()
+        yield
+        self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - started
+        self.log(f"{prefix}: {self.seconds[label]:.1f} s")
+
+
 # -- figures -----------------------------------------------------------------------------------
+
+
+def integer_epochs(axes: Any) -> None:
+    """Whole epochs on the x axis: one epoch alone would get ticks 0.96 ... 1.04."""
+    from matplotlib.ticker import MaxNLocator
+
+    # min_n_ticks=1: by default integer ticks need two integers in view, and one epoch has one
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def plot_curves(histories: dict[str, History], title: str = "") -> Any:
@@ -592,6 +730,7 @@ def plot_curves(histories: dict[str, History], title: str = "") -> Any:
     accuracy_axes.set(xlabel="epoch", ylabel="accuracy", title="accuracy (dashed: train)")
     loss_axes.set(xlabel="epoch", ylabel="cross-entropy", title="loss (dashed: train)")
     for axes in (accuracy_axes, loss_axes):
+        integer_epochs(axes)
         axes.grid(alpha=0.3)
         axes.legend()
     if title:
@@ -636,10 +775,17 @@ def common_arguments(parser: argparse.ArgumentParser, *, epochs: int, lr: float)
         "--seed", type=int, default=0, help="seed of the weights and the data order"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
-    parser.add_argument(
+    earlier = parser.add_mutually_exclusive_group()
+    earlier.add_argument(
         "--resume",
         action="store_true",
         help="continue from the checkpoints in --out (refused if they are of other settings)",
+    )
+    earlier.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh even if --out holds the checkpoint of an earlier run, and replace it "
+        "(without --resume or --overwrite such a checkpoint is refused)",
     )
     parser.add_argument("--quick", action="store_true", help="small subset, one epoch")
     parser.add_argument(
@@ -670,9 +816,7 @@ def check_out_and_tensorboard(out: Path, tensorboard: str | None) -> None:
         try:
             importlib.import_module("torch.utils.tensorboard")
         except ImportError:
-            raise ExampleError(
-                "--tensorboard needs the tensorboard package: pip install 'netlens[examples]'"
-            ) from None
+            raise ExampleError(TENSORBOARD_MISSING) from None
         _check_can_write(Path(tensorboard), "--tensorboard folder")
 
 
@@ -736,7 +880,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         where = f" ({error.filename})" if error.filename else ""
         print(f"error: {error.strerror or error}{where}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        if not isinstance(interrupt, TrainingInterrupted) and sys.stderr.isatty():
+            print(file=sys.stderr)  # the terminal echoed ^C where the cursor was
         print("interrupted; rerun with --resume to continue from the last epoch", file=sys.stderr)
         sys.exit(130)
     sys.exit(code)

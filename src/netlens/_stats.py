@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sized
 from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
@@ -39,7 +38,13 @@ from ._core.distributed import (
     resolve_group,
     same_group,
 )
-from ._core.errors import NetlensTypeError, NetlensValueError, NotRecordedError, describe
+from ._core.errors import (
+    NetlensTypeError,
+    NetlensValueError,
+    NotRecordedError,
+    describe,
+    warn,
+)
 from ._core.layers import LayerSpec, unwrap_parallel
 from ._core.model import batched_inputs, evaluating, model_dtype_device, progress_bar
 from ._core.outputs import LayerView, Select, layer_views
@@ -611,11 +616,10 @@ class ActivationStats:
         variance = torch.where(denominator > 0, state.m2 / denominator.clamp(min=1), nan)
         nonfinite = int((state.nans + state.infs).sum().item())
         if nonfinite:
-            warnings.warn(
+            warn(
                 f"{nonfinite} NaN or inf activations were seen; they are counted in nan_count "
                 "and inf_count and left out of the mean, std, min and max.",
                 RuntimeWarning,
-                stacklevel=2,
             )
         return ChannelStats(
             channels=torch.arange(state.n.shape[0], device=state.n.device),

@@ -3,9 +3,17 @@
 Catching :class:`NetlensError` catches everything the library raises on purpose; catching the
 builtin (``KeyError``, ``ValueError``, ``TypeError``) keeps working for code that does not know
 about netlens. Every message says what was expected and what was received.
+
+Warnings go through :func:`warn`, which points them at the user's line (the call into netlens),
+whatever depth inside the library they are raised at.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+import warnings
+from types import FrameType
 
 __all__ = [
     "LayerNotFoundError",
@@ -15,7 +23,12 @@ __all__ = [
     "NotRecordedError",
     "UnsupportedModelError",
     "describe",
+    "user_stacklevel",
+    "warn",
 ]
+
+# Every module of the package lies under this directory (frames there are the library's own).
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def describe(value: object) -> str:
@@ -27,6 +40,27 @@ def describe(value: object) -> str:
     if len(text) > 80:
         text = text[:77] + "..."
     return f"{type(value).__name__} {text}"
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning issued by the caller point at the user's line.
+
+    Counted as ``warnings.warn`` counts, from the function that calls this one (level 1): the
+    frame just outside the outermost netlens frame on the stack, so that a warning raised deep
+    inside a technique, or inside a hook that torch calls, names the line that called netlens.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    level, last_inside = 1, 1
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(_PACKAGE):
+            last_inside = level
+        frame, level = frame.f_back, level + 1
+    return last_inside + 1
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` at the user's line (see :func:`user_stacklevel`)."""
+    warnings.warn(message, category, stacklevel=user_stacklevel())
 
 
 class NetlensError(Exception):

@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from .errors import warn
+
 __all__ = [
     "autograd_ancestors",
     "batched_inputs",
@@ -179,12 +181,7 @@ def progress_bar(iterable: Iterable[T], *, enabled: bool, **kwargs: Any) -> Iter
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        import warnings
-
-        warnings.warn(
-            "progress=True needs tqdm (pip install 'netlens[progress]'); going on without a bar.",
-            stacklevel=3,
-        )
+        warn("progress=True needs tqdm (pip install 'netlens[progress]'); going on without a bar.")
         return iterable
     return tqdm(iterable, **kwargs)  # type: ignore[no-any-return]
 

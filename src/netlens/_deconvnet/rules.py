@@ -13,7 +13,6 @@ ones on the path to the layer.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .._core.errors import warn
 from .._core.hooks import Hooks
 from .._core.model import autograd_ancestors
 from .._core.ops import (
@@ -177,11 +177,9 @@ def _note_output(name: str, outputs: dict[Any, str]) -> Callable[[nn.Module, Any
 def warn_nonlinear(labels: list[str], name: str, rule: str) -> None:
     """Warn once that the path to the layer holds nonlinearities the rule does not cover."""
     if labels:
-        warnings.warn(
+        warn(
             f"The path from the inputs to layer {name!r} passes through nonlinearities other than "
             f"ReLU: {', '.join(labels)}. The {rule} rule covers only ReLU; these are "
             "backpropagated as plain gradients, so the projection is not a true "
-            f"{rule} projection.",
-            UserWarning,
-            stacklevel=3,
+            f"{rule} projection."
         )
