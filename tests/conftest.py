@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
+from typing import Any
 
 import matplotlib
 import pytest
@@ -41,3 +43,40 @@ def _one_thread(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+# -- A real browser, for the atlas' site and the docs ------------------------------------------
+# No browser is downloaded: Playwright launches the Chromium that the system has (Debian's
+# ``chromium-headless-shell``; ``.ci/run`` installs it). Without one the tests that take this
+# fixture skip, except where ``NETLENS_REQUIRE_BROWSER`` is set (as CI sets it): they fail.
+_CANDIDATES = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
+
+
+def _executable() -> str | None:
+    for name in _CANDIDATES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = _executable()
+    required = bool(os.environ.get("NETLENS_REQUIRE_BROWSER"))
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if required:
+            raise
+        pytest.skip("playwright is not installed")
+    if executable is None:
+        if required:
+            pytest.fail(f"no Chromium found (looked for {', '.join(_CANDIDATES)})")
+        pytest.skip("no Chromium on this machine")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()

@@ -1,15 +1,11 @@
 """The atlas' site in a real browser: Playwright driving the system's headless Chromium.
 
-No browser is downloaded: Playwright launches the Chromium that the system has (Debian's
-``chromium-headless-shell``; ``.ci/run`` installs it). Without one the tests skip, except where
-``NETLENS_REQUIRE_BROWSER`` is set (as CI sets it), where they fail.
+The ``browser`` fixture (conftest.py) launches the system's Chromium; without one the tests
+skip, except where ``NETLENS_REQUIRE_BROWSER`` is set (as CI sets it), where they fail.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,39 +18,6 @@ from netlens._atlas.site import slug
 from netlens.testing import TinyConvNet
 
 ONE_THREAD = True
-
-_CANDIDATES = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
-
-
-def _executable() -> str | None:
-    for name in _CANDIDATES:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = _executable()
-    required = bool(os.environ.get("NETLENS_REQUIRE_BROWSER"))
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if required:
-            raise
-        pytest.skip("playwright is not installed")
-    if executable is None:
-        if required:
-            pytest.fail(f"no Chromium found (looked for {', '.join(_CANDIDATES)})")
-        pytest.skip("no Chromium on this machine")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
-
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
