@@ -10,7 +10,10 @@ point) and resumed from its checkpoint ends with the same numbers as an uninterr
 same machine. A checkpoint records everything that changes what an epoch means (the training
 config, the script's setup such as ``--quick`` and the recipe, and the data: sizes and a digest
 of the labels); ``--resume`` refuses a checkpoint that differs in any of them, or that is
-damaged, with one line and exit code 2. Every file is written through a hidden partial file that
+damaged, with one line and exit code 2; a run without ``--resume`` refuses to start over a
+checkpoint in ``--out`` unless ``--overwrite`` says to replace it. Ctrl-C ends the progress bar's
+line and hands the epochs done to the script, which writes their history and curves; after each
+epoch a line estimates the time left. Every file is written through a hidden partial file that
 is synced to disk before it is renamed into place, with the mode a plain ``open()`` gives; the
 partial files of a killed run are removed by the next one.
 """
@@ -264,9 +267,11 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def duration(seconds: float) -> str:
-    """``45 s``, ``7 min``, ``1 h 20 min``: a rounded time for estimates."""
+    """``0.4 s``, ``45 s``, ``7 min``, ``1 h 20 min``: a rounded time for estimates."""
+    if seconds < 9.95:
+        return f"{seconds:.1f} s"
     if seconds < 90:
-        return f"{max(1, round(seconds))} s"
+        return f"{round(seconds)} s"
     minutes = round(seconds / 60)
     if minutes < 90:
         return f"{minutes} min"
@@ -349,6 +354,7 @@ def train(
         log(f"{name}: resumed from {checkpoint} after epoch {start_epoch - 1}")
     last_epoch = config.epochs if stop_after is None else min(stop_after, config.epochs)
     seconds: list[float] = []  # of this invocation's epochs: a resumed run may be elsewhere
+    saved = len(history.rows)  # the epochs in the checkpoint on disk
     bar = None
     try:
         with _tensorboard(tensorboard and str(Path(tensorboard) / name)) as writer:
@@ -411,6 +417,7 @@ def train(
                 save_checkpoint(
                     checkpoint, name, config, model, optimizer, scheduler, history, setup, data
                 )
+                saved = len(history.rows)
                 if epoch < last_epoch or later > 0:
                     line = estimate_line(epoch, config.epochs, seconds, later, last=last_epoch)
                     log("  " + line)
@@ -419,7 +426,8 @@ def train(
             bar.close()  # clears the bar's line (and the ^C on it)
         elif sys.stdout.isatty():
             print()  # the terminal echoed ^C after the last line
-        raise TrainingInterrupted(name, history) from None
+        # only the checkpointed epochs: an epoch cut short in its checkpoint is not done
+        raise TrainingInterrupted(name, History(history.rows[:saved])) from None
     model.eval()
     return history
 

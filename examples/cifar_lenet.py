@@ -17,10 +17,6 @@ continues from it, and refuses a checkpoint of other settings, data or epochs: s
 ``--resume`` or ``--overwrite``). Ctrl-C stops after writing the history and the curves of the
 epochs done.
 
-Time: about {EPOCH} s an epoch on a quiet 2-core CPU, so about {RUN} min for the
-default 10 epochs and the lenses (an hour or more on a busy machine); ``--quick`` takes
-about {QUICK} s. Each epoch's line estimates the time left, for training and for the whole run.
-
 Recipes (same architecture, same epoch budget):
 
 * ``report``: Adam, lr 0.003 after a linear warm-up of 3 epochs, random horizontal flips.
@@ -30,6 +26,11 @@ Recipes (same architecture, same epoch budget):
   (measured as harmful here), can also be set on its own with
   ``--crop-padding``, ``--weight-decay``, ``--schedule``, ``--label-smoothing`` and
   ``--dropout``, which override the recipe (that is how the ablation was run).
+
+Time: about 45 s an epoch on a quiet 2-core CPU, so about 9 minutes for the default 10 epochs,
+the lenses and the atlas (100 s an epoch and 20 minutes beside other jobs, an hour on a busy
+machine); ``--quick`` takes about 30 s. Each epoch's line estimates the time left, for training
+and for the whole run.
 """
 
 from __future__ import annotations
@@ -65,19 +66,19 @@ from netlens.models import LeNet5
 QUICK_TRAIN, QUICK_TEST = 2000, 500
 LAYER_NAMES = {"relu1": "conv1", "relu2": "conv2"}
 
-# What the steps after training cost, in training images: a 50,000-image epoch's time buys the
-# lenses about LENSES / 50,000 times over. Measured on the CPU (docs/guide/examples.rst), for the
-# whole run's estimate after each epoch; ``quick`` with --quick's smaller lenses.
+# What the steps after training cost, in training images: the lenses take as long as a training
+# epoch over this many images. Measured on the CPU (docs/guide/examples.rst), for the whole run's
+# estimate after each epoch; "quick" with --quick's smaller lenses.
 AFTER_TRAINING = {
-    "lenses": 60_000,
-    "atlas": 200_000,
-    "quick lenses": 10_000,
-    "quick atlas": 20_000,
+    "lenses": 8_000,
+    "atlas": 36_000,
+    "quick lenses": 5_500,
+    "quick atlas": 13_000,
 }
 TIME_NEEDED = (
-    "Time: about {EPOCH} s an epoch on a quiet 2-core CPU: about {RUN} min for the default 10 "
-    "epochs, the lenses and the atlas (an hour or more on a busy machine); --quick takes about "
-    "{QUICK} s. Each epoch's line estimates the time left."
+    "Time: about 45 s an epoch on a quiet 2-core CPU, so about 9 min for the default 10 epochs, "
+    "the lenses and the atlas (100 s an epoch and 20 min beside other jobs, an hour on a busy "
+    "machine); --quick takes about 30 s. Each epoch's line estimates the time left."
 )
 
 

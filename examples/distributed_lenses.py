@@ -13,7 +13,9 @@ Run on the CPU with two processes, gloo on the loopback interface::
         --master_port 29517 examples/distributed_lenses.py --data-dir ~/data/cifar --out runs/lenses
 
 ``--data-dir`` holds ``cifar-10-batches-py/`` or ``cifar-10-python.tar.gz``. Without torchrun
-(``python examples/distributed_lenses.py ...``) it runs as one process. ``--out`` receives
+(``python examples/distributed_lenses.py ...``) it runs as one process. ``--quick`` reads the
+first 1,000 test images only, as ``--quick`` makes the other examples small (``--limit N``
+chooses another number). ``--out`` receives
 ``stats_conv1.csv``, ``stats_conv2.csv`` (per-channel statistics), ``top_conv1.pt``,
 ``top_conv2.pt`` (the :class:`netlens.TopActivations`, for ``torch.load(...,
 weights_only=False)``), ``top_conv1.png``, ``top_conv2.png`` (the paper's Figure 2 for every
@@ -45,6 +47,7 @@ from netlens.datasets import CIFAR10
 from netlens.models import LeNet5
 
 LAYERS = ("conv1", "conv2")
+QUICK_IMAGES = 1000  # --quick: the first test images only
 
 
 class ShardSampler(DistributedSampler[int]):
@@ -135,8 +138,18 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("-k", type=int, default=9, help="top activations per channel")
     parser.add_argument("--limit", type=int, default=None, help="the first N test images only")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"the first {QUICK_IMAGES} test images only, for a smoke run (--limit overrides)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be at least 1, got {args.limit}")
+    if args.quick and args.limit is None:
+        args.limit = QUICK_IMAGES
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

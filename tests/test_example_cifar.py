@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +179,14 @@ def test_resume_ends_with_the_same_numbers(
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert example.main([*common, "--out", str(whole)]) == 0
     assert example.main([*common, "--out", str(parts), "--stop-after", "1"]) == 0
-    assert sorted(path.name for path in parts.iterdir()) == ["checkpoint.pt"]
+    assert sorted(path.name for path in parts.iterdir()) == [
+        "accuracy.png",
+        "checkpoint.pt",
+        "history.csv",
+        "history.json",
+        "loss.png",
+    ]  # what the epochs done can draw
+    assert len(json.loads((parts / "history.json").read_text())) == 1
     assert example.main([*common, "--out", str(parts), "--resume"]) == 0
     assert history_without_time(parts) == history_without_time(whole)
     state = torch.load(whole / "checkpoint.pt", weights_only=True)
@@ -578,3 +586,204 @@ def test_kill_at_any_point_then_resume_gives_the_uninterrupted_history(
     assert not list(out.glob(".*.part"))  # the killed run's partial file is gone
     if mode == "lenses":
         assert (out / "REPORT.md").is_file()
+
+
+# -- a new user's first hour: estimates, reruns into the same --out, Ctrl-C, the figures -------
+
+
+def fake_checkpoint(path: Path, done: int, epochs: int) -> bytes:
+    """A checkpoint of ``done`` epochs of an ``epochs``-epoch run, as train() writes it."""
+    model = example.LeNet5()
+    optimizer = torch.optim.Adam(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    rows = [{"epoch": epoch, "test_accuracy": 0.5} for epoch in range(1, done + 1)]
+    config = example.TrainConfig(epochs=epochs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example.harness.save_checkpoint(
+        path, "lenet5-cifar", config, model, optimizer, scheduler, example.History(rows)
+    )
+    return path.read_bytes()
+
+
+def test_a_rerun_does_not_replace_another_runs_checkpoint(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / "out" / "checkpoint.pt"
+    before = fake_checkpoint(checkpoint, done=3, epochs=10)
+    argv = ["--data-dir", str(data_dir), "--out", str(checkpoint.parent), *QUICK, "--train-only"]
+    error = run_cli(argv, capsys)
+    assert f"{checkpoint} holds the checkpoint of another run (lenet5-cifar, 3 of 10" in error
+    assert "--resume to continue" in error and "--overwrite to start afresh" in error
+    assert checkpoint.read_bytes() == before
+    assert sorted(path.name for path in checkpoint.parent.iterdir()) == ["checkpoint.pt"]
+    # a file that is no checkpoint is not replaced silently either
+    checkpoint.write_bytes(b"not a checkpoint")
+    assert "not a readable checkpoint" in run_cli(argv, capsys)
+    assert checkpoint.read_bytes() == b"not a checkpoint"
+    # --overwrite starts afresh and replaces it
+    assert example.main([*argv, "--overwrite"]) == 0
+    assert "after 1 epoch (best" in capsys.readouterr().out  # not "1 epochs"
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["name"] == "lenet5-cifar" and len(state["history"]) == 1
+
+
+def test_resume_and_overwrite_exclude_each_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        example.main(["--data-dir", str(tmp_path), "--resume", "--overwrite"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument --resume" in capsys.readouterr().err
+
+
+def interrupt_in_training_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Ctrl-C at the ``step``-th training step (counted over epochs), as a user would press it."""
+    real = torch.nn.functional.cross_entropy
+    steps = []
+
+    def cross_entropy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        if kwargs.get("reduction", "mean") == "mean":  # training; evaluation sums
+            steps.append(1)
+            if len(steps) == step:
+                raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", cross_entropy)
+
+
+def test_ctrl_c_writes_the_history_and_curves_of_the_epochs_done(
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "out"
+    argv = ["--data-dir", str(data_dir), "--out", str(out), "--batch-size", "32", "--quick"]
+    argv += ["--epochs", "2"]  # with progress bars: the interrupt must end the bar's line
+    interrupt_in_training_step(monkeypatch, 13 + 5)  # 400 images: 13 steps an epoch
+    with pytest.raises(SystemExit) as exit_info:
+        example.harness.run_cli(example.main, argv)
+    assert exit_info.value.code == 130
+    captured = capsys.readouterr()
+    assert "epoch 1/2 took" in captured.out and "to go for training" in captured.out
+    assert "stopped after epoch 1 of 2: wrote history.csv, history.json, accuracy.png and " in (
+        captured.out
+    )
+    message = "interrupted; rerun with --resume to continue from the last epoch\n"
+    before, _, after = captured.err.rpartition(message)
+    assert after == "" and (before == "" or before[-1] in "\r\n"), captured.err[-300:]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "accuracy.png",
+        "checkpoint.pt",
+        "history.csv",
+        "history.json",
+        "loss.png",
+    ]
+    assert [row["epoch"] for row in json.loads((out / "history.json").read_text())] == [1]
+    monkeypatch.undo()
+    # --resume goes on from there (the lenses of a --quick run are off with --train-only)
+    assert example.main([*argv, "--no-progress", "--train-only", "--resume"]) == 0
+    assert [row["epoch"] for row in json.loads((out / "history.json").read_text())] == [1, 2]
+
+
+def test_the_epoch_axes_have_whole_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figures: list[Any] = []
+    monkeypatch.setattr(example.harness, "save_figure", lambda figure, path: figures.append(figure))
+    row = {"epoch": 1, "train_loss": 2.0, "train_accuracy": 0.2, "test_loss": 2.1}
+    history = example.History([{**row, "test_accuracy": 0.25}])
+    example.write_curves(history, Path("unused"))
+    figures.append(example.harness.plot_curves({"one epoch": history}))
+    assert len(figures) == 3
+    for figure in figures:
+        FigureCanvasAgg(figure).draw()
+        for axes in figure.axes:
+            low, high = axes.get_xlim()
+            ticks = [tick for tick in axes.get_xticks() if low <= tick <= high]
+            assert ticks == [1.0], (axes.get_title(), ticks)
+
+
+def test_occlusion_rows_say_predicted_and_true_and_the_attribution_has_a_colour_bar() -> None:
+    import netlens as nl
+
+    torch.manual_seed(0)
+    model = example.LeNet5().eval()
+    inputs = torch.rand(2, 1, 28, 28) * 2 - 1
+    result = nl.occlusion(model, inputs, window=6, stride=6, layer="relu2")
+    figure = example.occlusion_figure(result, [1, 3])
+    titles = [axes.get_title() for axes in figure.axes]
+    for row, true in enumerate(("automobile", "cat")):
+        predicted = example.CIFAR10_CLASSES[int(result.target[row])]
+        assert f"predicted: {predicted}\n(true: {true})" in titles
+    attribution = [axes for axes in figure.axes if axes.get_title() == "attribution"]
+    assert len(attribution) == 2
+    assert all(axes.images[-1].colorbar is not None for axes in attribution)
+
+
+def test_estimates_of_the_time_left() -> None:
+    harness = example.harness
+    assert [harness.duration(s) for s in (0.2, 45, 89, 405, 5369, 5400, 4 * 3600)] == [
+        "0.2 s",
+        "45 s",
+        "89 s",
+        "7 min",
+        "89 min",
+        "1 h 30 min",
+        "4 h 0 min",
+    ]
+    now = 1_700_000_000.0
+    finish = time.strftime("%H:%M", time.localtime(now + 9 * 45 + 2 * 45))
+    assert harness.estimate_line(1, 10, [45.0], 2.0, now=now) == (
+        "epoch 1/10 took 45 s; about 7 min to go for training; about 8 min for the whole run "
+        f"(done at about {finish})"
+    )
+    # --stop-after 2 of 10 epochs: training ends after epoch 2
+    assert harness.estimate_line(1, 10, [40.0], last=2) == (
+        "epoch 1/10 took 40 s; about 40 s to go for training"
+    )
+    assert harness.estimate_line(2, 2, [30.0, 50.0], 3.0, now=now).startswith(
+        "epoch 2/2 took 50 s; about 2 min for the whole run"
+    )
+
+
+def test_the_lenses_count_their_steps(quick_run: Path) -> None:
+    lines: list[str] = []
+    steps = example.harness.Steps(2, lines.append)
+    with steps.step("first"):
+        pass
+    with steps.step("second"):
+        pass
+    assert [line.split(":")[0] for line in lines] == ["lens 1/2"] * 2 + ["lens 2/2"] * 2
+    assert lines[0] == "lens 1/2: first ..." and lines[1].startswith("lens 1/2: first: ")
+    assert set(steps.seconds) == {"first", "second"}
+    assert "Time of the lenses: first-layer filters" in (quick_run / "REPORT.md").read_text()
+
+
+def test_help_explains_the_course_report_and_the_time_it_takes() -> None:
+    text = " ".join(example.build_parser().format_help().split())
+    assert "course report this library grew from" in text and "61.10% test accuracy" in text
+    assert "--quick takes about" in text and "s an epoch" in text
+    assert "--overwrite" in text
+
+
+def test_missing_tensorboard_names_the_package(
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = example.harness.importlib.import_module
+
+    def import_module(name: str, *args: Any) -> Any:
+        if name == "torch.utils.tensorboard":
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(example.harness.importlib, "import_module", import_module)
+    out = tmp_path / "out"
+    argv = ["--data-dir", str(data_dir), "--out", str(out), "--tensorboard", str(tmp_path / "tb")]
+    error = run_cli(argv, capsys)
+    assert "pip install tensorboard" in error and 'pip install -e ".[examples]"' in error
+    assert "netlens[" not in error
+    assert not out.exists()

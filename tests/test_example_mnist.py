@@ -9,6 +9,7 @@ import re
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -187,7 +188,8 @@ def test_report_assembles_everything(quick_run: tuple[Path, str]) -> None:
         "Activation maximisation",
     ):
         assert f"### {heading}" in report
-    assert "report: " in log and "lenses: row occlusion" in log
+    assert "report: " in log and "lens 2/4: row occlusion ..." in log
+    assert "lens 4/4: activation maximisation: " in log
     for gate in ("| LSTM | f |", "| GRU | z |", "| RNN (tanh) | h |"):
         assert gate in report
 
@@ -410,3 +412,127 @@ def test_quick_checkpoint_is_not_resumed_by_a_full_run(
     assert code == 2 and stderr.count("\n") == 1
     assert "other settings (quick)" in stderr and "--resume" in stderr
     assert "epoch" not in stdout
+
+
+# -- a new user's first hour: one recipe name, reruns into the same --out, Ctrl-C, help ---------
+
+
+def test_the_recipe_is_called_improved_and_tuned_still_works(tmp_path: Path) -> None:
+    parse = example.parse_args
+    assert parse(["--data-dir", str(tmp_path)]).recipe == "improved"
+    assert parse(["--data-dir", str(tmp_path), "--recipe", "tuned"]).recipe == "improved"
+    assert parse(["--data-dir", str(tmp_path), "--recipe", "report"]).recipe == "report"
+    with pytest.raises(harness.ExampleError, match="invalid choice: 'tune'"):
+        parse(["--data-dir", str(tmp_path), "--recipe", "tune"])
+    text = " ".join(example.build_parser().format_help().split())
+    assert "{improved,report}" in text and "tuned" not in text  # a hidden alias
+    assert "module docstring" not in text
+    assert "course report this library grew from" in text and "about 97%" in text
+    assert "--quick takes about" in text
+
+
+def _fake_checkpoint(path: Path, name: str, done: int, epochs: int) -> bytes:
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    rows = [{"epoch": epoch} for epoch in range(1, done + 1)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    harness.save_checkpoint(
+        path, name, harness.TrainConfig(epochs=epochs), model, optimizer, scheduler,
+        harness.History(rows),
+    )  # fmt: skip
+    return path.read_bytes()
+
+
+def test_a_rerun_does_not_replace_another_runs_checkpoint(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    checkpoint = out / "gru" / "checkpoint.pt"
+    before = _fake_checkpoint(checkpoint, "gru", done=4, epochs=10)
+    argv = ["--data-dir", str(data_dir), "--out", str(out), "--quick", "--no-progress"]
+    argv += ["--batch-size", "32", "--no-lenses", "--models", "rnn,gru"]
+    code, stdout, stderr = _run_cli(argv, capsys)
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    assert f"{checkpoint} holds the checkpoint of another run (gru, 4 of 10 epochs" in stderr
+    assert "--resume to continue" in stderr and "--overwrite to start afresh" in stderr
+    assert "epoch" not in stdout  # refused before anything was trained
+    assert checkpoint.read_bytes() == before
+    assert sorted(str(path.relative_to(out)) for path in out.rglob("*")) == [
+        "gru",
+        "gru/checkpoint.pt",
+    ]
+    example.print = lambda *args: None  # the example logs with print
+    try:
+        assert example.main([*argv, "--models", "gru", "--overwrite"]) == 0
+    finally:
+        del example.print
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["name"] == "gru" and len(state["history"]) == 1
+
+
+def test_ctrl_c_writes_the_history_and_curves_of_the_epochs_done(
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = torch.nn.functional.cross_entropy
+    steps = []
+
+    def cross_entropy(*args: object, **kwargs: object) -> torch.Tensor:
+        if kwargs.get("reduction", "mean") == "mean":  # training steps; evaluation sums
+            steps.append(1)
+            if len(steps) == 8 + 3:  # 512 digits in batches of 64: in the second epoch
+                raise KeyboardInterrupt
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", cross_entropy)
+    out = tmp_path / "out"
+    argv = ["--data-dir", str(data_dir), "--out", str(out), "--epochs", "2", "--no-progress"]
+    argv += ["--batch-size", "64", "--no-lenses", "--no-atlas", "--models", "rnn"]
+    code, stdout, stderr = _run_cli(argv, capsys)
+    assert code == 130
+    assert stderr == "interrupted; rerun with --resume to continue from the last epoch\n"
+    assert "epoch 1/2 took" in stdout and "to go for training" in stdout
+    assert "interrupted in rnn's training after epoch 1 of 2: wrote rnn/history.csv" in stdout
+    written = {str(path.relative_to(out)) for path in out.rglob("*") if path.is_file()}
+    assert written == {
+        "rnn/checkpoint.pt",
+        "rnn/history.csv",
+        "rnn/history.json",
+        "rnn/curves.png",
+        "comparison.csv",
+        "comparison.md",
+        "comparison.png",
+    }
+    assert [row["epoch"] for row in json.loads((out / "rnn" / "history.json").read_text())] == [1]
+    with open(out / "comparison.csv", newline="") as file:
+        assert [row["epochs"] for row in csv.DictReader(file)] == ["1"]
+
+
+def test_the_digit_panels_say_predicted_and_true(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netlens.datasets import MNIST
+    from netlens.models import RowClassifier
+
+    figures: dict[str, Any] = {}
+
+    def keep(figure: Any, path: Path) -> None:
+        figures[path.name] = figure
+
+    monkeypatch.setattr(harness, "save_figure", keep)
+    test = MNIST(data_dir, train=False, standardize=True)
+    torch.manual_seed(0)
+    models = {"gru": RowClassifier("gru").eval()}
+    sizes = example.LensSizes(occlusion_digits=4, occlusion_window=3, maximize_steps=2)
+    example.row_occlusion(models, (test.data, test.targets), tmp_path, sizes)
+    titles = [axes.get_title() for axes in figures["row_occlusion_digits.png"].axes]
+    with torch.no_grad():
+        predicted = models["gru"](test.data[:3]).argmax(1).tolist()
+    expected = [
+        f"GRU: predicted {guess} (true: {int(label)})"
+        for guess, label in zip(predicted, test.targets[:3], strict=True)
+    ]
+    assert [title for title in titles if title.startswith("GRU")] == expected
