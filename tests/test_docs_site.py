@@ -52,8 +52,7 @@ def test_no_api_page_shows_a_tilde_in_a_type(site: Path) -> None:
     pages = sorted((site / "api" / "generated").glob("*.html"))
     assert len(pages) > 20
     shown = {
-        page.name: _TILDE_NAME.findall(_text(page.read_text(encoding="utf-8")))
-        for page in pages
+        page.name: _TILDE_NAME.findall(_text(page.read_text(encoding="utf-8"))) for page in pages
     }
     assert {name: found for name, found in shown.items() if found} == {}
 

@@ -325,6 +325,50 @@ def test_linear_activations_heatmap_and_bad_shapes() -> None:
         nl.ActivationGrid(np.zeros((3, 4, 4)))  # type: ignore[arg-type]
 
 
+def _drawn(figure: object) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure).draw()
+
+
+def _ticks(axis: object, along: str) -> dict[float, str]:
+    """The ticks drawn along ``along``: position -> label."""
+    target = axis.xaxis if along == "x" else axis.yaxis  # type: ignore[attr-defined]
+    low, high = sorted(target.get_view_interval())
+    formatter = target.get_major_formatter()
+    locations = [loc for loc in target.get_majorticklocs() if low <= loc <= high]
+    return {float(loc): formatter(loc, i) for i, loc in enumerate(locations)}
+
+
+def test_heatmaps_name_their_axes_by_what_they_show() -> None:
+    # activations (tokens, features) are not a weight (outputs, inputs)
+    tokens = ["the", "film", "was", "great", "!"]
+    grid = nl.ActivationGrid(torch.randn(5, 16), labels=tokens)
+    fig, ax = grid.plot()
+    _drawn(fig)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("feature", "input or position")
+    assert _ticks(ax, "y") == {float(i): token for i, token in enumerate(tokens)}
+    assert all(position == int(position) for position in _ticks(ax, "x"))  # unit indices
+    _, ax = nl.ActivationGrid(torch.randn(5, 16)).plot()
+    assert ax.get_ylabel() == "input or position"
+    fig, ax = nl.FilterGrid(seeded(nn.Linear(16, 5))).plot()
+    _drawn(fig)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("input", "output")
+    assert all(position == int(position) for position in _ticks(ax, "y"))
+    # the rows of a table of inputs' feature maps take names too
+    _, ax = nl.ActivationGrid(torch.rand(2, 5, 4, 4), labels=["cat", "dog"]).plot()
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["cat", "dog"]
+
+
+def test_activation_grid_labels_errors() -> None:
+    with pytest.raises(nl.NetlensValueError, match="Expected 5 labels, one per row"):
+        nl.ActivationGrid(torch.randn(5, 16), labels=["a", "b"])
+    with pytest.raises(nl.NetlensValueError, match="titles="):
+        nl.ActivationGrid(torch.rand(4, 5, 5), labels=["a"] * 4)
+    with pytest.raises(nl.NetlensTypeError, match="labels"):
+        nl.ActivationGrid(torch.randn(5, 16), labels="abcde")  # type: ignore[arg-type]
+
+
 def test_channels_last_maps_with_channel_dim() -> None:
     generator = torch.Generator().manual_seed(0)
     first = torch.randn(2, 4, 6, 6, generator=generator, dtype=torch.float64)

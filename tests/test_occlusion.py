@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from _models import Colour, CountsBatches, FlatSignal, PackedOnly, WritesIntoItsInputLinear
@@ -714,6 +715,140 @@ def test_plot_one_dimensional_and_channel_windows() -> None:
         moving.plot_panels()
     with pytest.raises(nl.NetlensValueError, match="last two dims"):
         moving.plot()
+
+
+def _laid_out(figure: Any) -> None:
+    """Draw ``figure`` (constrained layout, ticks) as saving it would."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure).draw()
+
+
+def _shown_ticks(axis: Any, along: str) -> dict[float, str]:
+    """The ticks drawn along ``along`` of ``axis``: position -> label (after a draw)."""
+    target = axis.xaxis if along == "x" else axis.yaxis
+    low, high = sorted(target.get_view_interval())
+    formatter = target.get_major_formatter()
+    locations = [loc for loc in target.get_majorticklocs() if low <= loc <= high]
+    return {float(loc): formatter(loc, i) for i, loc in enumerate(locations)}
+
+
+def _token_map(**kwargs: Any) -> tuple[nl.OcclusionMap, list[str]]:
+    member = contract_zoo()["token_classifier"]
+    result = nl.occlusion(
+        member.model, member.inputs, window=(1,), baseline=member.model.mask_id, **kwargs
+    )
+    return result, ["the", "film", "was", "a", "wonderful", "surprise", "!"]
+
+
+def test_token_plot_is_a_bar_chart_named_by_the_labels() -> None:
+    result, words = _token_map()
+    fig, ax = result.plot(sample=1, labels=words)
+    _laid_out(fig)
+    assert ax.get_images() == []  # ids are no picture
+    heights = [bar.get_height() for bar in ax.patches]
+    assert heights == pytest.approx(result.attribution[1].tolist())
+    assert _shown_ticks(ax, "x") == {float(i): word for i, word in enumerate(words)}
+    width, height = fig.get_size_inches()
+    assert width > 1.3 * height  # a chart along the tokens, not a square
+    # the score: one dot per window at its centre, beside the unoccluded score
+    _, ax = result.plot(map="probability", labels=words)
+    dots = ax.collections[0].get_offsets()
+    assert dots[:, 0].tolist() == list(range(7))
+    assert dots[:, 1].tolist() == pytest.approx(result.probability[0].tolist())
+    reference = [line for line in ax.get_lines() if line.get_label() == "unoccluded"]
+    assert reference and reference[0].get_ydata()[0] == pytest.approx(float(result.base_score[0]))
+    # without labels: positions, integers
+    _, ax = result.plot()
+    _laid_out(ax.figure)
+    assert all(position == int(position) for position in _shown_ticks(ax, "x"))
+    assert ax.get_xlabel() == "position"
+
+
+def test_token_panels_write_the_tokens_and_draw_strips() -> None:
+    result, words = _token_map(layer="proj")
+    fig, axes = result.plot_panels(labels=words)
+    assert axes.shape == (2, 5)
+    _laid_out(fig)
+    # one column of panels, each input's one above the other, all as wide
+    boxes = [axis.get_position() for axis in axes.reshape(-1)]
+    assert all(b.x0 == pytest.approx(boxes[0].x0) for b in boxes)
+    assert all(upper.y0 > lower.y0 for upper, lower in itertools.pairwise(boxes))
+    for line in axes:
+        assert line[0].get_images() == []  # the input: its tokens, written
+        assert list(_shown_ticks(line[0], "x").values()) == words
+        for strip in line[1:4]:
+            (image,) = strip.get_images()
+            assert image.get_array().shape == (1, 7)  # one row of cells, one per window
+            box = strip.get_window_extent()
+            assert box.width > 4 * box.height  # a strip, not a square
+        assert list(_shown_ticks(line[-1], "x").values()) == words
+    # without labels, the ids are written
+    _, axes = result.plot_panels(samples=[0])
+    _laid_out(axes[0, 0].figure)
+    ids = [str(int(i)) for i in result.inputs[0].tolist()]
+    assert list(_shown_ticks(axes[0, 0], "x").values()) == ids
+
+
+def test_many_labels_are_thinned_and_long_ones_stand_upright() -> None:
+    member = contract_zoo()["token_classifier"]
+    ids = torch.randint(1, 20, (1, 90), generator=torch.Generator().manual_seed(0))
+    result = nl.occlusion(member.model, ids, window=(3,), baseline=0)
+    words = [f"token_number_{i}" for i in range(90)]
+    fig, ax = result.plot(labels=words)
+    _laid_out(fig)
+    shown = _shown_ticks(ax, "x")
+    assert 2 <= len(shown) <= 46
+    step = sorted(shown)[1] - sorted(shown)[0]
+    assert step in (2, 5, 10, 20, 50) and all(shown[p] == words[int(p)] for p in shown)
+    assert all(label.get_rotation() == 90 for label in ax.get_xticklabels() if label.get_text())
+    short = [str(i % 10) for i in range(90)]
+    _, ax = result.plot(labels=short[:90])
+    _laid_out(ax.figure)
+    assert all(label.get_rotation() == 0 for label in ax.get_xticklabels())
+
+
+def test_row_sequences_are_labelled_along_their_rows() -> None:
+    zoo = model_zoo()["lstm"]  # (N, 8, 8) read row by row
+    result = nl.occlusion(zoo.model, zoo.inputs, window=(2, 8), stride=(1, 8), layer="rnn")
+    rows = [f"row {i}" for i in range(8)]
+    fig, ax = result.plot(labels=rows)
+    _laid_out(fig)
+    assert len(ax.get_images()) == 2  # the map over the input, as before
+    assert _shown_ticks(ax, "y") == {float(i): row for i, row in enumerate(rows)}
+    fig, axes = result.plot_panels(labels=rows)
+    _laid_out(fig)
+    shown = _shown_ticks(axes[0, 0], "y")  # as many as fit the panel's height
+    assert len(shown) >= 4 and all(label == rows[int(p)] for p, label in shown.items())
+    for strip in axes[0, 1:4]:
+        (image,) = strip.get_images()
+        assert image.get_array().shape == (7, 1)  # a column of cells, one per window
+        box = strip.get_window_extent()
+        assert box.height > 2 * box.width
+        assert all(tick == int(tick) for tick in _shown_ticks(strip, "y"))
+    # a signal (N, C, L) under a (k,) window is a sequence along its time axis
+    signal = nl.occlusion(FlatSignal().eval(), torch.randn(2, 2, 10), window=3, stride=1)
+    times = [f"t{i}" for i in range(10)]
+    fig, axes = signal.plot_panels(labels=times)
+    _laid_out(fig)
+    assert list(_shown_ticks(axes[0, -1], "x").values()) == times
+    assert axes[0, 1].get_images()[0].get_array().shape == (1, 8)
+
+
+def test_labels_errors() -> None:
+    result, words = _token_map()
+    with pytest.raises(nl.NetlensValueError, match="Expected 7 labels"):
+        result.plot(labels=words[:3])
+    with pytest.raises(nl.NetlensTypeError, match="labels"):
+        result.plot(labels="the film")  # type: ignore[arg-type]
+    with pytest.raises(nl.NetlensTypeError, match="labels"):
+        result.plot_panels(labels=3)  # type: ignore[arg-type]
+    zoo = model_zoo()["conv"]
+    image = nl.occlusion(zoo.model, zoo.inputs, window=(2, 2))
+    with pytest.raises(nl.NetlensValueError, match="labels=None for maps over two dims"):
+        image.plot(labels=["a"] * 8)
+    # tensors and arrays of names are sequences too
+    result.plot(labels=np.array(words))
 
 
 @pytest.mark.parametrize("suffix", ["png", "svg", "pdf"])

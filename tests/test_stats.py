@@ -345,6 +345,32 @@ def test_plot_marks_dead_channels() -> None:
     assert small_stats().plot(ax=axes) == (other, axes)
 
 
+def test_plot_ticks_channels_at_whole_numbers() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    stats = nl.ActivationStats().update(torch.randn(50, 16, dtype=torch.float64)).compute()
+    figure, ax = stats.plot()
+    FigureCanvasAgg(figure).draw()
+    low, high = ax.get_xlim()
+    ticks = [tick for tick in ax.get_xticks() if low <= tick <= high]
+    assert len(ticks) >= 3 and all(tick == int(tick) for tick in ticks)  # no channel 2.5
+
+
+def test_repr_is_a_summary() -> None:
+    data = torch.tensor([[0.0, 1.0, -2.0], [0.0, 3.0, 4.0]], dtype=torch.float64)
+    stats = nl.ActivationStats().update(data).compute()
+    assert repr(stats) == (
+        "ChannelStats(channels=3, count=2, mean=[0, 2], std=[0, 3], min=-2, max=4, dead=1)"
+    )
+    named = nl.activation_stats(nn.Sequential(nn.Linear(3, 40)), torch.randn(4, 3), "0")["0"]
+    text = repr(named)
+    assert text.startswith("ChannelStats(layer='0', channels=40, count=4, mean=[")
+    assert "tensor" not in text and len(text) < 200
+    with pytest.warns(RuntimeWarning):
+        counted = nl.ActivationStats().update(torch.tensor([[math.nan, 1.0]])).compute()
+    assert repr(counted).endswith("dead=0, nan=1, inf=0)")
+
+
 def test_result_is_frozen_compared_by_identity_with_channels() -> None:
     stats = small_stats()
     with pytest.raises(AttributeError):

@@ -12,10 +12,6 @@ review is positive or negative. Each review has a few sentiment words among neut
 """
 
 import torch
-from matplotlib import colormaps
-from matplotlib.axes import Axes
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -95,36 +91,28 @@ except nl.NetlensTypeError as error:
     print(error)
 
 # %%
-# The attribution of each token is the drop in the predicted class's logit when it is
-# masked. Drawn as the review's words on a colour scale (red: the word supports the
-# prediction; blue: it argues against it):
+# The attribution of each token is the drop in the predicted class's logit when it is masked.
+# :meth:`~netlens.OcclusionMap.plot` draws it along the review, one bar per word (red: the word
+# supports the prediction; blue: it argues against it), with ``labels=`` naming the positions
+# by their words. Token ids are never drawn as a picture. Each review goes on an Axes of one
+# figure:
 
-
-def draw_tokens(ax: Axes, tokens: torch.Tensor, attribution: torch.Tensor, norm: Normalize) -> None:
-    """The words of one review in a row, each on the colour of its attribution."""
-    for position, (token, value) in enumerate(
-        zip(tokens.tolist(), attribution.tolist(), strict=True)
-    ):
-        colour = colormaps["RdBu_r"](norm(value))
-        box = {"boxstyle": "round,pad=0.3", "facecolor": colour, "edgecolor": "0.6"}
-        ink = "white" if abs(norm(value) - 0.5) > 0.35 else "black"  # readable on dark boxes
-        word = VOCABULARY[token]
-        ax.text(position, 0, word, ha="center", va="center", fontsize=11, color=ink, bbox=box)
-    ax.set_xlim(-0.6, len(tokens) - 0.4)
-    ax.set_ylim(-1, 1)
-    ax.set_axis_off()
-
-
-extent = float(result.attribution.abs().max())
-norm = Normalize(-extent, extent)
-fig = Figure(figsize=(9, 4.4), layout="constrained")
-axes = fig.subplots(len(sample), 1)
-for row, ax in enumerate(axes):
+fig = Figure(figsize=(9, 7.5), layout="constrained")
+for row, ax in enumerate(fig.subplots(len(sample), 1, sharey=True)):
+    words = [VOCABULARY[token] for token in sample[row].tolist()]
+    result.plot(ax, sample=row, labels=words)
     predicted = ["negative", "positive"][int(result.target[row])]
-    draw_tokens(ax, sample[row], result.attribution[row], norm)
-    ax.set_title(f"review {row}: predicted {predicted}", fontsize=10, loc="left")
-colorbar = fig.colorbar(ScalarMappable(norm=norm, cmap="RdBu_r"), ax=axes, shrink=0.8)
-colorbar.set_label("drop in the logit")
+    ax.set_title(f"review {row}: predicted {predicted}", fontsize=10)
+    ax.set_ylabel("drop in the logit", fontsize=8)
+fig
+
+# %%
+# :meth:`~netlens.OcclusionMap.plot_panels` puts the measurements of one review one above the
+# other, along its words: the logit with each word masked, the class the model then predicts,
+# and the attribution.
+
+words = [VOCABULARY[token] for token in sample[0].tolist()]
+fig, _ = result.plot_panels(samples=[0], labels=words, class_names=["negative", "positive"])
 fig
 
 # %%
@@ -142,6 +130,13 @@ for row in range(len(sample)):
     print(
         [VOCABULARY[t] for t in sample[row, singles]], [VOCABULARY[t] for t in sample[row, doubles]]
     )
+
+# %%
+# The logit of the predicted class with each pair masked: one dot per window, between the two
+# words it hides, beside the logit of the whole review (dashed).
+
+fig, _ = pairs.plot(map="probability", labels=words)
+fig
 
 # %%
 # :doc:`/guide/occlusion` describes targets, scores and batching; the same call works on a

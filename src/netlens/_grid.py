@@ -29,7 +29,7 @@ from ._core.checks import (
     check_not_meta,
 )
 from ._core.errors import NetlensTypeError, NetlensValueError, describe
-from ._core.render import Plottable, figure_axes
+from ._core.render import Plottable, figure_axes, integer_ticks, position_ticks, set_xlabel
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -43,6 +43,10 @@ Normalize = Literal["filter", "global", "symmetric"] | tuple[float, float]
 
 _NORMALIZE_NAMES = ("filter", "global", "symmetric")
 _GATES = {"LSTM": ("i", "f", "g", "o"), "GRU": ("r", "z", "n")}
+# What the columns and rows of a single heatmap are: a weight (out, in) maps inputs to outputs;
+# activations (rows, features) have a row per input, or per position of one input's sequence.
+_WEIGHT_AXES = ("input", "output")
+_ACTIVATION_AXES = ("feature", "input or position")
 # Tiles are upscaled (nearest) until their longer side reaches this many pixels, so that a 5x5
 # filter stays readable and one-pixel borders stay thin next to it...
 _TARGET_TILE_PIXELS = 32
@@ -269,7 +273,10 @@ class _Layout:
         titles: One title above each tile (or beside it, for a column of heatmap blocks).
         row_labels: One label per row, on the left.
         col_labels: One label per column, on top.
-        heatmap: The tiles are heatmaps of weights: unscaled, framed, with a colorbar.
+        heatmap: The tiles are heatmaps (of weights, or of activations ``(N, F)``): unscaled,
+            framed, with a colorbar.
+        axis_names: ``(x, y)``: what the columns and rows of a single heatmap are.
+        heatmap_labels: Names of the rows of a single heatmap (tokens), instead of numbers.
     """
 
     nrows: int
@@ -278,13 +285,17 @@ class _Layout:
     row_labels: list[str] | None = None
     col_labels: list[str] | None = None
     heatmap: bool = False
+    axis_names: tuple[str, str] | None = None
+    heatmap_labels: list[str] | None = None
 
     @classmethod
-    def table(cls, nrows: int, ncols: int, rows: str, labelled: bool) -> _Layout:
-        """Rows of ``rows`` (``"in 0"``, ``"in 1"``, ...) by numbered columns of channels."""
+    def table(
+        cls, nrows: int, ncols: int, rows: str, labelled: bool, names: list[str] | None = None
+    ) -> _Layout:
+        """Rows of ``rows`` (``"in 0"``, ``"in 1"``, ..., or ``names``) by numbered columns."""
         if not labelled:
-            return cls(nrows, ncols)
-        row_labels = [f"{rows} {i}" for i in range(nrows)]
+            return cls(nrows, ncols, row_labels=names)
+        row_labels = names or [f"{rows} {i}" for i in range(nrows)]
         return cls(nrows, ncols, row_labels=row_labels, col_labels=[str(i) for i in range(ncols)])
 
 
@@ -320,6 +331,8 @@ class _Grid(Plottable):
         self._row_labels = layout.row_labels
         self._col_labels = layout.col_labels
         self._heatmap = layout.heatmap
+        self._axis_names = layout.axis_names
+        self._heatmap_labels = layout.heatmap_labels
 
     # -- public -------------------------------------------------------------------------------
 
@@ -397,8 +410,12 @@ class _Grid(Plottable):
         for spine in ax.spines.values():
             spine.set_visible(self._heatmap)
         if self._heatmap and self._nrows * self._ncols == 1:
-            ax.set_xlabel("input")
-            ax.set_ylabel("output")
+            # one heatmap: its rows and columns are numbered units (or named rows)
+            names = self._axis_names or ("input", "output")
+            ax.set_xlabel(names[0])
+            ax.set_ylabel(names[1])
+            integer_ticks(ax, "x")
+            position_ticks(ax, "y", self._heatmap_labels)
         step_y, step_x = band + height + 1, width + 1
         if side_labels and self._titles is not None:
             ax.set_yticks([row * step_y + height / 2 for row, _ in self._positions], self._titles)
@@ -441,7 +458,7 @@ class _Grid(Plottable):
         if non_finite:
             # The NaN rule: never drawn silently. Masks of -inf are common in activations, so
             # a grid draws them (mid-grey) and says how many, rather than refusing the picture.
-            ax.set_xlabel(f"{non_finite} NaN or inf values, drawn grey", color="firebrick")
+            set_xlabel(ax, f"{non_finite} NaN or inf values, drawn grey", color="firebrick")
         return figure, ax
 
     # -- internals ----------------------------------------------------------------------------
@@ -592,7 +609,8 @@ def _filter_tiles(
         # gate blocks stacked as PyTorch stores them, unless asked otherwise
         nrows, columns = grid_shape(len(tiles), ncols=1 if ncols is None else ncols)
         shown = labels if titles is not False else None
-        return tiles, False, _Layout(nrows, columns, titles=shown, heatmap=True)
+        layout = _Layout(nrows, columns, titles=shown, heatmap=True, axis_names=_WEIGHT_AXES)
+        return tiles, False, layout
     if values.ndim != 4:
         raise NetlensValueError(
             "Expected a 4-D conv weight (out, in, kh, kw) or a 2-D weight (out, in), but got "
@@ -694,7 +712,9 @@ class ActivationGrid(_Grid):
     * ``(N, C, H, W)`` with C = 1, or C = 3 and ``rgb`` not False: N pictures, grey or RGB (for
       example inputs, or the images that activation maximisation synthesises).
     * other ``(N, C, H, W)``: one row per input, one column per channel (one input: near-square).
-    * ``(N, F)``: a heatmap of the units of a linear layer, one row per input.
+    * ``(N, F)``: a heatmap of the units (features) of a linear layer, one row per input; or
+      ``(T, F)``, one input's features at each position of its sequence (a token model's
+      ``recorder[name][0]``), the rows named by ``labels`` (the tokens).
 
     Activations whose channels are on another axis, such as the channels-last maps
     ``(N, H, W, C)`` of a ConvNeXt or Swin stage, say so with ``channel_dim`` (here ``-1``), as
@@ -711,12 +731,16 @@ class ActivationGrid(_Grid):
         rgb: Whether ``(N, 3, H, W)`` are RGB pictures (default) or three feature maps each.
         channel_dim: The channel axis of ``activations`` (negative counts from the end); by
             default 1 for 4-D and 2-D tensors, 0 for one input's ``(C, H, W)``.
+        labels: Names of the rows: of a 2-D heatmap (the tokens of ``(T, F)``), or of the
+            inputs of a table of ``(N, C, H, W)`` feature maps; numbers by default. As many
+            are shown as fit.
 
     Raises:
         NetlensTypeError: For a non-tensor, complex values, or an option of the wrong type.
         NetlensValueError: For a tensor that is not 2-, 3- or 4-D, an empty one, one on the meta
             device, a ``channel_dim`` outside it, a ``normalize`` range that is not finite or
-            has ``low >= high``, or an unknown option.
+            has ``low >= high``, an unknown option, or labels for a grid without rows to name
+            or of another length than its rows.
 
     Example:
         >>> import torch
@@ -738,6 +762,7 @@ class ActivationGrid(_Grid):
         titles: bool | Sequence[str] = True,
         rgb: bool | None = None,
         channel_dim: int | None = None,
+        labels: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(activations, torch.Tensor):
             raise NetlensTypeError(
@@ -746,9 +771,26 @@ class ActivationGrid(_Grid):
         rgb = None if rgb is None else check_bool("rgb", rgb)
         cmap = check_cmap("cmap", cmap)
         dim = check_channel_dim("channel_dim", channel_dim, optional=True)
+        names = _check_labels(labels)
         values = _as_array(_channels_in_place(activations, dim), "activations")
-        tiles, is_rgb, layout = _activation_tiles(values, activations, ncols, titles, rgb)
+        tiles, is_rgb, layout = _activation_tiles(values, activations, ncols, titles, rgb, names)
         super().__init__(tiles, rgb=is_rgb, normalize=normalize, cmap=cmap, layout=layout)
+
+
+def _check_labels(labels: object) -> list[str] | None:
+    if labels is None:
+        return None
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+        raise NetlensTypeError(
+            "Expected labels to be None or a sequence of strings, one per row (such as the "
+            f"tokens), but got {describe(labels)}."
+        )
+    return [str(label) for label in labels]
+
+
+def _check_row_count(names: list[str] | None, rows: int, what: str) -> None:
+    if names is not None and len(names) != rows:
+        raise NetlensValueError(f"Expected {rows} labels, one per {what}, but got {len(names)}.")
 
 
 def _activation_tiles(
@@ -757,10 +799,13 @@ def _activation_tiles(
     ncols: int | None,
     titles: bool | Sequence[str],
     rgb: bool | None,
+    names: list[str] | None = None,
 ) -> tuple[NDArray[np.float64], bool, _Layout]:
     """The tiles of activations, whether they are RGB, and their layout (see ActivationGrid)."""
     if values.ndim == 2:
-        return values[None], False, _Layout(1, 1, heatmap=True)
+        _check_row_count(names, values.shape[0], "row of the heatmap")
+        layout = _Layout(1, 1, heatmap=True, axis_names=_ACTIVATION_AXES, heatmap_labels=names)
+        return values[None], False, layout
     if values.ndim not in (3, 4) or 0 in values.shape:
         raise NetlensValueError(
             "Expected activations of shape (C, H, W), (N, C, H, W) or (N, F), but got "
@@ -771,10 +816,17 @@ def _activation_tiles(
         tiles = values.transpose(0, 2, 3, 1) if is_rgb else values[:, 0]
     elif values.ndim == 4 and values.shape[0] > 1:
         count, channels = values.shape[:2]
-        layout = _Layout.table(count, channels, "input", titles is not False)
+        _check_row_count(names, count, "input (row of the table)")
+        layout = _Layout.table(count, channels, "input", titles is not False, names)
         return values.reshape(-1, *values.shape[2:]), False, layout
     else:
         tiles = values[0] if values.ndim == 4 else values
+    if names is not None:
+        raise NetlensValueError(
+            "Expected labels only for a 2-D heatmap (one per row) or a table of (N, C, H, W) "
+            f"feature maps (one per input), but got activations of shape "
+            f"{tuple(activations.shape)}, drawn as separate tiles: name them with titles=."
+        )
     count = len(tiles)
     nrows, columns = grid_shape(count, tiles.shape[1], tiles.shape[2], ncols=ncols)
     labels = _titles(titles, count, [str(i) for i in range(count)])

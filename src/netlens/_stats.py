@@ -48,7 +48,7 @@ from ._core.errors import (
 from ._core.layers import LayerSpec, unwrap_parallel
 from ._core.model import batched_inputs, evaluating, model_dtype_device, progress_bar
 from ._core.outputs import LayerView, Select, layer_views
-from ._core.render import Plottable, figure_axes
+from ._core.render import Plottable, figure_axes, integer_ticks, set_title
 from ._record import Recorder
 
 if TYPE_CHECKING:
@@ -274,6 +274,19 @@ class ChannelStats(Plottable):
         """
         return self.zero_fraction == 1
 
+    def __repr__(self) -> str:
+        layer = f"layer={self.layer!r}, " if self.layer else ""
+        nonfinite = int(self.nan_count.sum()) + int(self.inf_count.sum())
+        extra = f", nan={int(self.nan_count.sum())}, inf={int(self.inf_count.sum())}"
+        return (
+            f"ChannelStats({layer}channels={self.num_channels}, "
+            f"count={int(self.count.max()) if self.num_channels else 0}, "
+            f"mean={_span(self.mean)}, std={_span(self.std)}, min={_extreme(self.min, min)}, "
+            f"max={_extreme(self.max, max)}, dead={int(self.dead.sum())}"
+            + (extra if nonfinite else "")
+            + ")"
+        )
+
     def _rows(self, digits: int) -> tuple[list[str], list[list[str]]]:
         header = ["channel", "mean", "std", "min", "max", "zero fraction", "count"]
         nonfinite = bool((self.nan_count > 0).any() or (self.inf_count > 0).any())
@@ -373,10 +386,29 @@ class ChannelStats(Plottable):
         ax.axhline(0.0, color="0.5", lw=0.5)
         ax.set_xlabel("channel")
         ax.set_ylabel("activation")
+        integer_ticks(ax, "x")
         if self.layer:
-            ax.set_title(self.layer)
+            set_title(ax, self.layer, fontsize="large")
         ax.legend(loc="best", fontsize=8)
         return figure, ax
+
+
+def _finite(values: torch.Tensor) -> list[float]:
+    return [value for value in values.tolist() if math.isfinite(value)]
+
+
+def _span(values: torch.Tensor) -> str:
+    """The range of a statistic over the channels: ``[low, high]`` (NaN: no finite value)."""
+    finite = _finite(values)
+    if not finite:
+        return "nan"
+    low, high = min(finite), max(finite)
+    return f"{low:.4g}" if low == high else f"[{low:.4g}, {high:.4g}]"
+
+
+def _extreme(values: torch.Tensor, pick: Callable[[list[float]], float]) -> str:
+    finite = _finite(values)
+    return f"{pick(finite):.4g}" if finite else "nan"
 
 
 class ActivationStats:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .._core.errors import LayerNotFoundError, NetlensTypeError, NetlensValueError, describe
-from .._core.render import Plottable, figure_axes
+from .._core.render import Plottable, figure_axes, set_title
 from .._deconvnet.top import TopActivations
 from .._stats import ChannelStats
 from .histogram import Histogram, display
@@ -177,7 +177,8 @@ class ChannelCard(Plottable):
         figure, axes = figure_axes(ax, width=2 + width / 60, height=1 + height / 60)
         axes.imshow(picture, interpolation="nearest")
         axes.set_axis_off()
-        axes.set_title(
+        set_title(
+            axes,
             f"layer {self.layer!r}, channel {self.channel}: mean {self.mean:.3g}, "
             f"max {self.max:.3g}, zero {100 * self.zero_fraction:.0f}%",
             fontsize=9,
@@ -339,7 +340,7 @@ class AtlasLayer(Mapping[int, ChannelCard]):
         )
         axes.imshow(picture, interpolation="nearest")
         axes.set_axis_off()
-        axes.set_title(f"layer {self.name!r}: {len(self)} channels", fontsize=9)
+        set_title(axes, f"layer {self.name!r}: {len(self)} channels", fontsize=9)
         return figure, axes
 
     def _repr_html_(self) -> str:

@@ -181,7 +181,11 @@ def progress_bar(iterable: Iterable[T], *, enabled: bool, **kwargs: Any) -> Iter
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        warn("progress=True needs tqdm (pip install 'netlens[progress]'); going on without a bar.")
+        # the extras are not on PyPI yet: name the package, and the extra of a checkout
+        warn(
+            "progress=True needs tqdm (pip install tqdm; in a checkout of netlens, "
+            "pip install -e '.[progress]'); going on without a bar."
+        )
         return iterable
     return tqdm(iterable, **kwargs)  # type: ignore[no-any-return]
 

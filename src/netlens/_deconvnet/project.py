@@ -35,7 +35,7 @@ from .._core.errors import NetlensTypeError, NetlensValueError, NotRecordedError
 from .._core.layers import LayerSpec, check_model
 from .._core.model import batched_inputs, depends_on, evaluating
 from .._core.outputs import LayerView, Select, layer_view
-from .._core.render import Plottable, display, figure_axes, montage
+from .._core.render import Plottable, display, figure_axes, montage, set_title
 from .._record import Recorder
 from .rules import Rectifier, warn_nonlinear
 
@@ -407,12 +407,15 @@ class Projection(Plottable):
         rows, columns = images.shape[:2]
         tiles = [[display(images[r, c], centred=True) for c in range(columns)] for r in range(rows)]
         canvas, centres_x, centres_y = montage(tiles)
-        fig, ax = figure_axes(ax, width=1.2 * columns + 1.0, height=1.2 * rows + 0.6)
+        title = f"{self.rule} projections, layer {self.layer!r}"
+        fig, ax = figure_axes(
+            ax, width=1.2 * columns + 1.0, height=1.2 * rows + 0.6, title=(title, "medium")
+        )
         ax.imshow(canvas, interpolation="nearest")
         ax.set_xticks(centres_x, [f"ch {c}" for c in self.channels.tolist()])
         ax.set_yticks(centres_y, [f"input {r}" for r in range(rows)])
         ax.tick_params(length=0)
         for spine in ax.spines.values():
             spine.set_visible(False)
-        ax.set_title(f"{self.rule} projections, layer {self.layer!r}", fontsize="medium")
+        set_title(ax, title, fontsize="medium")
         return fig, ax

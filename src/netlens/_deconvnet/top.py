@@ -39,7 +39,7 @@ from .._core.hooks import Hooks
 from .._core.layers import LayerSpec, check_model, unwrap_parallel
 from .._core.model import batched_inputs, evaluating, model_dtype_device, progress_bar
 from .._core.outputs import LayerView, Select, layer_view
-from .._core.render import Plottable, display, figure_axes, grid
+from .._core.render import Plottable, display, figure_axes, grid, set_title
 from .._core.stop import counting_calls, run_until
 from .._record import Recorder
 from .project import Seeds, project, recorded, unravel
@@ -711,10 +711,12 @@ class TopActivations(Plottable):
             side_by_side = np.concatenate([projections, spacer, patches], axis=1)
             blocks.append(np.concatenate([label, side_by_side], axis=0))
         block_height, block_width = blocks[0].shape[:2]
+        title = f"top-{k} activations of layer {self.layer!r}"
         fig, ax = figure_axes(
             ax,
             width=0.45 * ncols * (2 * side + 1) + 0.5,
             height=0.5 * math.ceil(count / ncols) * (side + 0.6) + 0.6,
+            title=(title, "medium"),
         )
         ax.imshow(grid(blocks, ncols, gap=gap), interpolation="nearest")
         for channel in range(count):
@@ -722,5 +724,5 @@ class TopActivations(Plottable):
             x, y = column * (block_width + gap), row * (block_height + gap) + band - 1
             ax.text(x, y, f"channel {int(self.channels[channel])}", fontsize="small", va="bottom")
         ax.set_axis_off()
-        ax.set_title(f"top-{k} activations of layer {self.layer!r}", fontsize="medium")
+        set_title(ax, title, fontsize="medium")
         return fig, ax

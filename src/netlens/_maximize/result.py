@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._core.render import Plottable, figure_axes
+from .._core.render import Plottable, figure_axes, integer_ticks, set_title
 from .._grid import ActivationGrid, Normalize
 from .objectives import Objective
 
@@ -202,8 +202,9 @@ class Maximization(Plottable):
                     label=label if copy == 0 else "_nolegend_",
                 )
         axes.set_xlabel("step")
+        integer_ticks(axes, "x")
         axes.set_ylabel("objective")
-        axes.set_title(f"{self.layer}: objective per step")
+        set_title(axes, f"{self.layer}: objective per step", fontsize="large")
         if len(labels) <= 10:
             title = "objective" if self.objectives is not None else "channel"
             axes.legend(title=title, fontsize="small")

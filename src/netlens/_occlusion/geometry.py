@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -133,6 +134,51 @@ class OccluderGrid:
             spans.append((start, start + (count - 1) * stride + width))
         (top, bottom), (left, right) = spans
         return left, right, bottom, top
+
+    # -- maps along a sequence: tokens, time steps, rows --------------------------------------
+
+    def sequence_axis(self) -> Literal["x", "y"] | None:
+        """Along which axis of the drawn plane the per-position maps are one-dimensional.
+
+        ``"x"`` when the window moves along the last dim only (a sequence of tokens or values,
+        a window ``(k,)`` over ``(C, L)`` signals); ``"y"`` when it moves along the second to
+        last dim, covering the whole last one (row sequences ``(T, F)`` with a ``(k, F)``
+        window); None for maps over two dims (images).
+        """
+        shape, window, grid = self.sample_shape, self.window, self.grid
+        if len(shape) == 1 or len(window) == 1:
+            return "x"
+        whole_rows = grid[-2] == 1 and window[-2] == shape[-2]
+        whole_columns = grid[-1] == 1 and window[-1] == shape[-1]
+        if whole_columns and not whole_rows:
+            return "y"
+        if whole_rows and not whole_columns:
+            return "x"
+        return None
+
+    def sequence_length(self) -> int:
+        """How many positions the sequence has (see :meth:`sequence_axis`)."""
+        return self.sample_shape[-1] if self.sequence_axis() == "x" else self.sample_shape[-2]
+
+    def _sequence_window(self) -> tuple[int, int, int]:
+        """``(window, stride, positions)`` of the occluder along the sequence."""
+        index = -1 if self.sequence_axis() == "x" else -2
+        return self.window[index], self.stride[index], self.grid[index]
+
+    def sequence_span(self) -> tuple[float, float]:
+        """Where the first cell of a per-position map starts and its last ends, along the sequence.
+
+        Each cell is centred on its window; one position fills its whole window.
+        """
+        window, stride, count = self._sequence_window()
+        width = stride if count > 1 else window
+        start = (window - 1) / 2 - width / 2
+        return start, start + (count - 1) * stride + width
+
+    def sequence_centres(self) -> torch.Tensor:
+        """The centre of each window along the sequence (float64, CPU), in order."""
+        window, stride, count = self._sequence_window()
+        return torch.arange(count, dtype=torch.float64) * stride + (window - 1) / 2
 
     def plane_cells(self, values: torch.Tensor) -> torch.Tensor:
         """A per-position map (``grid`` values) as a 2-D array of cells over the plane."""

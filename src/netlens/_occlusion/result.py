@@ -16,15 +16,27 @@ import torch
 from .._core.checks import as_int, check_choice, check_cmap
 from .._core.errors import NetlensTypeError, NetlensValueError, describe
 from .._core.render import (
+    Along,
     Plottable,
     axes_grid,
+    axes_stack,
     category_colours,
     colour_bar,
+    draw_bars,
     draw_categories,
+    draw_category_strip,
     draw_cells,
     draw_input,
+    draw_profile,
     draw_signed_overlay,
+    draw_strip,
     figure_axes,
+    frame_plane,
+    integer_ticks,
+    label_room,
+    position_ticks,
+    set_title,
+    text_width,
 )
 from .geometry import OccluderGrid, spread_drops
 
@@ -42,6 +54,12 @@ __all__ = ["MapName", "OcclusionMap", "occlusion_map"]
 MapName: TypeAlias = Literal["attribution", "probability", "feature_activation"]
 
 _MAPS = ("attribution", "probability", "feature_activation")
+# What a chart of each map shows along its value axis (the probability map holds the scores).
+_AXIS_NAMES = {
+    "attribution": "attribution",
+    "probability": "score",
+    "feature_activation": "feature activation",
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,8 +121,15 @@ class OcclusionMap(Plottable):
         channel: int | None = None,
         alpha: float = 0.55,
         cmap: str | None = None,
+        labels: Sequence[str] | None = None,
     ) -> tuple[Figure, Axes]:
-        """Draw one map of one input over that input, in grey, on one Axes.
+        """Draw one map of one input on one Axes.
+
+        Over an input of two dims or more (images, signals, row sequences) the map is drawn
+        over the input, in grey. A sequence of tokens or values (inputs ``(N, T)``) is drawn as a
+        chart along the sequence: the attribution as one bar per position, the score and the
+        feature activation as dots at their windows' centres (the score beside the unoccluded
+        one). Token ids are never drawn as a picture.
 
         Args:
             ax: Axes to draw on, or None for a new figure.
@@ -114,31 +139,64 @@ class OcclusionMap(Plottable):
                 on its window's centre).
             channel: For the feature activation of several channels, which one (one of
                 :attr:`channels`); the first by default.
-            alpha: Opacity of the map.
+            alpha: Opacity of the map over the input.
             cmap: Colour map; ``"RdBu_r"`` for the attribution, ``"viridis"`` otherwise.
+            labels: One name per position of the sequence the occluder moves along (the
+                tokens), to name the positions: of ``(N, T)`` inputs, of the time steps of
+                ``(N, C, T)`` signals under a ``(k,)`` window, of the rows of ``(N, T, F)`` row
+                sequences under a ``(k, F)`` window. As many are shown as fit (every one, or
+                every 2nd, 5th, ...), upright when they are long.
 
         Returns:
             The figure and the Axes.
 
         Raises:
             NetlensValueError: An unknown map, sample or colour map name, a feature map without
-                ``layer``, or maps that cannot be drawn over two dims.
-            NetlensTypeError: A sample, map or cmap of the wrong type.
+                ``layer``, maps that cannot be drawn over two dims, or labels for a map over
+                two dims or of another length than the sequence.
+            NetlensTypeError: A sample, map, cmap or labels of the wrong type.
         """
         index = self._check_sample(sample)
         check_choice("map", map, _MAPS)
         cmap = check_cmap("cmap", cmap)
         occluder = self._occluder()
+        names = self._check_labels(labels, occluder)
         feature = self._feature_map(index, channel)[0] if map == "feature_activation" else None
-        fig, axis = figure_axes(ax, width=3.0, height=3.0)
-        draw_input(axis, self.inputs[index], grey=True)
-        if map == "attribution":
-            values = _plane(self.attribution[index], len(self.inputs.shape) - 1).mean(0)
-            draw_signed_overlay(axis, values, cmap=cmap or "RdBu_r", alpha=alpha)
+        values = self.probability[index] if feature is None else feature
+        if len(occluder.sample_shape) == 1:  # tokens or values in a row: a chart
+            length = occluder.sequence_length()
+            widest = max((text_width(name, 8.0) for name in names or ()), default=0.0)
+            width = min(14.0, max(5.0, length * min(max(0.32, widest + 0.1), 0.9) + 1.6))
+            fig, axis = figure_axes(ax, width=width, height=2.6 + label_room(names, width))
+            if map == "attribution":
+                draw_bars(axis, self.attribution[index], cmap=cmap or "RdBu_r")
+            else:
+                reference = float(self.base_score[index]) if feature is None else None
+                draw_profile(
+                    axis,
+                    occluder.sequence_centres(),
+                    values,
+                    length=length,
+                    cmap=cmap or "viridis",
+                    reference=reference,
+                )
+            axis.set_ylabel(_AXIS_NAMES[map], fontsize="small")
+            position_ticks(axis, "x", names)
+            if names is None:
+                axis.set_xlabel("position", fontsize="small")
         else:
-            values = self.probability[index] if feature is None else feature
-            _draw_cells(axis, occluder, values, cmap=cmap or "viridis", alpha=alpha)
-        axis.set_title(f"{map.replace('_', ' ')} on input {index}", fontsize="small")
+            width, height = _size_over_input(occluder, names)
+            fig, axis = figure_axes(ax, width=width, height=height)
+            self._draw_input(axis, index, occluder, grey=True)
+            if map == "attribution":
+                drops = _plane(self.attribution[index], len(self.inputs.shape) - 1).mean(0)
+                draw_signed_overlay(axis, drops, cmap=cmap or "RdBu_r", alpha=alpha)
+            else:
+                _draw_cells(axis, occluder, values, cmap=cmap or "viridis", alpha=alpha)
+            along = occluder.sequence_axis()
+            if names is not None and along is not None:
+                position_ticks(axis, along, names)
+        set_title(axis, f"{map.replace('_', ' ')} on input {index}", fontsize="small")
         return fig, axis
 
     def plot_panels(
@@ -148,14 +206,22 @@ class OcclusionMap(Plottable):
         samples: Sequence[int] | None = None,
         class_names: Sequence[str] | None = None,
         cmap: str = "viridis",
+        labels: Sequence[str] | None = None,
     ) -> tuple[Figure, np.ndarray]:
         """Draw the paper's panels, one row per input, on a grid of Axes.
 
         Columns: the input; the target score for each occluder position; the most probable class
         for each position (with a legend of ``class_names``); with ``layer``, the summed
         activation of the channel (the first of several); and the attribution over the input
-        (:meth:`plot`). Maps are
-        placed at their window centres, so that they line up with the input.
+        (:meth:`plot`). Maps are placed at their window centres, so that they line up with the
+        input.
+
+        Maps along a sequence are drawn as strips of cells, not stretched over the input: along
+        the rows of row sequences ``(N, T, F)`` under a ``(k, F)`` window, a column beside the
+        input; along tokens ``(N, T)`` or the time of signals ``(N, C, T)``, the panels of each
+        input are stacked one above the other (the returned array keeps its ``(inputs,
+        panels)`` shape), the tokens written above them (``labels``, or the ids) and the
+        attribution drawn as bars below.
 
         Args:
             axes: None for a new figure, or as many Axes as panels (rows times columns, any
@@ -163,13 +229,15 @@ class OcclusionMap(Plottable):
             samples: Which inputs to draw; all by default.
             class_names: Names of the classes, indexed by class number, for the legend.
             cmap: Colour map of the score and activation maps.
+            labels: One name per position of the sequence (the tokens), as for :meth:`plot`.
 
         Returns:
             The figure and a ``(rows, columns)`` array of Axes.
 
         Raises:
-            NetlensValueError: Maps that cannot be drawn over two dims, a wrong number of Axes or
-                an unknown sample.
+            NetlensValueError: Maps that cannot be drawn over two dims, a wrong number of Axes,
+                an unknown sample, or labels for a map over two dims or of another length than
+                the sequence.
         """
         cmap = check_cmap("cmap", cmap)
         chosen = (
@@ -178,43 +246,184 @@ class OcclusionMap(Plottable):
             else [self._check_sample(sample) for sample in samples]
         )
         occluder = self._occluder()
+        names = self._check_labels(labels, occluder)
         rows, cols = len(chosen), 4 if self.feature_activation is None else 5
-        # about 1.8 inches a panel: the figure fits a page's text column at full size, so that
-        # titles, ticks and the legend stay legible (>= 8 pt) where it is shown
-        fig, grid = axes_grid(
-            axes,
-            rows,
-            cols,
-            size=(1.75 * cols + 0.6, 1.8 * rows + 0.2),
-            what=f"{rows} inputs times {cols} panels",
-        )
+        what = f"{rows} inputs times {cols} panels"
+        stacked = occluder.sequence_axis() == "x"
+        if stacked:
+            fig, grid = self._stacked_axes(axes, rows, cols, occluder, names, what)
+        else:
+            # about 1.8 inches a panel: the figure fits a page's text column at full size, so
+            # that titles, ticks and the legend stay legible (>= 8 pt) where it is shown
+            size = (1.75 * cols + 0.6, 1.8 * rows + 0.2)
+            fig, grid = axes_grid(axes, rows, cols, size=size, what=what)
         for row, sample in enumerate(chosen):
             line = list(grid[row])
             name = _class_name(int(self.target[sample]), class_names)
-            draw_input(line[0], self.inputs[sample])
-            line[0].set_title(f"input {sample}: {name}", fontsize="medium")
-            image = _draw_cells(line[1], occluder, self.probability[sample], cmap=cmap)
-            colour_bar(fig, image, line[1])
-            line[1].set_title(f"score of {name}", fontsize="medium")
-            present, codes = torch.unique(self.predicted_class[sample], return_inverse=True)
-            classes = [int(c) for c in present.tolist()]
+            self._draw_input(line[0], sample, occluder, names=names)
+            set_title(line[0], f"input {sample}: {name}")
+            image = self._draw_map(line[1], occluder, self.probability[sample], cmap=cmap)
+            colour_bar(fig, image, line[1], low=stacked)
+            set_title(line[1], f"score of {name}")
+            self._draw_classes(line[2], occluder, sample, class_names)
+            set_title(line[2], "most probable class")
+            if self.feature_activation is not None:
+                values, number = self._feature_map(sample, None)
+                image = self._draw_map(line[3], occluder, values, cmap=cmap)
+                colour_bar(fig, image, line[3], low=stacked)
+                set_title(line[3], f"{self.layer} channel {number}")
+            if stacked:  # the names below the panels, each panel's positions under the others'
+                self.plot(line[-1], sample=sample, labels=names)
+                if names is None:
+                    position_ticks(line[-1], "x", None)
+                for axis in (line[0], line[-1]):
+                    axis.set_aspect("auto")
+            else:  # the names beside the input, in the first column
+                self.plot(line[-1], sample=sample)
+            set_title(line[-1], "attribution")
+        return fig, grid
+
+    # -- how the pictures are drawn --------------------------------------------------------
+
+    def _stacked_axes(
+        self,
+        axes: Any,
+        rows: int,
+        cols: int,
+        occluder: OccluderGrid,
+        names: list[str] | None,
+        what: str,
+    ) -> tuple[Figure, np.ndarray]:
+        """The panels of a sequence along x: each input's one above the other, as a grid."""
+        length = occluder.sequence_length()
+        widest = max((text_width(name, 9.0) for name in names or ()), default=0.0)
+        width = min(14.0, max(6.0, length * min(max(0.4, widest + 0.1), 0.9) + 2.8))
+        flat = len(occluder.sample_shape) == 1
+        tokens = flat and not self.inputs.is_floating_point()
+        below = label_room(names, width)  # labels under the last panel
+        # relative heights of the Axes, and the inches each panel takes with its title
+        first, last = (0.05, 2.0) if tokens else (1.0, 1.6) if flat else (1.4, 1.4)
+        ratios = ([first] + [0.45] * (cols - 2) + [last]) * rows
+        top = 1.0
+        if tokens:  # the tokens written out, perhaps upright
+            written = names or [str(int(token)) for token in torch.unique(self.inputs).tolist()]
+            top = 0.55 + label_room(written, width, fontsize=9.0)
+        inches = rows * (top + 0.75 * (cols - 2) + 1.9 + below)
+        size = (width, inches)
+        fig, stacked = axes_stack(axes, ratios, size=size, what=what)
+        grid = stacked.reshape(rows, cols)
+        for line in grid:
+            for axis in line[1:-1]:  # strips in between: ticks without labels
+                axis.tick_params(axis="x", labelbottom=False)
+        return fig, grid
+
+    def _draw_input(
+        self,
+        axis: Axes,
+        sample: int,
+        occluder: OccluderGrid,
+        *,
+        grey: bool = False,
+        names: list[str] | None = None,
+    ) -> None:
+        """The input under the maps: a picture, or the tokens written out (ids are no picture)."""
+        along = occluder.sequence_axis()
+        if self.inputs.is_floating_point():
+            draw_input(axis, self.inputs[sample], grey=grey)
+        elif len(occluder.sample_shape) == 1:
+            ids = [str(int(token)) for token in self.inputs[sample].tolist()]
+            axis.set_xlim(-0.5, len(ids) - 0.5)
+            axis.set_yticks([])
+            for spine in axis.spines.values():
+                spine.set_visible(False)
+            axis.set_facecolor("none")
+            axis.tick_params(axis="x", length=0)
+            position_ticks(axis, "x", names or ids, fontsize=9.0)
+            return
+        else:
+            frame_plane(axis, *occluder.plane())  # ids of more dims: the maps alone
+        if names is not None and along is not None:
+            position_ticks(axis, along, names)
+
+    def _draw_map(
+        self, axis: Axes, occluder: OccluderGrid, values: torch.Tensor, *, cmap: Any
+    ) -> AxesImage:
+        """A per-position map: cells over the input's plane, or a strip along a sequence."""
+        along = occluder.sequence_axis()
+        if along is None:
+            return _draw_cells(axis, occluder, values, cmap=cmap)
+        image = draw_strip(
+            axis,
+            values,
+            along=along,
+            span=occluder.sequence_span(),
+            length=occluder.sequence_length(),
+            cmap=cmap,
+        )
+        _shape_strip(axis, along)
+        return image
+
+    def _draw_classes(
+        self,
+        axis: Axes,
+        occluder: OccluderGrid,
+        sample: int,
+        class_names: Sequence[str] | None,
+    ) -> None:
+        """The most probable class at each position, with a legend of the classes present."""
+        present, codes = torch.unique(self.predicted_class[sample], return_inverse=True)
+        classes = [int(c) for c in present.tolist()]
+        colours = category_colours(classes)
+        legend = [_class_name(c, class_names) for c in classes]
+        along = occluder.sequence_axis()
+        if along is None:
             draw_categories(
-                line[2],
+                axis,
                 occluder.plane_cells(codes),
-                colours=category_colours(classes),
-                labels=[_class_name(c, class_names) for c in classes],
+                colours=colours,
+                labels=legend,
                 extent=occluder.plane_extent(),
                 plane=occluder.plane(),
             )
-            line[2].set_title("most probable class", fontsize="medium")
-            if self.feature_activation is not None:
-                values, number = self._feature_map(sample, None)
-                image = _draw_cells(line[3], occluder, values, cmap=cmap)
-                colour_bar(fig, image, line[3])
-                line[3].set_title(f"{self.layer} channel {number}", fontsize="medium")
-            self.plot(line[-1], sample=sample)
-            line[-1].set_title("attribution", fontsize="medium")
-        return fig, grid
+            return
+        draw_category_strip(
+            axis,
+            codes,
+            colours=colours,
+            labels=legend,
+            along=along,
+            span=occluder.sequence_span(),
+            length=occluder.sequence_length(),
+        )
+        _shape_strip(axis, along)
+
+    def _check_labels(self, labels: object, occluder: OccluderGrid) -> list[str] | None:
+        """``labels`` as strings, one per position of the sequence; None stays None."""
+        if labels is None:
+            return None
+        items = labels.tolist() if isinstance(labels, torch.Tensor) else labels
+        if hasattr(items, "tolist") and not isinstance(items, Sequence):  # a numpy array
+            items = items.tolist()
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+            raise NetlensTypeError(
+                "Expected labels to be None or a sequence of strings, one per position (such as "
+                f"the tokens), but got {describe(labels)}."
+            )
+        along = occluder.sequence_axis()
+        if along is None:
+            raise NetlensValueError(
+                "Expected labels=None for maps over two dims: labels name the positions of a "
+                f"sequence, but the occluder moves over {occluder.grid} positions of inputs of "
+                f"shape {tuple(self.inputs.shape)}."
+            )
+        length = occluder.sequence_length()
+        if len(items) != length:
+            dim = self.inputs.dim() - (1 if along == "x" else 2)
+            raise NetlensValueError(
+                f"Expected {length} labels, one per position of dim {dim} of the inputs of shape "
+                f"{tuple(self.inputs.shape)}, but got {len(items)}."
+            )
+        return [str(item) for item in items]
 
     # -- what the pictures need ----------------------------------------------------------------
 
@@ -272,6 +481,33 @@ def _draw_cells(
         cmap=cmap,
         **options,
     )
+
+
+def _shape_strip(axis: Axes, along: Along) -> None:
+    """A strip along x as wide as its place and low; along y narrow beside the input."""
+    if along == "y":
+        axis.set_box_aspect(4.0)
+    integer_ticks(axis, along)
+
+
+def _size_over_input(occluder: OccluderGrid, names: Sequence[str] | None) -> tuple[float, float]:
+    """``(width, height)`` of a new figure of a map over an input: long signals wide.
+
+    Long row sequences are tall; labels along the rows widen it by the widest of them, labels
+    along x may stand upright below it.
+    """
+    height, width = occluder.plane()
+    if height * 8 < width:
+        size = [min(12.0, max(4.0, 0.12 * width + 1.5)), 2.6]
+    elif width * 8 < height:
+        size = [3.0, min(9.0, max(3.0, 0.12 * height + 1.0))]
+    else:
+        size = [3.0, 3.0]
+    if names and occluder.sequence_axis() == "y":
+        size[0] += min(3.0, max(text_width(name, 8.0) for name in names))
+    elif names:
+        size[1] += label_room(names, size[0])
+    return size[0], size[1]
 
 
 def _plane(tensor: torch.Tensor, sample_dims: int) -> torch.Tensor:
