@@ -25,10 +25,12 @@ def _rst_blocks(path: Path) -> list[str]:
     lines = path.read_text().splitlines()
     for index, line in enumerate(lines):
         if line.strip() == ".. code-block:: python":
-            body = []
+            body: list[str] = []
             for following in lines[index + 1 :]:
                 if following.strip() and not following.startswith("   "):
                     break
+                if not body and following.strip().startswith(":"):
+                    continue  # the directive's options (":class: ..."), not code
                 body.append(following)
             blocks.append(textwrap.dedent("\n".join(body)))
     return blocks
