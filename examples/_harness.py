@@ -303,7 +303,7 @@ def estimate_line(
     if later > 0:
         whole = training + later * mean
         finish = time.strftime("%H:%M", time.localtime((now or time.time()) + whole))
-        parts.append(f"about {duration(whole)} for the whole run (done at about {finish})")
+        parts.append(f"about {duration(whole)} to go in all (done at about {finish})")
     return "; ".join(parts)
 
 

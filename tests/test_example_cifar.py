@@ -735,7 +735,7 @@ def test_estimates_of_the_time_left() -> None:
     now = 1_700_000_000.0
     finish = time.strftime("%H:%M", time.localtime(now + 9 * 45 + 2 * 45))
     assert harness.estimate_line(1, 10, [45.0], 2.0, now=now) == (
-        "epoch 1/10 took 45 s; about 7 min to go for training; about 8 min for the whole run "
+        "epoch 1/10 took 45 s; about 7 min to go for training; about 8 min to go in all "
         f"(done at about {finish})"
     )
     # --stop-after 2 of 10 epochs: training ends after epoch 2
@@ -743,7 +743,7 @@ def test_estimates_of_the_time_left() -> None:
         "epoch 1/10 took 40 s; about 40 s to go for training"
     )
     assert harness.estimate_line(2, 2, [30.0, 50.0], 3.0, now=now).startswith(
-        "epoch 2/2 took 50 s; about 2 min for the whole run"
+        "epoch 2/2 took 50 s; about 2 min to go in all"
     )
 
 

@@ -196,7 +196,7 @@ class OcclusionMap(Plottable):
             along = occluder.sequence_axis()
             if names is not None and along is not None:
                 position_ticks(axis, along, names)
-        set_title(axis, f"{map.replace('_', ' ')} on input {index}", fontsize="small")
+        set_title(axis, f"{_AXIS_NAMES[map]} on input {index}", fontsize="small")
         return fig, axis
 
     def plot_panels(
@@ -303,12 +303,12 @@ class OcclusionMap(Plottable):
         below = label_room(names, width)  # labels under the last panel
         # relative heights of the Axes, and the inches each panel takes with its title
         first, last = (0.05, 2.0) if tokens else (1.0, 1.6) if flat else (1.4, 1.4)
-        ratios = ([first] + [0.45] * (cols - 2) + [last]) * rows
+        ratios = ([first] + [0.7] * (cols - 2) + [last]) * rows
         top = 1.0
         if tokens:  # the tokens written out, perhaps upright
             written = names or [str(int(token)) for token in torch.unique(self.inputs).tolist()]
             top = 0.55 + label_room(written, width, fontsize=9.0)
-        inches = rows * (top + 0.75 * (cols - 2) + 1.9 + below)
+        inches = rows * (top + 0.95 * (cols - 2) + 1.9 + below)
         size = (width, inches)
         fig, stacked = axes_stack(axes, ratios, size=size, what=what)
         grid = stacked.reshape(rows, cols)
