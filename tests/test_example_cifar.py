@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from _examples import EXAMPLES, load_example
+from _examples import EXAMPLES, interrupt_in_training_step, load_example
 from PIL import Image
 
 import netlens.datasets
@@ -634,21 +634,6 @@ def test_resume_and_overwrite_exclude_each_other(
         example.main(["--data-dir", str(tmp_path), "--resume", "--overwrite"])
     assert exit_info.value.code == 2
     assert "not allowed with argument --resume" in capsys.readouterr().err
-
-
-def interrupt_in_training_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    """Ctrl-C at the ``step``-th training step (counted over epochs), as a user would press it."""
-    real = torch.nn.functional.cross_entropy
-    steps = []
-
-    def cross_entropy(*args: Any, **kwargs: Any) -> torch.Tensor:
-        if kwargs.get("reduction", "mean") == "mean":  # training; evaluation sums
-            steps.append(1)
-            if len(steps) == step:
-                raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "cross_entropy", cross_entropy)
 
 
 def test_ctrl_c_writes_the_history_and_curves_of_the_epochs_done(

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from _examples import load_example
+from _examples import interrupt_in_training_step, load_example
 
 MODELS = ("rnn", "lstm", "gru", "cnn")
 TRAIN, TEST = 512, 128
@@ -477,17 +477,7 @@ def test_ctrl_c_writes_the_history_and_curves_of_the_epochs_done(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = torch.nn.functional.cross_entropy
-    steps = []
-
-    def cross_entropy(*args: object, **kwargs: object) -> torch.Tensor:
-        if kwargs.get("reduction", "mean") == "mean":  # training steps; evaluation sums
-            steps.append(1)
-            if len(steps) == 8 + 3:  # 512 digits in batches of 64: in the second epoch
-                raise KeyboardInterrupt
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(torch.nn.functional, "cross_entropy", cross_entropy)
+    interrupt_in_training_step(monkeypatch, 8 + 3)  # 512 digits in batches of 64: epoch 2
     out = tmp_path / "out"
     argv = ["--data-dir", str(data_dir), "--out", str(out), "--epochs", "2", "--no-progress"]
     argv += ["--batch-size", "64", "--no-lenses", "--no-atlas", "--models", "rnn"]
