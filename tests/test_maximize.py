@@ -522,6 +522,18 @@ def test_plot_curves_one_line_per_channel(lenet: nn.Module) -> None:
     )
 
 
+@pytest.mark.parametrize("steps", [1, 7])
+def test_plot_curves_ticks_steps_at_whole_numbers(lenet: nn.Module, steps: int) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    result = nl.maximize_activation(lenet, "conv1", 0, input_shape=(1, 28, 28), steps=steps)
+    figure, ax = result.plot_curves()
+    FigureCanvasAgg(figure).draw()
+    low, high = ax.get_xlim()
+    ticks = [tick for tick in ax.get_xticks() if low <= tick <= high]
+    assert ticks and all(tick == int(tick) for tick in ticks)  # one step: not 0.96 ... 1.04
+
+
 @pytest.mark.parametrize("suffix", ["png", "svg", "pdf"])
 def test_save_and_notebook_display(lenet: nn.Module, tmp_path: Any, suffix: str) -> None:
     result = nl.maximize_activation(lenet, "conv1", [0, 1], input_shape=(1, 28, 28), steps=2)

@@ -586,7 +586,9 @@ def integer_ticks(axis: Axes, along: Along) -> None:
     """Ticks at whole numbers only along x or y: for axes of indices (channels, positions)."""
     from matplotlib.ticker import MaxNLocator
 
-    (axis.xaxis if along == "x" else axis.yaxis).set_major_locator(MaxNLocator(integer=True))
+    (axis.xaxis if along == "x" else axis.yaxis).set_major_locator(
+        MaxNLocator(integer=True, min_n_ticks=1)
+    )
 
 
 def _widest(labels: Sequence[str], fontsize: float) -> float:
