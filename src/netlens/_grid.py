@@ -411,7 +411,7 @@ class _Grid(Plottable):
             spine.set_visible(self._heatmap)
         if self._heatmap and self._nrows * self._ncols == 1:
             # one heatmap: its rows and columns are numbered units (or named rows)
-            names = self._axis_names or ("input", "output")
+            names = self._axis_names or _WEIGHT_AXES
             ax.set_xlabel(names[0])
             ax.set_ylabel(names[1])
             integer_ticks(ax, "x")

@@ -276,15 +276,13 @@ class ChannelStats(Plottable):
 
     def __repr__(self) -> str:
         layer = f"layer={self.layer!r}, " if self.layer else ""
-        nonfinite = int(self.nan_count.sum()) + int(self.inf_count.sum())
-        extra = f", nan={int(self.nan_count.sum())}, inf={int(self.inf_count.sum())}"
+        nans, infs = int(self.nan_count.sum()), int(self.inf_count.sum())
+        extra = f", nan={nans}, inf={infs}" if nans or infs else ""
         return (
             f"ChannelStats({layer}channels={self.num_channels}, "
             f"count={int(self.count.max()) if self.num_channels else 0}, "
             f"mean={_span(self.mean)}, std={_span(self.std)}, min={_extreme(self.min, min)}, "
-            f"max={_extreme(self.max, max)}, dead={int(self.dead.sum())}"
-            + (extra if nonfinite else "")
-            + ")"
+            f"max={_extreme(self.max, max)}, dead={int(self.dead.sum())}{extra})"
         )
 
     def _rows(self, digits: int) -> tuple[list[str], list[list[str]]]:

@@ -683,23 +683,12 @@ def draw_strip(
     cells = values.detach().to("cpu", torch.float64).reshape(-1).numpy()
     first, last = span
     if along == "x":
-        image = axis.imshow(
-            cells[None, :],
-            extent=(first, last, 0.5, -0.5),
-            cmap=cmap,
-            aspect="auto",
-            interpolation="nearest",
-            **options,
-        )
+        picture, extent = cells[None, :], (first, last, 0.5, -0.5)
     else:
-        image = axis.imshow(
-            cells[:, None],
-            extent=(-0.5, 0.5, last, first),
-            cmap=cmap,
-            aspect="auto",
-            interpolation="nearest",
-            **options,
-        )
+        picture, extent = cells[:, None], (-0.5, 0.5, last, first)
+    image = axis.imshow(
+        picture, extent=extent, cmap=cmap, aspect="auto", interpolation="nearest", **options
+    )
     _strip_limits(axis, along, length)
     return image
 
