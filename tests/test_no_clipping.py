@@ -328,3 +328,65 @@ def test_a_figure_pickles_with_its_layout() -> None:
     again = pickle.loads(pickle.dumps(figure))
     assert type(again.get_layout_engine()) is type(figure.get_layout_engine())
     assert not _clipped(again)
+
+
+# -- the architectures users bring -------------------------------------------------------------
+# Layer names of torchvision's and Hugging Face's models are long dotted paths, and their token
+# models return output objects: the same pictures, on their definitions (random weights).
+
+
+def _resnet18() -> nn.Module:
+    from _torchvision import import_torchvision
+
+    torchvision = import_torchvision()
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10).eval()
+
+
+def _tiny_bert() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=16, num_labels=3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+CLASS_NAMES = [f"a class with a long name {i}" for i in range(10)]
+
+
+def test_nothing_drawn_for_torchvisions_resnet18_is_clipped() -> None:
+    model = _resnet18()
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    layer = "layer3.1.bn2"
+    maps = nl.occlusion(model, images, window=(16, 16), stride=8, layer=layer)
+    top = nl.top_activations(model, images, layer, channels=[0, 1], k=2)
+    stats = nl.activation_stats(model, [images], layer)[layer]
+    projection = nl.deconvnet(model, images, layer, [0, 1])
+    figures = {
+        "occlusion panels": maps.plot_panels(class_names=CLASS_NAMES)[0],
+        "occlusion": maps.plot(sample=1, map="feature_activation")[0],
+        "top": top.plot()[0],
+        "stats": stats.plot()[0],
+        "projection": projection.plot()[0],
+    }
+    clipped = {name: _clipped(figure) for name, figure in figures.items()}
+    assert {name: found for name, found in clipped.items() if found} == {}
+
+
+def test_nothing_drawn_for_a_hugging_face_token_model_is_clipped() -> None:
+    model = _tiny_bert()
+    ids = torch.randint(1, 50, (2, 12), generator=torch.Generator().manual_seed(1))
+    maps = nl.occlusion(model, ids, window=(1,), baseline=0, scores=lambda out: out.logits)
+    figures = {
+        "plot": maps.plot(sample=0, labels=WORDS)[0],
+        "panels": maps.plot_panels(labels=WORDS, class_names=CLASS_NAMES[:3])[0],
+        "score": maps.plot(sample=1, map="probability", labels=WORDS)[0],
+    }
+    clipped = {name: _clipped(figure) for name, figure in figures.items()}
+    assert {name: found for name, found in clipped.items() if found} == {}
+    # the words name the positions, not the ids
+    axis = figures["plot"].axes[0]
+    assert {label.get_text() for label in axis.get_xticklabels()} <= set(WORDS) | {""}
+    assert "extraordinarily" in {label.get_text() for label in axis.get_xticklabels()}
